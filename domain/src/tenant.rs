@@ -1,0 +1,232 @@
+//! Tenants (brokerages), their GPU quotas and isolation level.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{FieldError, Name, TenantId, Timestamp};
+
+/// How a tenant's fractional jobs may share a GPU. Two tenants never
+/// time-slice one card: only MIG, which isolates in hardware, lets another
+/// tenant sit on the same physical GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IsolationLevel {
+    /// Whole GPUs only.
+    Exclusive,
+    /// Fractional shares may share a card with the same tenant's jobs only.
+    #[default]
+    SharedWithinTenant,
+    /// Hardware partitions (MIG).
+    Mig,
+}
+
+impl IsolationLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exclusive => "exclusive",
+            Self::SharedWithinTenant => "shared-within-tenant",
+            Self::Mig => "mig",
+        }
+    }
+
+    pub fn parse(field: &str, value: &str) -> Result<Self, FieldError> {
+        match value {
+            "exclusive" => Ok(Self::Exclusive),
+            "shared-within-tenant" | "" => Ok(Self::SharedWithinTenant),
+            "mig" => Ok(Self::Mig),
+            other => Err(FieldError::new(
+                field,
+                format!("unknown isolation level {other:?} (exclusive, shared-within-tenant, mig)"),
+            )),
+        }
+    }
+}
+
+/// A tenant's quota on one GPU class, in whole GPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// GPUs always available to the tenant.
+    pub guaranteed: u32,
+    /// The most GPUs the tenant may hold at once, borrowing included.
+    pub limit: u32,
+}
+
+impl Quota {
+    pub fn new(field: &str, guaranteed: i64, limit: i64) -> Result<Self, FieldError> {
+        let count = |name: &str, v: i64| {
+            u32::try_from(v).map_err(|_| {
+                FieldError::new(
+                    format!("{field}.{name}"),
+                    format!("must be a GPU count from 0 to {}, got {v}", u32::MAX),
+                )
+            })
+        };
+        let guaranteed = count("guaranteed", guaranteed)?;
+        let limit = count("limit", limit)?;
+        if limit < guaranteed {
+            return Err(FieldError::new(
+                format!("{field}.limit"),
+                format!("must be at least guaranteed ({guaranteed}), got {limit}"),
+            ));
+        }
+        Ok(Self { guaranteed, limit })
+    }
+
+    pub fn guaranteed_milli(self) -> u64 {
+        self.guaranteed as u64 * crate::MILLI_PER_GPU as u64
+    }
+
+    pub fn limit_milli(self) -> u64 {
+        self.limit as u64 * crate::MILLI_PER_GPU as u64
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub display_name: String,
+    /// GPU class name to quota; a class without an entry cannot be used.
+    pub quotas: BTreeMap<String, Quota>,
+    /// Share of idle capacity relative to other tenants.
+    pub weight: u32,
+    pub isolation: IsolationLevel,
+    pub created_at: Timestamp,
+}
+
+impl Tenant {
+    pub fn quota(&self, class: &str) -> Quota {
+        self.quotas.get(class).copied().unwrap_or_default()
+    }
+}
+
+/// An operator's request to create a tenant, before validation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantInput {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: String,
+    #[serde(default)]
+    pub quotas: BTreeMap<String, QuotaInput>,
+    #[serde(default)]
+    pub weight: i64,
+    #[serde(default)]
+    pub isolation: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaInput {
+    #[serde(default)]
+    pub guaranteed: i64,
+    #[serde(default)]
+    pub limit: i64,
+}
+
+impl TenantInput {
+    /// Validates against the pool's GPU classes.
+    pub fn validate(&self, known_classes: &[String], now: Timestamp) -> Result<Tenant, FieldError> {
+        let id = Name::parse("id", &self.id)?;
+        let display_name = if self.display_name.is_empty() {
+            self.id.clone()
+        } else {
+            self.display_name.clone()
+        };
+        if display_name.chars().count() > 128 || display_name.chars().any(char::is_control) {
+            return Err(FieldError::new(
+                "display_name",
+                "must be at most 128 printable characters",
+            ));
+        }
+        let mut quotas = BTreeMap::new();
+        for (class, q) in &self.quotas {
+            let field = format!("quotas.{class}");
+            check_class(&field, class, known_classes)?;
+            quotas.insert(class.clone(), Quota::new(&field, q.guaranteed, q.limit)?);
+        }
+        // An unset weight means 1: every tenant gets some share of idle capacity.
+        let weight = match self.weight {
+            0 => 1,
+            w @ 1..=1000 => w as u32,
+            w => {
+                return Err(FieldError::new(
+                    "weight",
+                    format!("must be from 1 to 1000, got {w}"),
+                ));
+            }
+        };
+        Ok(Tenant {
+            id,
+            display_name,
+            quotas,
+            weight,
+            isolation: IsolationLevel::parse("isolation", &self.isolation)?,
+            created_at: now,
+        })
+    }
+}
+
+/// Fails unless `class` is one of the pool's GPU classes.
+pub fn check_class(field: &str, class: &str, known_classes: &[String]) -> Result<(), FieldError> {
+    if known_classes.iter().any(|k| k == class) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!(
+                "unknown GPU class {class:?} (the pool has: {})",
+                known_classes.join(", ")
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classes() -> Vec<String> {
+        vec!["A100".into(), "H100".into()]
+    }
+
+    #[test]
+    fn tenant_input_validates_quotas_by_field() {
+        let mut input = TenantInput {
+            id: "broker-a".into(),
+            ..Default::default()
+        };
+        input.quotas.insert(
+            "A100".into(),
+            QuotaInput {
+                guaranteed: 4,
+                limit: 2,
+            },
+        );
+        let err = input.validate(&classes(), Timestamp(0)).unwrap_err();
+        assert_eq!(err.field, "quotas.A100.limit");
+
+        input.quotas.clear();
+        input.quotas.insert("V100".into(), QuotaInput::default());
+        assert_eq!(
+            input.validate(&classes(), Timestamp(0)).unwrap_err().field,
+            "quotas.V100"
+        );
+
+        input.quotas.clear();
+        input.weight = -1;
+        assert_eq!(
+            input.validate(&classes(), Timestamp(0)).unwrap_err().field,
+            "weight"
+        );
+    }
+
+    #[test]
+    fn negative_quota_is_refused() {
+        assert_eq!(
+            Quota::new("quota", -1, 2).unwrap_err().field,
+            "quota.guaranteed"
+        );
+    }
+}

@@ -1,0 +1,429 @@
+//! The scheduler's working copy of the pool: nodes, GPUs and what is in
+//! use, indexed for speed. Placing a task mutates it, so one decision pass
+//! sees the effect of the decisions before it.
+
+use finpool_domain::MILLI_PER_GPU;
+
+/// Index of a GPU class in [`Cluster::classes`].
+pub type ClassIdx = u8;
+/// Index of a tenant in the snapshot's tenant list.
+pub type TenantIdx = u32;
+/// Index of a node in [`Cluster::nodes`].
+pub type NodeIdx = u32;
+
+/// The most GPU classes one pool may have (a [`ClassSet`] is a bitmask).
+pub const MAX_CLASSES: usize = 64;
+/// The most GPUs one node may have (a [`Choice`] is a bitmask).
+pub const MAX_GPUS_PER_NODE: usize = 64;
+
+/// A set of GPU classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ClassSet(pub u64);
+
+impl ClassSet {
+    pub const ALL: ClassSet = ClassSet(u64::MAX);
+
+    pub fn single(c: ClassIdx) -> Self {
+        Self(1 << c)
+    }
+
+    pub fn contains(self, c: ClassIdx) -> bool {
+        self.0 & (1 << c) != 0
+    }
+
+    pub fn insert(&mut self, c: ClassIdx) {
+        self.0 |= 1 << c;
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn intersect(self, other: ClassSet) -> ClassSet {
+        ClassSet(self.0 & other.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassInfo {
+    pub name: String,
+    pub memory_mib: u64,
+}
+
+/// One GPU and what is allocated on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuState {
+    /// Device index on its node.
+    pub index: u32,
+    pub class: ClassIdx,
+    pub memory_mib: u64,
+    pub used_milli: u32,
+    pub used_memory_mib: u64,
+    /// The tenant whose jobs are on this card. Cards are never time-sliced
+    /// between tenants, so there is at most one.
+    pub owner: Option<TenantIdx>,
+    /// Jobs on the card; the owner is cleared when the last one leaves.
+    pub jobs: u32,
+}
+
+impl GpuState {
+    pub fn new(index: u32, class: ClassIdx, memory_mib: u64) -> Self {
+        Self {
+            index,
+            class,
+            memory_mib,
+            used_milli: 0,
+            used_memory_mib: 0,
+            owner: None,
+            jobs: 0,
+        }
+    }
+
+    pub fn free_milli(&self) -> u32 {
+        MILLI_PER_GPU - self.used_milli
+    }
+
+    pub fn free_memory_mib(&self) -> u64 {
+        self.memory_mib - self.used_memory_mib
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.jobs == 0
+    }
+}
+
+/// One node and what is allocated on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeState {
+    pub name: String,
+    pub cpu_milli: u64,
+    pub memory_mib: u64,
+    pub used_cpu_milli: u64,
+    pub used_memory_mib: u64,
+    pub gpus: Vec<GpuState>,
+    /// Classes of the GPUs on this node.
+    pub classes: ClassSet,
+}
+
+impl NodeState {
+    pub fn new(
+        name: impl Into<String>,
+        cpu_milli: u64,
+        memory_mib: u64,
+        gpus: Vec<GpuState>,
+    ) -> Self {
+        assert!(
+            gpus.len() <= MAX_GPUS_PER_NODE,
+            "a node has at most {MAX_GPUS_PER_NODE} GPUs"
+        );
+        let mut classes = ClassSet::default();
+        for g in &gpus {
+            classes.insert(g.class);
+        }
+        Self {
+            name: name.into(),
+            cpu_milli,
+            memory_mib,
+            used_cpu_milli: 0,
+            used_memory_mib: 0,
+            gpus,
+            classes,
+        }
+    }
+
+    pub fn free_cpu_milli(&self) -> u64 {
+        self.cpu_milli.saturating_sub(self.used_cpu_milli)
+    }
+
+    pub fn free_memory_mib(&self) -> u64 {
+        self.memory_mib.saturating_sub(self.used_memory_mib)
+    }
+
+    /// Free milli-GPU summed over the node's cards.
+    pub fn free_gpu_milli(&self) -> u64 {
+        self.gpus.iter().map(|g| g.free_milli() as u64).sum()
+    }
+
+    pub fn idle_gpus(&self) -> usize {
+        self.gpus.iter().filter(|g| g.is_idle()).count()
+    }
+}
+
+/// Which GPUs of a node a task gets, and how much of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Choice {
+    /// Bit i set: the node's i-th GPU (position in `NodeState::gpus`).
+    pub gpus: u64,
+    /// Milli-GPU taken on each chosen card.
+    pub milli: u32,
+    /// GPU memory taken on each chosen card; `None` takes the whole card's memory.
+    pub memory_mib: Option<u64>,
+}
+
+impl Choice {
+    pub const NO_GPU: Choice = Choice {
+        gpus: 0,
+        milli: 0,
+        memory_mib: Some(0),
+    };
+
+    pub fn positions(self) -> impl Iterator<Item = usize> {
+        let mut bits = self.gpus;
+        std::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            Some(i)
+        })
+    }
+
+    pub fn gpu_count(self) -> u32 {
+        self.gpus.count_ones()
+    }
+
+    fn memory_on(self, gpu: &GpuState) -> u64 {
+        self.memory_mib.unwrap_or(gpu.memory_mib)
+    }
+}
+
+/// A placed task: enough to apply it and to undo it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allocation {
+    pub node: NodeIdx,
+    pub choice: Choice,
+    pub tenant: Option<TenantIdx>,
+    pub cpu_milli: u64,
+    pub memory_mib: u64,
+}
+
+/// The pool as the scheduler sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cluster {
+    pub classes: Vec<ClassInfo>,
+    pub nodes: Vec<NodeState>,
+    /// Cards held per (tenant, class), at `tenant * MAX_CLASSES + class`;
+    /// kept in step by [`Cluster::apply`] and [`Cluster::release`].
+    held: Vec<u32>,
+}
+
+impl Cluster {
+    pub fn new(classes: Vec<ClassInfo>, nodes: Vec<NodeState>) -> Self {
+        Self {
+            classes,
+            nodes,
+            held: Vec::new(),
+        }
+    }
+
+    /// Cards of `class` holding at least one of `tenant`'s jobs. Nobody else
+    /// may use such a card, so this is what quotas count.
+    pub fn held_gpus(&self, tenant: TenantIdx, class: ClassIdx) -> u32 {
+        self.held
+            .get(tenant as usize * MAX_CLASSES + class as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn held_mut(&mut self, tenant: TenantIdx, class: ClassIdx) -> &mut u32 {
+        let i = tenant as usize * MAX_CLASSES + class as usize;
+        if self.held.len() <= i {
+            self.held.resize((tenant as usize + 1) * MAX_CLASSES, 0);
+        }
+        &mut self.held[i]
+    }
+
+    pub fn class_index(&self, name: &str) -> Option<ClassIdx> {
+        self.classes
+            .iter()
+            .position(|c| c.name == name)
+            .map(|i| i as ClassIdx)
+    }
+
+    /// Total milli-GPU capacity of the pool.
+    pub fn gpu_capacity_milli(&self) -> u64 {
+        self.nodes.iter().map(|n| n.gpus.len() as u64).sum::<u64>() * MILLI_PER_GPU as u64
+    }
+
+    /// Milli-GPU allocated across the pool.
+    pub fn gpu_allocated_milli(&self) -> u64 {
+        self.nodes
+            .iter()
+            .flat_map(|n| &n.gpus)
+            .map(|g| g.used_milli as u64)
+            .sum()
+    }
+
+    /// Records an allocation. The caller has checked that it fits.
+    pub fn apply(&mut self, a: &Allocation) {
+        let node = &mut self.nodes[a.node as usize];
+        node.used_cpu_milli += a.cpu_milli;
+        node.used_memory_mib += a.memory_mib;
+        let mut newly_held = ClassCounts::default();
+        for i in a.choice.positions() {
+            let gpu = &mut node.gpus[i];
+            debug_assert!(gpu.owner.is_none() || gpu.owner == a.tenant || a.tenant.is_none());
+            gpu.used_milli += a.choice.milli;
+            gpu.used_memory_mib += a.choice.memory_on(gpu);
+            gpu.jobs += 1;
+            if a.tenant.is_some() && gpu.owner.is_none() {
+                gpu.owner = a.tenant;
+                newly_held.add(gpu.class);
+            }
+        }
+        if let Some(t) = a.tenant {
+            for (class, n) in newly_held.iter() {
+                *self.held_mut(t, class) += n;
+            }
+        }
+    }
+
+    /// Undoes [`Cluster::apply`], for a job that ended or was preempted.
+    pub fn release(&mut self, a: &Allocation) {
+        let node = &mut self.nodes[a.node as usize];
+        node.used_cpu_milli -= a.cpu_milli;
+        node.used_memory_mib -= a.memory_mib;
+        let mut freed = ClassCounts::default();
+        for i in a.choice.positions() {
+            let gpu = &mut node.gpus[i];
+            gpu.used_milli -= a.choice.milli;
+            gpu.used_memory_mib -= a.choice.memory_on(gpu);
+            gpu.jobs -= 1;
+            if gpu.jobs == 0 && gpu.owner.take().is_some() {
+                freed.add(gpu.class);
+            }
+        }
+        if let Some(t) = a.tenant {
+            for (class, n) in freed.iter() {
+                *self.held_mut(t, class) -= n;
+            }
+        }
+    }
+
+    /// Whether `a` fits on the cluster as it is now, with no card shared by
+    /// two tenants. Used to check decisions, in tests and in debug builds.
+    pub fn fits(&self, a: &Allocation) -> bool {
+        let Some(node) = self.nodes.get(a.node as usize) else {
+            return false;
+        };
+        if node.free_cpu_milli() < a.cpu_milli || node.free_memory_mib() < a.memory_mib {
+            return false;
+        }
+        a.choice.positions().all(|i| {
+            node.gpus.get(i).is_some_and(|g| {
+                g.free_milli() >= a.choice.milli
+                    && g.free_memory_mib() >= a.choice.memory_on(g)
+                    && (g.owner.is_none() || g.owner == a.tenant)
+            })
+        })
+    }
+}
+
+/// A few (class, count) pairs, without allocating.
+#[derive(Default)]
+struct ClassCounts {
+    entries: [(ClassIdx, u32); 4],
+    len: usize,
+    overflow: Vec<(ClassIdx, u32)>,
+}
+
+impl ClassCounts {
+    fn add(&mut self, class: ClassIdx) {
+        if let Some(e) = self.entries[..self.len].iter_mut().find(|e| e.0 == class) {
+            e.1 += 1;
+        } else if self.len < self.entries.len() {
+            self.entries[self.len] = (class, 1);
+            self.len += 1;
+        } else if let Some(e) = self.overflow.iter_mut().find(|e| e.0 == class) {
+            e.1 += 1;
+        } else {
+            self.overflow.push((class, 1));
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (ClassIdx, u32)> + '_ {
+        self.entries[..self.len]
+            .iter()
+            .chain(&self.overflow)
+            .copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> NodeState {
+        NodeState::new(
+            "n0",
+            8000,
+            64_000,
+            (0..4).map(|i| GpuState::new(i, 0, 80_000)).collect(),
+        )
+    }
+
+    #[test]
+    fn apply_then_release_restores_the_node() {
+        let mut c = Cluster::new(
+            vec![ClassInfo {
+                name: "A100".into(),
+                memory_mib: 80_000,
+            }],
+            vec![node()],
+        );
+        let before = c.clone();
+        let a = Allocation {
+            node: 0,
+            choice: Choice {
+                gpus: 0b0110,
+                milli: 1000,
+                memory_mib: None,
+            },
+            tenant: Some(3),
+            cpu_milli: 2000,
+            memory_mib: 1000,
+        };
+        assert!(c.fits(&a));
+        c.apply(&a);
+        assert_eq!(c.nodes[0].gpus[1].owner, Some(3));
+        assert_eq!(c.held_gpus(3, 0), 2);
+        assert_eq!(c.nodes[0].gpus[2].used_memory_mib, 80_000);
+        assert!(!c.fits(&a), "the same GPUs are now taken");
+        c.release(&a);
+        assert_eq!(c.held_gpus(3, 0), 0);
+        assert_eq!(c.nodes, before.nodes);
+    }
+
+    #[test]
+    fn another_tenant_cannot_share_a_card() {
+        let mut c = Cluster::new(vec![], vec![node()]);
+        let share = |tenant| Allocation {
+            node: 0,
+            choice: Choice {
+                gpus: 1,
+                milli: 300,
+                memory_mib: Some(1000),
+            },
+            tenant: Some(tenant),
+            cpu_milli: 0,
+            memory_mib: 0,
+        };
+        c.apply(&share(1));
+        c.apply(&share(1));
+        assert_eq!(c.held_gpus(1, 0), 1, "two shares on one card hold one card");
+        assert!(c.fits(&share(1)));
+        assert!(!c.fits(&share(2)));
+    }
+
+    #[test]
+    fn choice_positions_iterate_set_bits() {
+        let c = Choice {
+            gpus: 0b1010_0001,
+            milli: 1000,
+            memory_mib: None,
+        };
+        assert_eq!(c.positions().collect::<Vec<_>>(), vec![0, 5, 7]);
+        assert_eq!(c.gpu_count(), 3);
+    }
+}

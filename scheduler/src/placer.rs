@@ -1,0 +1,125 @@
+//! Finding the best place for one task: run the filters over every node and
+//! card, enumerate the feasible choices, and keep the best-scored one.
+//! Ties go to the lowest node index, then the lowest card, so the result is
+//! deterministic.
+
+use finpool_domain::GpuRequest;
+
+use crate::cluster::{Allocation, Choice, ClassIdx, NodeIdx, NodeState};
+use crate::plugins::{Ctx, Policy};
+use crate::task::Task;
+
+/// Where a task goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Placement {
+    pub node: NodeIdx,
+    pub class: Option<ClassIdx>,
+    pub choice: Choice,
+    pub score: f64,
+}
+
+impl Placement {
+    pub fn allocation(&self, task: &Task) -> Allocation {
+        Allocation {
+            node: self.node,
+            choice: self.choice,
+            tenant: task.tenant,
+            cpu_milli: task.cpu_milli,
+            memory_mib: task.memory_mib,
+        }
+    }
+}
+
+impl Policy {
+    /// The best placement for `task` on the cluster as it is, or `None`
+    /// when nothing passes the filters.
+    pub fn place(&self, ctx: &Ctx<'_>, task: &Task) -> Option<Placement> {
+        let mut best: Option<Placement> = None;
+        for (i, node) in ctx.cluster.nodes.iter().enumerate() {
+            if !self.filters.iter().all(|f| f.node(ctx, task, node)) {
+                continue;
+            }
+            self.for_each_choice(ctx, task, node, |class, choice| {
+                let score = self.score(ctx, task, i as NodeIdx, choice);
+                if best.is_none_or(|b| score > b.score) {
+                    best = Some(Placement {
+                        node: i as NodeIdx,
+                        class,
+                        choice,
+                        score,
+                    });
+                }
+            });
+        }
+        best
+    }
+
+    /// Calls `visit` with every choice of cards on `node` that passes the
+    /// filters. Whole-GPU tasks get one choice per class (the lowest idle
+    /// cards: idle cards of a class are interchangeable); a share gets one
+    /// choice per card with room.
+    pub fn for_each_choice(
+        &self,
+        ctx: &Ctx<'_>,
+        task: &Task,
+        node: &NodeState,
+        mut visit: impl FnMut(Option<ClassIdx>, Choice),
+    ) {
+        let milli = task.milli_per_gpu();
+        let memory = match task.gpu {
+            GpuRequest::Share { memory_mib, .. } => Some(memory_mib),
+            _ => None,
+        };
+        let choice_ok = |class: ClassIdx, choice: Choice| {
+            self.filters
+                .iter()
+                .all(|f| f.choice(ctx, task, node, class, choice))
+        };
+        match task.gpu {
+            GpuRequest::None => visit(None, Choice::NO_GPU),
+            GpuRequest::Whole { count } => {
+                let mut classes = node.classes.intersect(task.classes).0;
+                while classes != 0 {
+                    let class = classes.trailing_zeros() as ClassIdx;
+                    classes &= classes - 1;
+                    let mut mask = 0u64;
+                    let mut found = 0;
+                    for (i, gpu) in node.gpus.iter().enumerate() {
+                        if gpu.class == class
+                            && self.filters.iter().all(|f| f.gpu(ctx, task, node, gpu))
+                        {
+                            mask |= 1 << i;
+                            found += 1;
+                            if found == count {
+                                break;
+                            }
+                        }
+                    }
+                    let choice = Choice {
+                        gpus: mask,
+                        milli,
+                        memory_mib: memory,
+                    };
+                    if found == count && choice_ok(class, choice) {
+                        visit(Some(class), choice);
+                    }
+                }
+            }
+            GpuRequest::Share { .. } => {
+                for (i, gpu) in node.gpus.iter().enumerate() {
+                    if !self.filters.iter().all(|f| f.gpu(ctx, task, node, gpu)) {
+                        continue;
+                    }
+                    let choice = Choice {
+                        gpus: 1 << i,
+                        milli,
+                        memory_mib: memory,
+                    };
+                    if choice_ok(gpu.class, choice) {
+                        visit(Some(gpu.class), choice);
+                    }
+                }
+            }
+        }
+    }
+}

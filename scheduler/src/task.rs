@@ -1,0 +1,42 @@
+//! A placement request, in the scheduler's indexed terms.
+
+use finpool_domain::GpuRequest;
+
+use crate::cluster::{ClassSet, TenantIdx};
+
+/// What one job (or one simulated pod) needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Task {
+    /// The owning tenant; `None` in tenant-less simulations.
+    pub tenant: Option<TenantIdx>,
+    pub gpu: GpuRequest,
+    /// GPU classes the task may use.
+    pub classes: ClassSet,
+    pub cpu_milli: u64,
+    pub memory_mib: u64,
+    /// The least memory a card needs (for the job's base model).
+    pub min_gpu_memory_mib: u64,
+}
+
+impl Task {
+    /// A task with only resource needs, any class, no tenant.
+    pub fn new(gpu: GpuRequest, cpu_milli: u64, memory_mib: u64) -> Self {
+        Self {
+            tenant: None,
+            gpu,
+            classes: ClassSet::ALL,
+            cpu_milli,
+            memory_mib,
+            min_gpu_memory_mib: 0,
+        }
+    }
+
+    /// Milli-GPU the task needs on each card it gets.
+    pub fn milli_per_gpu(&self) -> u32 {
+        match self.gpu {
+            GpuRequest::None => 0,
+            GpuRequest::Whole { .. } => finpool_domain::MILLI_PER_GPU,
+            GpuRequest::Share { milli, .. } => milli,
+        }
+    }
+}
