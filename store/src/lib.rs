@@ -1,1 +1,104 @@
+//! finpool's durable store: tenants, base models, jobs, their full history
+//! and their runs, over SQLite (the embedded default) or PostgreSQL.
+//!
+//! Both backends run the same SQL text (`$N` parameters work in both) and
+//! behave identically; only the migrations differ. Every write that a
+//! caller is told about has been committed first.
+//!
+//! Submissions go through a group-commit writer: concurrent submits share
+//! one transaction and one fsync, and each is acknowledged only after that
+//! commit.
 
+mod backend;
+mod error;
+mod events;
+mod jobs;
+mod rows;
+mod submit;
+mod tenants;
+pub mod testing;
+mod usage;
+
+pub use backend::StoreConfig;
+pub use error::StoreError;
+pub use events::JobEvent;
+pub use jobs::{Change, JobFilter, JobPage};
+pub use usage::{ClassUsage, TenantUsage};
+
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc};
+
+use backend::Backend;
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Backend,
+    events: broadcast::Sender<JobEvent>,
+    /// Running jobs someone asked to cancel.
+    cancels: broadcast::Sender<finpool_domain::JobId>,
+    submits: mpsc::Sender<submit::Request>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.inner.backend.kind())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database.
+    pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let backend = Backend::connect(config).await?;
+        backend.migrate().await?;
+        let (events, _) = broadcast::channel(8192);
+        let (cancels, _) = broadcast::channel(1024);
+        let (submits, rx) = mpsc::channel(4096);
+        let store = Self {
+            inner: Arc::new(Inner {
+                backend,
+                events,
+                cancels,
+                submits,
+            }),
+        };
+        submit::spawn_writer(store.clone(), rx);
+        Ok(store)
+    }
+
+    /// "sqlite" or "postgres".
+    pub fn backend_kind(&self) -> &'static str {
+        self.inner.backend.kind()
+    }
+
+    /// Job state changes, as they are committed.
+    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Ids of running jobs whose cancel was asked.
+    pub fn subscribe_cancels(&self) -> broadcast::Receiver<finpool_domain::JobId> {
+        self.inner.cancels.subscribe()
+    }
+
+    fn publish(&self, event: JobEvent) {
+        // No receiver is fine: nobody is watching.
+        let _ = self.inner.events.send(event);
+    }
+
+    fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.backend().ping().await
+    }
+}

@@ -1,0 +1,200 @@
+//! Group commit for submissions: one writer task drains every submit
+//! waiting at that moment into one transaction, commits once, then answers
+//! each. Under load this turns N fsyncs into one; a lone submit still
+//! commits at once.
+
+use finpool_domain::{Job, JobState, Transition};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backend::Backend;
+use crate::events::JobEvent;
+use crate::rows::{JobRow, job_columns, to_json};
+use crate::{Store, StoreError};
+
+/// The most submits one transaction carries.
+const MAX_BATCH: usize = 512;
+
+pub(crate) struct Request {
+    job: Job,
+    reply: oneshot::Sender<Result<(Job, bool), StoreError>>,
+}
+
+pub(crate) fn spawn_writer(store: Store, mut rx: mpsc::Receiver<Request>) {
+    // The writer holds only a weak handle, so dropping the last Store ends it.
+    let weak = std::sync::Arc::downgrade(&store.inner);
+    drop(store);
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(more) => batch.push(more),
+                    Err(_) => break,
+                }
+            }
+            let Some(inner) = weak.upgrade() else { break };
+            let store = Store { inner };
+            store.write_batch(&mut batch).await;
+        }
+    });
+}
+
+/// What inserting one job did.
+enum Inserted {
+    Created(Job),
+    /// The id (tenant + idempotency key) was already taken by this job.
+    Existing(Job),
+}
+
+macro_rules! insert_fn {
+    ($name:ident, $conn:ty) => {
+        async fn $name(
+            conn: &mut $conn,
+            job: &Job,
+        ) -> Result<Inserted, StoreError> {
+            let done = sqlx::query(
+                "INSERT INTO jobs (id, tenant_id, name, idempotency_key, spec, state, reason, priority, \
+                 created_at, updated_at, attempts, cancel_requested) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, 0, FALSE) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(job.id.to_string())
+            .bind(job.tenant_id.as_str())
+            .bind(job.spec.name.as_str())
+            .bind(job.spec.idempotency_key.as_deref())
+            .bind(to_json(&job.spec))
+            .bind(job.state.as_str())
+            .bind(&job.reason)
+            .bind(job.spec.priority)
+            .bind(job.created_at.0)
+            .execute(&mut *conn)
+            .await?;
+            if done.rows_affected() == 1 {
+                sqlx::query(
+                    "INSERT INTO job_events (job_id, seq, from_state, to_state, at, reason) \
+                     VALUES ($1, 1, NULL, $2, $3, $4)",
+                )
+                .bind(job.id.to_string())
+                .bind(job.state.as_str())
+                .bind(job.created_at.0)
+                .bind(&job.reason)
+                .execute(&mut *conn)
+                .await?;
+                return Ok(Inserted::Created(job.clone()));
+            }
+            let existing: JobRow =
+                sqlx::query_as(concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1"))
+                    .bind(job.id.to_string())
+                    .fetch_one(&mut *conn)
+                    .await?;
+            let existing = existing.into_job(Vec::new())?;
+            if existing.tenant_id != job.tenant_id || existing.spec != job.spec {
+                return Err(StoreError::Conflict(
+                    "idempotency_key: already used for a different job spec".into(),
+                ));
+            }
+            Ok(Inserted::Existing(existing))
+        }
+    };
+}
+
+insert_fn!(insert_sqlite, sqlx::SqliteConnection);
+insert_fn!(insert_postgres, sqlx::PgConnection);
+
+impl Store {
+    /// Stores a new Pending job, durably. Returns the stored job and whether
+    /// it was created (`false`: the idempotency key named an existing job).
+    pub async fn submit(&self, job: Job) -> Result<(Job, bool), StoreError> {
+        debug_assert_eq!(job.state, JobState::Pending);
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .submits
+            .send(Request { job, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the store writer stopped".into()))?
+    }
+
+    async fn write_batch(&self, batch: &mut Vec<Request>) {
+        let jobs: Vec<&Job> = batch.iter().map(|r| &r.job).collect();
+        let results = match self.insert_all(&jobs).await {
+            Ok(results) => results,
+            // One bad row (or the batch's size) failed the transaction:
+            // retry one by one so only the bad one is refused.
+            Err(e) if batch.len() > 1 && !matches!(e, StoreError::Unavailable(_)) => {
+                let mut results = Vec::with_capacity(jobs.len());
+                for job in &jobs {
+                    results.push(
+                        self.insert_all(std::slice::from_ref(job))
+                            .await
+                            .and_then(|mut r| r.pop().expect("one result")),
+                    );
+                }
+                results
+                    .into_iter()
+                    .map(|r| r.map(Ok).unwrap_or_else(Err))
+                    .collect()
+            }
+            Err(e) => {
+                for request in batch.drain(..) {
+                    let _ = request.reply.send(Err(clone_error(&e)));
+                }
+                return;
+            }
+        };
+        for (request, result) in batch.drain(..).zip(results) {
+            let answer = result.map(|inserted| match inserted {
+                Inserted::Created(job) => {
+                    self.publish(JobEvent {
+                        job_id: job.id,
+                        tenant_id: job.tenant_id.clone(),
+                        transition: Transition {
+                            from: None,
+                            to: job.state,
+                            at: job.created_at,
+                            reason: job.reason.clone(),
+                        },
+                    });
+                    (job, true)
+                }
+                Inserted::Existing(job) => (job, false),
+            });
+            let _ = request.reply.send(answer);
+        }
+    }
+
+    /// Inserts every job in one transaction. The outer error fails them
+    /// all (nothing was committed); inner results are per job.
+    async fn insert_all(
+        &self,
+        jobs: &[&Job],
+    ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
+        macro_rules! run {
+            ($pool:expr, $f:ident) => {{
+                let mut tx = $pool.begin().await?;
+                let mut results = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    match $f(&mut tx, job).await {
+                        Err(e @ StoreError::Conflict(_)) => results.push(Err(e)),
+                        other => results.push(Ok(other?)),
+                    }
+                }
+                tx.commit().await?;
+                Ok(results)
+            }};
+        }
+        match self.backend() {
+            Backend::Sqlite { write, .. } => run!(write, insert_sqlite),
+            Backend::Postgres(pool) => run!(pool, insert_postgres),
+        }
+    }
+}
+
+fn clone_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        other => StoreError::Database(other.to_string()),
+    }
+}

@@ -1,0 +1,147 @@
+//! Tenants and base models.
+
+use finpool_domain::{BaseModel, Quota, Tenant, TenantId, Timestamp};
+
+use crate::backend::{with_read_pool, with_write_pool};
+use crate::rows::{ModelRow, TenantRow, to_json};
+use crate::{Store, StoreError};
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+impl Store {
+    pub async fn create_tenant(&self, tenant: &Tenant) -> Result<Tenant, StoreError> {
+        let result = with_write_pool!(self.backend(), pool => {
+            sqlx::query(
+                "INSERT INTO tenants (id, display_name, weight, isolation, quotas, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $6)",
+            )
+            .bind(tenant.id.as_str())
+            .bind(&tenant.display_name)
+            .bind(tenant.weight as i64)
+            .bind(tenant.isolation.as_str())
+            .bind(to_json(&tenant.quotas))
+            .bind(tenant.created_at.0)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        });
+        match result {
+            Ok(_) => Ok(tenant.clone()),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::AlreadyExists(format!("tenant {}", tenant.id)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn get_tenant(&self, id: &str) -> Result<Tenant, StoreError> {
+        let row: Option<TenantRow> = with_read_pool!(self.backend(), pool => {
+            sqlx::query_as(
+                "SELECT id, display_name, weight, isolation, quotas, created_at FROM tenants WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+        });
+        row.ok_or_else(|| StoreError::NotFound(format!("tenant {id}")))?
+            .into_tenant()
+    }
+
+    /// Tenants ordered by id, after `after` (exclusive), at most `limit`.
+    pub async fn list_tenants(&self, after: &str, limit: u32) -> Result<Vec<Tenant>, StoreError> {
+        let rows: Vec<TenantRow> = with_read_pool!(self.backend(), pool => {
+            sqlx::query_as(
+                "SELECT id, display_name, weight, isolation, quotas, created_at FROM tenants \
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit as i64)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter().map(TenantRow::into_tenant).collect()
+    }
+
+    /// Sets one class's quota; the rest of the tenant is unchanged.
+    pub async fn set_quota(
+        &self,
+        id: &TenantId,
+        class: &str,
+        quota: Quota,
+        now: Timestamp,
+    ) -> Result<Tenant, StoreError> {
+        with_write_pool!(self.backend(), pool => {
+            let mut tx = pool.begin().await?;
+            let row: Option<TenantRow> = sqlx::query_as(
+                "SELECT id, display_name, weight, isolation, quotas, created_at FROM tenants WHERE id = $1",
+            )
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let mut tenant = row
+                .ok_or_else(|| StoreError::NotFound(format!("tenant {id}")))?
+                .into_tenant()?;
+            tenant.quotas.insert(class.to_owned(), quota);
+            sqlx::query("UPDATE tenants SET quotas = $1, updated_at = $2 WHERE id = $3")
+                .bind(to_json(&tenant.quotas))
+                .bind(now.0)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(tenant)
+        })
+    }
+
+    pub async fn register_model(&self, model: &BaseModel) -> Result<BaseModel, StoreError> {
+        let result = with_write_pool!(self.backend(), pool => {
+            sqlx::query(
+                "INSERT INTO models (name, size_mib, min_gpu_memory_mib, registered_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(model.name.as_str())
+            .bind(model.size_mib as i64)
+            .bind(model.min_gpu_memory_mib as i64)
+            .bind(model.registered_at.0)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        });
+        match result {
+            Ok(_) => Ok(model.clone()),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::AlreadyExists(format!("model {}", model.name)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn list_models(&self) -> Result<Vec<BaseModel>, StoreError> {
+        let rows: Vec<ModelRow> = with_read_pool!(self.backend(), pool => {
+            sqlx::query_as(
+                "SELECT name, size_mib, min_gpu_memory_mib, registered_at FROM models ORDER BY name",
+            )
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter().map(ModelRow::into_model).collect()
+    }
+
+    /// Every tenant (for the scheduler's snapshot).
+    pub async fn all_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let mut all = Vec::new();
+        loop {
+            let after = all
+                .last()
+                .map(|t: &Tenant| t.id.to_string())
+                .unwrap_or_default();
+            let page = self.list_tenants(&after, 1000).await?;
+            let done = page.len() < 1000;
+            all.extend(page);
+            if done {
+                return Ok(all);
+            }
+        }
+    }
+}

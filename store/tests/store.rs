@@ -1,0 +1,496 @@
+//! Store behaviour, run against every backend: SQLite always, and
+//! PostgreSQL when FINPOOL_TEST_DATABASE_URL is set (CI sets it). Each
+//! PostgreSQL test gets a database of its own.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use finpool_domain::{
+    BaseModel, GpuAssignment, GpuRequest, IsolationLevel, Job, JobId, JobSpec, JobState, Name,
+    Placement, Quota, Resources, RestartPolicy, Tenant, Timestamp,
+};
+use finpool_store::{Change, JobFilter, Store, StoreConfig, StoreError, testing};
+use sqlx::Connection;
+
+struct Backend {
+    store: Store,
+    /// For poking at the database behind the store's back.
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn backends() -> Vec<Backend> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("finpool.db");
+    let mut all = vec![Backend {
+        store: Store::open(&StoreConfig::Sqlite(path.clone()))
+            .await
+            .unwrap(),
+        url: format!("sqlite://{}", path.display()),
+        _dir: Some(dir),
+    }];
+    if let Ok(base) = std::env::var(testing::TEST_DATABASE_URL_VAR) {
+        let url = testing::fresh_postgres_database(&base)
+            .await
+            .unwrap_or_else(|e| panic!("{base} is set for tests but unusable: {e}"));
+        all.push(Backend {
+            store: Store::open(&StoreConfig::Postgres(url.clone()))
+                .await
+                .unwrap(),
+            url,
+            _dir: None,
+        });
+    }
+    all
+}
+
+fn name(s: &str) -> Name {
+    Name::parse("name", s).unwrap()
+}
+
+fn tenant(id: &str) -> Tenant {
+    Tenant {
+        id: name(id),
+        display_name: format!("Tenant {id}"),
+        quotas: [(
+            "A100".to_owned(),
+            Quota {
+                guaranteed: 1,
+                limit: 2,
+            },
+        )]
+        .into(),
+        weight: 2,
+        isolation: IsolationLevel::SharedWithinTenant,
+        created_at: Timestamp(1_000),
+    }
+}
+
+fn spec(n: &str, key: Option<&str>) -> JobSpec {
+    JobSpec {
+        name: name(n),
+        model: None,
+        command: vec!["echo".into(), "hi".into()],
+        args: vec![],
+        env: BTreeMap::new(),
+        resources: Resources {
+            gpu: GpuRequest::Whole { count: 1 },
+            gpu_classes: vec![],
+            cpu_milli: 1000,
+            memory_mib: 512,
+        },
+        priority: 0,
+        max_runtime_ms: None,
+        idempotency_key: key.map(str::to_owned),
+        labels: BTreeMap::new(),
+        restart_policy: RestartPolicy::Fail,
+    }
+}
+
+fn new_job(t: &str, n: &str, at: i64) -> Job {
+    Job::new(JobId::new_random(), name(t), spec(n, None), Timestamp(at))
+}
+
+fn placement() -> Placement {
+    Placement {
+        node: "node-a".into(),
+        gpus: vec![GpuAssignment {
+            index: 3,
+            uuid: "GPU-3".into(),
+            class: "A100".into(),
+            milli: 1000,
+            memory_mib: 81920,
+        }],
+    }
+}
+
+#[tokio::test]
+async fn tenants_and_models() {
+    for b in backends().await {
+        let s = &b.store;
+        s.create_tenant(&tenant("alpha")).await.unwrap();
+        s.create_tenant(&tenant("beta")).await.unwrap();
+        assert!(matches!(
+            s.create_tenant(&tenant("alpha")).await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+        assert_eq!(s.get_tenant("alpha").await.unwrap(), tenant("alpha"));
+        assert!(matches!(
+            s.get_tenant("nobody").await,
+            Err(StoreError::NotFound(_))
+        ));
+        let page = s.list_tenants("", 1).await.unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(
+            s.list_tenants("alpha", 10).await.unwrap()[0].id.as_str(),
+            "beta"
+        );
+        let updated = s
+            .set_quota(
+                &name("beta"),
+                "H100",
+                Quota {
+                    guaranteed: 0,
+                    limit: 4,
+                },
+                Timestamp(2_000),
+            )
+            .await
+            .unwrap();
+        assert_eq!(updated.quota("H100").limit, 4);
+        assert_eq!(updated.quota("A100").limit, 2, "other classes are kept");
+        assert_eq!(s.get_tenant("beta").await.unwrap(), updated);
+
+        let model = BaseModel {
+            name: name("qwen2-7b"),
+            size_mib: 15_000,
+            min_gpu_memory_mib: 20_000,
+            registered_at: Timestamp(5),
+        };
+        s.register_model(&model).await.unwrap();
+        assert!(matches!(
+            s.register_model(&model).await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+        assert_eq!(s.list_models().await.unwrap(), vec![model]);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_submits_with_one_key_make_one_job() {
+    for b in backends().await {
+        let s = b.store.clone();
+        s.create_tenant(&tenant("alpha")).await.unwrap();
+        let t = name("alpha");
+        let id = JobId::for_idempotency_key(&t, "order-42");
+        let mut handles = Vec::new();
+        for _ in 0..50 {
+            let s = s.clone();
+            let job = Job::new(id, t.clone(), spec("risk", Some("order-42")), Timestamp(10));
+            handles.push(tokio::spawn(async move { s.submit(job).await.unwrap() }));
+        }
+        let mut created = 0;
+        for h in handles {
+            let (job, was_created) = h.await.unwrap();
+            assert_eq!(job.id, id);
+            created += was_created as usize;
+        }
+        assert_eq!(created, 1, "{}", s.backend_kind());
+        let page = s
+            .list_jobs(&JobFilter {
+                page_size: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.jobs.len(), 1);
+
+        // The same key with another spec is refused, not silently merged.
+        let other = Job::new(
+            id,
+            t.clone(),
+            spec("different", Some("order-42")),
+            Timestamp(11),
+        );
+        assert!(matches!(
+            s.submit(other).await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn transitions_follow_the_state_machine_and_keep_history() {
+    for b in backends().await {
+        let s = &b.store;
+        s.create_tenant(&tenant("alpha")).await.unwrap();
+        let mut events = s.subscribe();
+        let (job, _) = s.submit(new_job("alpha", "a", 100)).await.unwrap();
+        assert_eq!(
+            events.recv().await.unwrap().transition.to,
+            JobState::Pending
+        );
+
+        // Running straight from Pending is not an edge.
+        let err = s
+            .transition(
+                job.id,
+                None,
+                Change::new(JobState::Running, "x", Timestamp(101)),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)));
+        // Admitted needs a placement.
+        assert!(matches!(
+            s.transition(
+                job.id,
+                Some(JobState::Pending),
+                Change::new(JobState::Admitted, "x", Timestamp(101))
+            )
+            .await,
+            Err(StoreError::InvalidArgument { .. })
+        ));
+
+        let mut admit = Change::new(JobState::Admitted, "placed", Timestamp(200));
+        admit.placement = Some(placement());
+        s.transition(job.id, Some(JobState::Pending), admit)
+            .await
+            .unwrap();
+        // A stale expectation is a conflict.
+        assert!(matches!(
+            s.transition(
+                job.id,
+                Some(JobState::Pending),
+                Change::new(JobState::Cancelled, "x", Timestamp(201))
+            )
+            .await,
+            Err(StoreError::Conflict(_))
+        ));
+        s.transition(
+            job.id,
+            Some(JobState::Admitted),
+            Change::new(JobState::Running, "started", Timestamp(300)),
+        )
+        .await
+        .unwrap();
+        let mut done = Change::new(JobState::Succeeded, "exit code 0", Timestamp(10_300));
+        done.exit_code = Some(0);
+        s.transition(job.id, Some(JobState::Running), done)
+            .await
+            .unwrap();
+
+        let stored = s.get_job(job.id).await.unwrap();
+        assert_eq!(stored.state, JobState::Succeeded);
+        assert_eq!(stored.exit_code, Some(0));
+        assert_eq!(stored.started_at, Some(Timestamp(300)));
+        assert_eq!(stored.finished_at, Some(Timestamp(10_300)));
+        assert_eq!(stored.attempts, 1);
+        assert_eq!(stored.placement, Some(placement()));
+        let path: Vec<_> = stored.history.iter().map(|t| t.to).collect();
+        assert_eq!(
+            path,
+            vec![
+                JobState::Pending,
+                JobState::Admitted,
+                JobState::Running,
+                JobState::Succeeded
+            ]
+        );
+        assert_eq!(stored.history[0].from, None);
+        assert_eq!(stored.history[3].from, Some(JobState::Running));
+
+        // 10 s on one whole card = 10,000 milli-GPU-seconds.
+        let usage = s
+            .tenant_usage(&name("alpha"), Timestamp(99_999))
+            .await
+            .unwrap();
+        assert_eq!(usage.classes["A100"].gpu_milli_seconds, 10_000);
+        assert_eq!(usage.classes["A100"].gpus_in_use, 0);
+        assert_eq!(usage.jobs_total, 1);
+    }
+}
+
+#[tokio::test]
+async fn preempted_jobs_requeue_and_meter_each_run() {
+    for b in backends().await {
+        let s = &b.store;
+        s.create_tenant(&tenant("alpha")).await.unwrap();
+        let (job, _) = s.submit(new_job("alpha", "a", 0)).await.unwrap();
+        for (start, stop) in [(1_000, 3_000), (5_000, 6_000)] {
+            let mut admit = Change::new(JobState::Admitted, "placed", Timestamp(start));
+            admit.placement = Some(placement());
+            s.transition(job.id, Some(JobState::Pending), admit)
+                .await
+                .unwrap();
+            s.transition(
+                job.id,
+                None,
+                Change::new(JobState::Running, "started", Timestamp(start)),
+            )
+            .await
+            .unwrap();
+            if start == 1_000 {
+                s.transition(
+                    job.id,
+                    None,
+                    Change::new(JobState::Preempted, "reclaimed", Timestamp(stop)),
+                )
+                .await
+                .unwrap();
+                let back = s
+                    .transition(
+                        job.id,
+                        None,
+                        Change::new(JobState::Pending, "requeued", Timestamp(stop)),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(back.placement, None);
+            }
+        }
+        let usage = s
+            .tenant_usage(&name("alpha"), Timestamp(6_000))
+            .await
+            .unwrap();
+        // 2 s + 1 s (the open run, up to now).
+        assert_eq!(usage.classes["A100"].gpu_milli_seconds, 3_000);
+        assert_eq!(usage.classes["A100"].gpus_in_use, 1);
+        assert_eq!(s.get_job(job.id).await.unwrap().attempts, 2);
+    }
+}
+
+#[tokio::test]
+async fn listing_pages_filters_and_scopes_by_tenant() {
+    for b in backends().await {
+        let s = &b.store;
+        s.create_tenant(&tenant("alpha")).await.unwrap();
+        s.create_tenant(&tenant("beta")).await.unwrap();
+        let mut alpha_ids = Vec::new();
+        for i in 0..7 {
+            // Two jobs share each timestamp, to exercise the id tie-break.
+            let (j, _) = s.submit(new_job("alpha", "a", i / 2)).await.unwrap();
+            alpha_ids.push(j.id);
+        }
+        s.submit(new_job("beta", "b", 3)).await.unwrap();
+        let mut seen = Vec::new();
+        let mut token = None;
+        loop {
+            let page = s
+                .list_jobs(&JobFilter {
+                    tenant: Some(name("alpha")),
+                    states: vec![],
+                    page_size: 3,
+                    page_token: token.clone(),
+                })
+                .await
+                .unwrap();
+            assert!(page.jobs.iter().all(|j| j.tenant_id.as_str() == "alpha"));
+            seen.extend(page.jobs.iter().map(|j| j.id));
+            token = page.next_page_token;
+            if token.is_none() {
+                break;
+            }
+        }
+        let mut expected = alpha_ids.clone();
+        expected.sort();
+        let mut got = seen.clone();
+        got.sort();
+        assert_eq!(got, expected, "every job exactly once");
+        assert_eq!(seen.len(), 7);
+
+        let mut admit = Change::new(JobState::Admitted, "placed", Timestamp(50));
+        admit.placement = Some(placement());
+        s.transition(alpha_ids[0], None, admit).await.unwrap();
+        let admitted = s
+            .list_jobs(&JobFilter {
+                states: vec![JobState::Admitted],
+                page_size: 50,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(admitted.jobs.len(), 1);
+        assert_eq!(s.active_jobs().await.unwrap().len(), 8);
+
+        let bad = s
+            .list_jobs(&JobFilter {
+                page_token: Some("garbage".into()),
+                page_size: 3,
+                ..Default::default()
+            })
+            .await;
+        assert!(
+            matches!(bad, Err(StoreError::InvalidArgument { field, .. }) if field == "page_token")
+        );
+    }
+}
+
+#[tokio::test]
+async fn cancel_stops_queued_jobs_and_flags_running_ones() {
+    for b in backends().await {
+        let s = &b.store;
+        s.create_tenant(&tenant("alpha")).await.unwrap();
+        let (queued, _) = s.submit(new_job("alpha", "q", 0)).await.unwrap();
+        let cancelled = s
+            .request_cancel(queued.id, "user asked", Timestamp(5))
+            .await
+            .unwrap();
+        assert_eq!(cancelled.state, JobState::Cancelled);
+        assert!(matches!(
+            s.request_cancel(queued.id, "again", Timestamp(6)).await,
+            Err(StoreError::Conflict(_))
+        ));
+
+        let (running, _) = s.submit(new_job("alpha", "r", 0)).await.unwrap();
+        let mut admit = Change::new(JobState::Admitted, "placed", Timestamp(1));
+        admit.placement = Some(placement());
+        s.transition(running.id, None, admit).await.unwrap();
+        s.transition(
+            running.id,
+            None,
+            Change::new(JobState::Running, "go", Timestamp(2)),
+        )
+        .await
+        .unwrap();
+        let mut cancels = s.subscribe_cancels();
+        let flagged = s
+            .request_cancel(running.id, "user asked", Timestamp(7))
+            .await
+            .unwrap();
+        assert_eq!(flagged.state, JobState::Running);
+        assert!(flagged.cancel_requested);
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), cancels.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+            running.id
+        );
+    }
+}
+
+#[tokio::test]
+async fn job_history_is_append_only() {
+    for b in backends().await {
+        let s = &b.store;
+        s.create_tenant(&tenant("alpha")).await.unwrap();
+        s.submit(new_job("alpha", "a", 0)).await.unwrap();
+        let refused = if b.url.starts_with("sqlite") {
+            let mut c = sqlx::SqliteConnection::connect(&b.url).await.unwrap();
+            let u = sqlx::query("UPDATE job_events SET reason = 'forged'")
+                .execute(&mut c)
+                .await;
+            let d = sqlx::query("DELETE FROM job_events").execute(&mut c).await;
+            u.is_err() && d.is_err()
+        } else {
+            let mut c = sqlx::PgConnection::connect(&b.url).await.unwrap();
+            let u = sqlx::query("UPDATE job_events SET reason = 'forged'")
+                .execute(&mut c)
+                .await;
+            let d = sqlx::query("DELETE FROM job_events").execute(&mut c).await;
+            let t = sqlx::query("TRUNCATE job_events").execute(&mut c).await;
+            u.is_err() && d.is_err() && t.is_err()
+        };
+        assert!(
+            refused,
+            "{}: history rows could be changed",
+            s.backend_kind()
+        );
+    }
+}
+
+#[tokio::test]
+async fn sqlite_data_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let id = {
+        let s = Store::open(&StoreConfig::Sqlite(path.clone()))
+            .await
+            .unwrap();
+        s.create_tenant(&tenant("alpha")).await.unwrap();
+        s.submit(new_job("alpha", "a", 0)).await.unwrap().0.id
+    };
+    let s = Store::open(&StoreConfig::Sqlite(path)).await.unwrap();
+    assert_eq!(s.get_job(id).await.unwrap().state, JobState::Pending);
+}
