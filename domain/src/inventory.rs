@@ -41,3 +41,37 @@ impl Node {
         self.labels.get(LOCATION_LABEL).map(String::as_str)
     }
 }
+
+/// The pool's hardware at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub classes: Vec<GpuClass>,
+    pub nodes: Vec<Node>,
+}
+
+impl Inventory {
+    /// Per class, the most GPUs of that class on any one node: the largest
+    /// whole-GPU job that could ever run.
+    pub fn max_gpus_per_node(&self) -> BTreeMap<String, u32> {
+        let mut most = BTreeMap::new();
+        for node in &self.nodes {
+            let mut here: BTreeMap<&str, u32> = BTreeMap::new();
+            for g in &node.gpus {
+                *here.entry(&g.class).or_default() += 1;
+            }
+            for (class, n) in here {
+                let m = most.entry(class.to_owned()).or_insert(0);
+                *m = (*m).max(n);
+            }
+        }
+        most
+    }
+
+    pub fn class_names(&self) -> Vec<String> {
+        self.classes.iter().map(|c| c.name.clone()).collect()
+    }
+
+    pub fn gpu_count(&self) -> usize {
+        self.nodes.iter().map(|n| n.gpus.len()).sum()
+    }
+}

@@ -1,0 +1,332 @@
+//! Authentication: JWT bearer tokens (RFC 8725 rules), and the caller's
+//! identity they carry.
+//!
+//! One algorithm (EdDSA) is allowed. `exp`, `iss`, `aud`, `sub` and `role`
+//! are required, and `tenant` too for the tenant role. The signing key is
+//! an Ed25519 key the server creates in its data dir on first start (mode
+//! 0600); tokens name it by `kid`.
+
+pub mod layer;
+pub mod policy;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use finpool_domain::{Name, TenantId};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use thiserror::Error;
+
+/// Who may be issued tokens, and what `iss` / `aud` they carry.
+pub const ISSUER: &str = "finpool";
+pub const AUDIENCE: &str = "finpool-api";
+/// Clock skew tolerated on `exp` and `nbf`.
+pub const LEEWAY_SECONDS: u64 = 30;
+/// The file in the data dir holding the signing key (PKCS#8 DER).
+pub const KEY_FILE: &str = "jwt-signing-key.pk8";
+
+/// The three kinds of users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A brokerage, bound to one tenant id.
+    Tenant,
+    /// A platform operator.
+    Operator,
+    /// A regulator: reads everything, changes nothing.
+    Regulator,
+}
+
+impl Role {
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "tenant" => Some(Self::Tenant),
+            "operator" => Some(Self::Operator),
+            "regulator" => Some(Self::Regulator),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tenant => "tenant",
+            Self::Operator => "operator",
+            Self::Regulator => "regulator",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub subject: String,
+    pub role: Role,
+    /// Set exactly for the tenant role.
+    pub tenant: Option<TenantId>,
+}
+
+impl Principal {
+    /// Whether the caller may see `tenant`'s data.
+    pub fn can_see(&self, tenant: &TenantId) -> bool {
+        match self.role {
+            Role::Tenant => self.tenant.as_ref() == Some(tenant),
+            Role::Operator | Role::Regulator => true,
+        }
+    }
+}
+
+/// The claims finpool tokens carry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    pub exp: u64,
+    pub iat: u64,
+    pub nbf: u64,
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+#[derive(Debug, Error)]
+pub enum AuthError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("signing key: {0}")]
+    Key(String),
+}
+
+/// The server's Ed25519 signing key.
+pub struct SigningKey {
+    pkcs8: Vec<u8>,
+    public: Vec<u8>,
+    kid: String,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// Reads the key from `dir`, creating it (mode 0600) if missing.
+    pub fn load_or_create(dir: &Path) -> Result<Self, AuthError> {
+        let path = dir.join(KEY_FILE);
+        match std::fs::read(&path) {
+            Ok(pkcs8) => Self::from_pkcs8(pkcs8),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let rng = ring::rand::SystemRandom::new();
+                let doc = Ed25519KeyPair::generate_pkcs8(&rng)
+                    .map_err(|_| AuthError::Key("could not generate a key".into()))?;
+                write_private(&path, doc.as_ref())
+                    .map_err(|e| AuthError::Key(format!("writing {}: {e}", path.display())))?;
+                Self::from_pkcs8(doc.as_ref().to_vec())
+            }
+            Err(e) => Err(AuthError::Key(format!("reading {}: {e}", path.display()))),
+        }
+    }
+
+    /// Reads an existing key from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, AuthError> {
+        let path = dir.join(KEY_FILE);
+        let pkcs8 = std::fs::read(&path).map_err(|e| {
+            AuthError::Key(format!(
+                "reading {}: {e} (start the server once with this --data-dir to create it)",
+                path.display()
+            ))
+        })?;
+        Self::from_pkcs8(pkcs8)
+    }
+
+    fn from_pkcs8(pkcs8: Vec<u8>) -> Result<Self, AuthError> {
+        let pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
+            .map_err(|e| AuthError::Key(format!("not an Ed25519 PKCS#8 key: {e}")))?;
+        let public = pair.public_key().as_ref().to_vec();
+        let kid = hex(&sha2::Sha256::digest(&public)[..8]);
+        Ok(Self { pkcs8, public, kid })
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// Signs a token for `role` (and `tenant`), valid for `ttl` from `now`.
+    pub fn issue(
+        &self,
+        subject: &str,
+        role: Role,
+        tenant: Option<&TenantId>,
+        ttl: std::time::Duration,
+        now_seconds: u64,
+    ) -> Result<String, AuthError> {
+        if (role == Role::Tenant) != tenant.is_some() {
+            return Err(AuthError::Invalid(
+                "a tenant token names exactly one tenant; other roles name none".into(),
+            ));
+        }
+        let claims = Claims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: subject.into(),
+            iat: now_seconds,
+            nbf: now_seconds,
+            exp: now_seconds + ttl.as_secs(),
+            role: role.as_str().into(),
+            tenant: tenant.map(|t| t.to_string()),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&self.pkcs8))
+            .map_err(|e| AuthError::Key(e.to_string()))
+    }
+
+    pub fn verifier(&self) -> Verifier {
+        Verifier {
+            keys: vec![(self.kid.clone(), DecodingKey::from_ed_der(&self.public))],
+        }
+    }
+}
+
+/// Checks bearer tokens.
+#[derive(Clone)]
+pub struct Verifier {
+    keys: Vec<(String, DecodingKey)>,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("kids", &self.keys.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Verifier {
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let kid = header
+            .kid
+            .ok_or_else(|| AuthError::Invalid("the token names no key (kid)".into()))?;
+        let key = self
+            .keys
+            .iter()
+            .find(|(k, _)| *k == kid)
+            .map(|(_, key)| key)
+            .ok_or_else(|| AuthError::Invalid(format!("unknown key id {kid:?}")))?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECONDS;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let claims = data.claims;
+        let role = Role::parse(&claims.role)
+            .ok_or_else(|| AuthError::Invalid(format!("unknown role {:?}", claims.role)))?;
+        let tenant = match (role, claims.tenant.as_deref()) {
+            (Role::Tenant, Some(t)) => Some(
+                Name::parse("tenant", t).map_err(|e| AuthError::Invalid(e.to_string()))?,
+            ),
+            (Role::Tenant, None) => {
+                return Err(AuthError::Invalid("a tenant token must name its tenant".into()));
+            }
+            (_, Some(_)) => {
+                return Err(AuthError::Invalid(format!("a {role} token must not name a tenant")));
+            }
+            (_, None) => None,
+        };
+        if claims.sub.is_empty() {
+            return Err(AuthError::Invalid("empty sub".into()));
+        }
+        Ok(Principal {
+            subject: claims.sub,
+            role,
+            tenant,
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a secret file readable by its owner only.
+fn write_private(path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn key_is_created_private_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = SigningKey::load_or_create(dir.path()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let b = SigningKey::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.kid(), b.kid());
+    }
+
+    #[test]
+    fn issued_tokens_verify_with_role_and_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::load_or_create(dir.path()).unwrap();
+        let t = Name::parse("t", "alpha").unwrap();
+        let token = key.issue("alice", Role::Tenant, Some(&t), Duration::from_secs(60), now()).unwrap();
+        let p = key.verifier().verify(&token).unwrap();
+        assert_eq!(p.role, Role::Tenant);
+        assert_eq!(p.tenant, Some(t));
+        assert!(key.issue("x", Role::Tenant, None, Duration::from_secs(60), now()).is_err());
+    }
+
+    #[test]
+    fn expired_and_foreign_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::load_or_create(dir.path()).unwrap();
+        let old = key
+            .issue("op", Role::Operator, None, Duration::from_secs(10), now() - 3600)
+            .unwrap();
+        assert!(key.verifier().verify(&old).is_err());
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = SigningKey::load_or_create(other_dir.path()).unwrap();
+        let foreign = other.issue("op", Role::Operator, None, Duration::from_secs(60), now()).unwrap();
+        assert!(key.verifier().verify(&foreign).is_err());
+    }
+}

@@ -1,0 +1,94 @@
+//! Who may call what: one rule per gRPC method, in one table. A method
+//! missing from the table is refused, so a new method cannot be reachable
+//! by accident. Which rows a caller sees (its own tenant's only) is decided
+//! by the handlers, which know the data.
+
+use super::Role;
+
+/// Who may call a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token needed (server reflection, health).
+    Anonymous,
+    /// A valid token with one of these roles.
+    Roles(&'static [Role]),
+}
+
+const ALL: &[Role] = &[Role::Tenant, Role::Operator, Role::Regulator];
+const TENANT: &[Role] = &[Role::Tenant];
+const OPERATOR: &[Role] = &[Role::Operator];
+const TENANT_OR_OPERATOR: &[Role] = &[Role::Tenant, Role::Operator];
+
+/// Every method the server serves, with its rule.
+pub const RULES: &[(&str, Access)] = &[
+    ("/finpool.v1.JobService/SubmitJob", Access::Roles(TENANT)),
+    ("/finpool.v1.JobService/GetJob", Access::Roles(ALL)),
+    ("/finpool.v1.JobService/ListJobs", Access::Roles(ALL)),
+    ("/finpool.v1.JobService/CancelJob", Access::Roles(TENANT_OR_OPERATOR)),
+    ("/finpool.v1.JobService/WatchJobs", Access::Roles(ALL)),
+    ("/finpool.v1.JobService/StreamLogs", Access::Roles(ALL)),
+    ("/finpool.v1.TenantService/CreateTenant", Access::Roles(OPERATOR)),
+    ("/finpool.v1.TenantService/GetTenant", Access::Roles(ALL)),
+    ("/finpool.v1.TenantService/ListTenants", Access::Roles(ALL)),
+    ("/finpool.v1.TenantService/SetQuota", Access::Roles(OPERATOR)),
+    ("/finpool.v1.ModelService/RegisterModel", Access::Roles(OPERATOR)),
+    ("/finpool.v1.ModelService/ListModels", Access::Roles(ALL)),
+    ("/finpool.v1.NodeService/ListNodes", Access::Roles(ALL)),
+    ("/finpool.v1.UsageService/GetUsage", Access::Roles(ALL)),
+    (
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        Access::Anonymous,
+    ),
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        Access::Anonymous,
+    ),
+];
+
+/// The rule for a request path, if the method is known.
+pub fn rule(path: &str) -> Option<Access> {
+    RULES.iter().find(|(p, _)| *p == path).map(|(_, a)| *a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every method in the finpool.v1 descriptor set has a rule, and every
+    /// rule names a real method: the table and the API cannot drift.
+    #[test]
+    fn every_api_method_has_exactly_one_rule() {
+        let pool = prost_reflect::DescriptorPool::decode(finpool_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let mut methods = Vec::new();
+        for service in pool.services() {
+            for method in service.methods() {
+                methods.push(format!("/{}/{}", service.full_name(), method.name()));
+            }
+        }
+        assert!(methods.len() >= 14);
+        for m in &methods {
+            assert!(rule(m).is_some(), "{m} has no authorization rule");
+        }
+        for (path, _) in RULES {
+            assert!(
+                methods.contains(&path.to_string()) || path.starts_with("/grpc."),
+                "rule for unknown method {path}"
+            );
+            assert_eq!(RULES.iter().filter(|(p, _)| p == path).count(), 1);
+        }
+    }
+
+    #[test]
+    fn regulators_can_change_nothing() {
+        for (path, access) in RULES {
+            let mutates = ["Submit", "Cancel", "Create", "Set", "Register"]
+                .iter()
+                .any(|verb| path.rsplit('/').next().unwrap().starts_with(verb));
+            if let Access::Roles(roles) = access
+                && mutates
+            {
+                assert!(!roles.contains(&Role::Regulator), "{path}");
+            }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The API server: every service behind the auth layer, plus reflection.
+
+use std::future::Future;
+
+use finpool_proto::v1::job_service_server::JobServiceServer;
+use finpool_proto::v1::model_service_server::ModelServiceServer;
+use finpool_proto::v1::node_service_server::NodeServiceServer;
+use finpool_proto::v1::tenant_service_server::TenantServiceServer;
+use finpool_proto::v1::usage_service_server::UsageServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+
+use crate::auth::Verifier;
+use crate::auth::layer::AuthLayer;
+use crate::service::jobs::Jobs;
+use crate::service::nodes::Nodes;
+use crate::service::tenants::{Models, Tenants, Usage};
+use crate::state::ApiState;
+
+/// The largest request accepted (a job spec's command alone may be 64 KiB).
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// Every gRPC service, unauthenticated (the caller adds [`AuthLayer`]).
+pub fn grpc_routes(state: ApiState) -> Routes {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(finpool_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor set is valid");
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(finpool_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("the embedded descriptor set is valid");
+    Routes::new(JobServiceServer::new(Jobs::new(state.clone())).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(TenantServiceServer::new(Tenants::new(state.clone())))
+        .add_service(ModelServiceServer::new(Models::new(state.clone())))
+        .add_service(NodeServiceServer::new(Nodes::new(state.clone())))
+        .add_service(UsageServiceServer::new(Usage::new(state)))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    verifier: Verifier,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .layer(AuthLayer::new(verifier))
+        .add_routes(grpc_routes(state))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

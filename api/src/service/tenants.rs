@@ -1,0 +1,206 @@
+//! TenantService, ModelService and UsageService: the pool's tenants, base
+//! models and metered usage.
+
+use finpool_domain::{BaseModelInput, Name, Quota, Timestamp};
+use finpool_domain::tenant::check_class;
+use finpool_proto::v1 as pb;
+use finpool_proto::v1::model_service_server::ModelService;
+use finpool_proto::v1::tenant_service_server::TenantService;
+use finpool_proto::v1::usage_service_server::UsageService;
+use finpool_store::StoreError;
+use tonic::{Request, Response, Status};
+
+use super::{page_size, principal};
+use crate::auth::{Principal, Role};
+use crate::convert;
+use crate::error;
+use crate::state::ApiState;
+
+pub struct Tenants {
+    state: ApiState,
+}
+
+impl Tenants {
+    pub fn new(state: ApiState) -> Self {
+        Self { state }
+    }
+}
+
+/// The tenant, if the caller may see it; NOT_FOUND otherwise.
+async fn visible_tenant(state: &ApiState, who: &Principal, id: &str) -> Result<finpool_domain::Tenant, Status> {
+    let name = Name::parse("id", id).map_err(error::invalid)?;
+    let not_found = || Status::not_found(format!("tenant {name} not found"));
+    if !who.can_see(&name) {
+        return Err(not_found());
+    }
+    match state.store.get_tenant(id).await {
+        Ok(t) => Ok(t),
+        Err(StoreError::NotFound(_)) => Err(not_found()),
+        Err(e) => Err(error::store(e)),
+    }
+}
+
+#[tonic::async_trait]
+impl TenantService for Tenants {
+    async fn create_tenant(
+        &self,
+        request: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let who = principal(&request)?;
+        let input = convert::tenant_input(request.into_inner()).map_err(error::invalid)?;
+        let classes = self.state.inventory.inventory().class_names();
+        let tenant = input.validate(&classes, Timestamp::now()).map_err(error::invalid)?;
+        let tenant = self.state.store.create_tenant(&tenant).await.map_err(error::store)?;
+        tracing::info!(tenant = %tenant.id, by = %who.subject, "tenant created");
+        Ok(Response::new(convert::tenant_to_pb(&tenant)))
+    }
+
+    async fn get_tenant(&self, request: Request<pb::GetTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
+        let who = principal(&request)?;
+        let tenant = visible_tenant(&self.state, &who, &request.get_ref().id).await?;
+        Ok(Response::new(convert::tenant_to_pb(&tenant)))
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        let size = page_size(r.page_size, 100)?;
+        if let (Role::Tenant, Some(own)) = (who.role, &who.tenant) {
+            // A tenant lists only itself.
+            let tenants = match self.state.store.get_tenant(own.as_str()).await {
+                Ok(t) if r.page_token.is_empty() => vec![convert::tenant_to_pb(&t)],
+                Ok(_) | Err(StoreError::NotFound(_)) => vec![],
+                Err(e) => return Err(error::store(e)),
+            };
+            return Ok(Response::new(pb::ListTenantsResponse {
+                tenants,
+                next_page_token: String::new(),
+            }));
+        }
+        let mut tenants = self
+            .state
+            .store
+            .list_tenants(&r.page_token, size + 1)
+            .await
+            .map_err(error::store)?;
+        let next_page_token = if tenants.len() > size as usize {
+            tenants.truncate(size as usize);
+            tenants.last().map(|t| t.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListTenantsResponse {
+            tenants: tenants.iter().map(convert::tenant_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn set_quota(&self, request: Request<pb::SetQuotaRequest>) -> Result<Response<pb::Tenant>, Status> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        let id = Name::parse("tenant_id", &r.tenant_id).map_err(error::invalid)?;
+        let classes = self.state.inventory.inventory().class_names();
+        check_class("gpu_class", &r.gpu_class, &classes).map_err(error::invalid)?;
+        let q = r.quota.ok_or_else(|| Status::invalid_argument("quota: required"))?;
+        let quota = Quota::new("quota", q.guaranteed, q.limit).map_err(error::invalid)?;
+        let tenant = self
+            .state
+            .store
+            .set_quota(&id, &r.gpu_class, quota, Timestamp::now())
+            .await
+            .map_err(error::store)?;
+        tracing::info!(tenant = %id, class = %r.gpu_class, ?quota, by = %who.subject, "quota set");
+        Ok(Response::new(convert::tenant_to_pb(&tenant)))
+    }
+}
+
+pub struct Models {
+    state: ApiState,
+}
+
+impl Models {
+    pub fn new(state: ApiState) -> Self {
+        Self { state }
+    }
+}
+
+#[tonic::async_trait]
+impl ModelService for Models {
+    async fn register_model(
+        &self,
+        request: Request<pb::RegisterModelRequest>,
+    ) -> Result<Response<pb::Model>, Status> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        let model = BaseModelInput {
+            name: r.name,
+            size_mib: r.size_mib,
+            min_gpu_memory_mib: r.min_gpu_memory_mib,
+        }
+        .validate(Timestamp::now())
+        .map_err(error::invalid)?;
+        let model = self.state.store.register_model(&model).await.map_err(error::store)?;
+        tracing::info!(model = %model.name, by = %who.subject, "model registered");
+        Ok(Response::new(convert::model_to_pb(&model)))
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let models = self.state.store.list_models().await.map_err(error::store)?;
+        Ok(Response::new(pb::ListModelsResponse {
+            models: models.iter().map(convert::model_to_pb).collect(),
+        }))
+    }
+}
+
+pub struct Usage {
+    state: ApiState,
+}
+
+impl Usage {
+    pub fn new(state: ApiState) -> Self {
+        Self { state }
+    }
+}
+
+#[tonic::async_trait]
+impl UsageService for Usage {
+    async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Result<Response<pb::Usage>, Status> {
+        let who = principal(&request)?;
+        let asked = request.into_inner().tenant_id;
+        let id = match (&who.tenant, asked.as_str()) {
+            (Some(own), "") => own.to_string(),
+            (None, "") => return Err(Status::invalid_argument("tenant_id: required for operators and regulators")),
+            (_, t) => t.to_owned(),
+        };
+        let tenant = visible_tenant(&self.state, &who, &id).await?;
+        let now = Timestamp::now();
+        let usage = self
+            .state
+            .store
+            .tenant_usage(&tenant.id, now)
+            .await
+            .map_err(error::store)?;
+        Ok(Response::new(pb::Usage {
+            tenant_id: tenant.id.to_string(),
+            classes: usage
+                .classes
+                .into_iter()
+                .map(|(class, u)| pb::ClassUsage {
+                    gpu_class: class,
+                    gpu_milli_seconds: u.gpu_milli_seconds,
+                    gpus_in_use: u.gpus_in_use,
+                })
+                .collect(),
+            jobs_total: usage.jobs_total,
+            jobs_running: usage.jobs_running,
+            jobs_pending: usage.jobs_pending,
+            as_of: Some(convert::timestamp(now)),
+        }))
+    }
+}
