@@ -1,1 +1,45 @@
+//! The `finpool` command line, as a library so tests can drive it.
 
+pub mod args;
+pub mod client;
+pub mod commands;
+pub mod demo;
+pub mod output;
+
+use args::{Cli, Command};
+
+/// Logs go to stderr; `RUST_LOG` overrides the default level.
+pub fn init_tracing(cli: &Cli) {
+    let default = match &cli.command {
+        Command::Up(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let global = cli.global;
+    match cli.command {
+        Command::Up(args) => commands::up::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Token(args) => commands::token::run(args),
+        Command::Tenant(args) => commands::tenant::run(&global, args).await,
+        Command::Model(args) => commands::model::run(&global, args).await,
+        Command::Node(args) => commands::node::run(&global, args).await,
+        Command::Job(args) => commands::job::run(&global, args).await,
+        Command::Usage(args) => commands::usage::run(&global, args).await,
+    }
+}
+
+/// An error for people: a gRPC status reads as its code and message.
+pub fn describe_error(e: &anyhow::Error) -> String {
+    if let Some(status) = e.downcast_ref::<tonic::Status>() {
+        return format!("{:?}: {}", status.code(), status.message());
+    }
+    format!("{e:#}")
+}

@@ -34,7 +34,10 @@ pub fn state_from_pb(field: &str, value: i32) -> Result<d::JobState, FieldError>
         Ok(pb::JobState::Failed) => Ok(d::JobState::Failed),
         Ok(pb::JobState::Cancelled) => Ok(d::JobState::Cancelled),
         Ok(pb::JobState::Preempted) => Ok(d::JobState::Preempted),
-        _ => Err(FieldError::new(field, format!("{value} is not a job state"))),
+        _ => Err(FieldError::new(
+            field,
+            format!("{value} is not a job state"),
+        )),
     }
 }
 
@@ -78,27 +81,75 @@ pub fn spec_input(spec: pb::JobSpec) -> Result<d::JobSpecInput, FieldError> {
             memory_mib: resources.memory_mib,
         },
         priority: spec.priority,
-        max_runtime_ms: spec
-            .max_runtime
-            .map(|d| d.seconds.saturating_mul(1000).saturating_add(d.nanos as i64 / 1_000_000)),
+        max_runtime_ms: spec.max_runtime.map(|d| {
+            d.seconds
+                .saturating_mul(1000)
+                .saturating_add(d.nanos as i64 / 1_000_000)
+        }),
         idempotency_key: spec.idempotency_key,
         labels: spec.labels.into_iter().collect(),
         restart_policy,
     })
 }
 
+/// A client-side spec (from YAML or flags) as the message to send. Values
+/// pass through unvalidated: the server validates.
+pub fn input_to_pb(input: &d::JobSpecInput) -> pb::JobSpec {
+    let gpu = input.resources.gpu.as_ref().map(|g| pb::GpuRequest {
+        kind: match (g.whole_gpus, &g.share) {
+            (Some(n), _) => Some(pb::gpu_request::Kind::WholeGpus(n)),
+            (None, Some(s)) => Some(pb::gpu_request::Kind::Share(pb::GpuShare {
+                milli: s.milli,
+                memory_mib: s.memory_mib,
+            })),
+            (None, None) => None,
+        },
+    });
+    pb::JobSpec {
+        name: input.name.clone(),
+        model: input.model.clone(),
+        command: input.command.clone(),
+        args: input.args.clone(),
+        env: input.env.clone().into_iter().collect(),
+        resources: Some(pb::Resources {
+            gpu,
+            gpu_classes: input.resources.gpu_classes.clone(),
+            cpu_milli: input.resources.cpu_milli,
+            memory_mib: input.resources.memory_mib,
+        }),
+        priority: input.priority,
+        max_runtime: input.max_runtime_ms.map(|ms| prost_types::Duration {
+            seconds: ms.div_euclid(1000),
+            nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+        }),
+        idempotency_key: input.idempotency_key.clone(),
+        labels: input.labels.clone().into_iter().collect(),
+        restart_policy: match input.restart_policy {
+            None => pb::RestartPolicy::Unspecified,
+            Some(d::RestartPolicy::Fail) => pb::RestartPolicy::Fail,
+            Some(d::RestartPolicy::Requeue) => pb::RestartPolicy::Requeue,
+        } as i32,
+    }
+}
+
 pub fn spec_to_pb(spec: &d::JobSpec) -> pb::JobSpec {
     let kind = match spec.resources.gpu {
         d::GpuRequest::None => None,
         d::GpuRequest::Whole { count } => Some(pb::gpu_request::Kind::WholeGpus(count as i64)),
-        d::GpuRequest::Share { milli, memory_mib } => Some(pb::gpu_request::Kind::Share(pb::GpuShare {
-            milli: milli as i64,
-            memory_mib: memory_mib as i64,
-        })),
+        d::GpuRequest::Share { milli, memory_mib } => {
+            Some(pb::gpu_request::Kind::Share(pb::GpuShare {
+                milli: milli as i64,
+                memory_mib: memory_mib as i64,
+            }))
+        }
     };
     pb::JobSpec {
         name: spec.name.to_string(),
-        model: spec.model.as_ref().map(ToString::to_string).unwrap_or_default(),
+        model: spec
+            .model
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         command: spec.command.clone(),
         args: spec.args.clone(),
         env: spec.env.clone().into_iter().collect(),
@@ -172,7 +223,10 @@ pub fn isolation_from_pb(value: i32) -> Result<String, FieldError> {
         Ok(pb::IsolationLevel::Exclusive) => Ok("exclusive".into()),
         Ok(pb::IsolationLevel::SharedWithinTenant) => Ok("shared-within-tenant".into()),
         Ok(pb::IsolationLevel::Mig) => Ok("mig".into()),
-        Err(_) => Err(FieldError::new("isolation", format!("{value} is not an isolation level"))),
+        Err(_) => Err(FieldError::new(
+            "isolation",
+            format!("{value} is not an isolation level"),
+        )),
     }
 }
 
@@ -261,7 +315,10 @@ mod tests {
             restart_policy: 9,
             ..Default::default()
         };
-        assert_eq!(spec_input(spec.clone()).unwrap_err().field, "restart_policy");
+        assert_eq!(
+            spec_input(spec.clone()).unwrap_err().field,
+            "restart_policy"
+        );
         let mut ok = spec;
         ok.restart_policy = 2;
         let input = spec_input(ok).unwrap();

@@ -31,13 +31,16 @@ pub fn grpc_routes(state: ApiState) -> Routes {
         .register_encoded_file_descriptor_set(finpool_proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .expect("the embedded descriptor set is valid");
-    Routes::new(JobServiceServer::new(Jobs::new(state.clone())).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(TenantServiceServer::new(Tenants::new(state.clone())))
-        .add_service(ModelServiceServer::new(Models::new(state.clone())))
-        .add_service(NodeServiceServer::new(Nodes::new(state.clone())))
-        .add_service(UsageServiceServer::new(Usage::new(state)))
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+    Routes::new(
+        JobServiceServer::new(Jobs::new(state.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
+    .add_service(TenantServiceServer::new(Tenants::new(state.clone())))
+    .add_service(ModelServiceServer::new(Models::new(state.clone())))
+    .add_service(NodeServiceServer::new(Nodes::new(state.clone())))
+    .add_service(UsageServiceServer::new(Usage::new(state)))
+    .add_service(reflection_v1)
+    .add_service(reflection_v1alpha)
 }
 
 /// Serves the API on `listener` until `shutdown` completes.

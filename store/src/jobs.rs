@@ -360,6 +360,28 @@ impl Store {
         }
     }
 
+    /// Records why queued jobs are waiting, where that changed. Only
+    /// Pending jobs are touched; the reason is not a state change.
+    pub async fn set_waiting_reasons(&self, reasons: &[(JobId, String)]) -> Result<(), StoreError> {
+        if reasons.is_empty() {
+            return Ok(());
+        }
+        crate::backend::with_write_pool!(self.backend(), pool => {
+            let mut tx = pool.begin().await?;
+            for (id, reason) in reasons {
+                sqlx::query(
+                    "UPDATE jobs SET reason = $1 WHERE id = $2 AND state = 'pending' AND reason <> $1",
+                )
+                .bind(reason)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     /// Cancels a job. A queued job is Cancelled at once; a running one is
     /// flagged, and the executor stops it and records the end.
     pub async fn request_cancel(
@@ -381,7 +403,7 @@ impl Store {
                     .execute(pool)
                     .await?;
                 });
-                let _ = self.inner.cancels.send(id);
+                let _ = self.inner.cancels.send((id, reason.to_owned()));
                 self.get_job(id).await
             }
             s => {

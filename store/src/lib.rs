@@ -40,8 +40,8 @@ pub struct Store {
 struct Inner {
     backend: Backend,
     events: broadcast::Sender<JobEvent>,
-    /// Running jobs someone asked to cancel.
-    cancels: broadcast::Sender<finpool_domain::JobId>,
+    /// Running jobs someone asked to cancel, with the reason.
+    cancels: broadcast::Sender<(finpool_domain::JobId, String)>,
     submits: mpsc::Sender<submit::Request>,
 }
 
@@ -83,8 +83,8 @@ impl Store {
         self.inner.events.subscribe()
     }
 
-    /// Ids of running jobs whose cancel was asked.
-    pub fn subscribe_cancels(&self) -> broadcast::Receiver<finpool_domain::JobId> {
+    /// Running jobs whose cancel was asked, with the reason.
+    pub fn subscribe_cancels(&self) -> broadcast::Receiver<(finpool_domain::JobId, String)> {
         self.inner.cancels.subscribe()
     }
 

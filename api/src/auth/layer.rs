@@ -91,7 +91,10 @@ where
     }
 }
 
-fn authenticate<B>(verifier: &Verifier, request: &http::Request<B>) -> Result<super::Principal, AuthError> {
+fn authenticate<B>(
+    verifier: &Verifier,
+    request: &http::Request<B>,
+) -> Result<super::Principal, AuthError> {
     let header = request
         .headers()
         .get(http::header::AUTHORIZATION)

@@ -116,7 +116,9 @@ pub struct SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -208,14 +210,18 @@ pub struct Verifier {
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Verifier")
-            .field("kids", &self.keys.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field(
+                "kids",
+                &self.keys.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
 
 impl Verifier {
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let kid = header
             .kid
             .ok_or_else(|| AuthError::Invalid("the token names no key (kid)".into()))?;
@@ -237,14 +243,18 @@ impl Verifier {
         let role = Role::parse(&claims.role)
             .ok_or_else(|| AuthError::Invalid(format!("unknown role {:?}", claims.role)))?;
         let tenant = match (role, claims.tenant.as_deref()) {
-            (Role::Tenant, Some(t)) => Some(
-                Name::parse("tenant", t).map_err(|e| AuthError::Invalid(e.to_string()))?,
-            ),
+            (Role::Tenant, Some(t)) => {
+                Some(Name::parse("tenant", t).map_err(|e| AuthError::Invalid(e.to_string()))?)
+            }
             (Role::Tenant, None) => {
-                return Err(AuthError::Invalid("a tenant token must name its tenant".into()));
+                return Err(AuthError::Invalid(
+                    "a tenant token must name its tenant".into(),
+                ));
             }
             (_, Some(_)) => {
-                return Err(AuthError::Invalid(format!("a {role} token must not name a tenant")));
+                return Err(AuthError::Invalid(format!(
+                    "a {role} token must not name a tenant"
+                )));
             }
             (_, None) => None,
         };
@@ -297,7 +307,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let b = SigningKey::load_or_create(dir.path()).unwrap();
@@ -309,11 +322,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::load_or_create(dir.path()).unwrap();
         let t = Name::parse("t", "alpha").unwrap();
-        let token = key.issue("alice", Role::Tenant, Some(&t), Duration::from_secs(60), now()).unwrap();
+        let token = key
+            .issue(
+                "alice",
+                Role::Tenant,
+                Some(&t),
+                Duration::from_secs(60),
+                now(),
+            )
+            .unwrap();
         let p = key.verifier().verify(&token).unwrap();
         assert_eq!(p.role, Role::Tenant);
         assert_eq!(p.tenant, Some(t));
-        assert!(key.issue("x", Role::Tenant, None, Duration::from_secs(60), now()).is_err());
+        assert!(
+            key.issue("x", Role::Tenant, None, Duration::from_secs(60), now())
+                .is_err()
+        );
     }
 
     #[test]
@@ -321,12 +345,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::load_or_create(dir.path()).unwrap();
         let old = key
-            .issue("op", Role::Operator, None, Duration::from_secs(10), now() - 3600)
+            .issue(
+                "op",
+                Role::Operator,
+                None,
+                Duration::from_secs(10),
+                now() - 3600,
+            )
             .unwrap();
         assert!(key.verifier().verify(&old).is_err());
         let other_dir = tempfile::tempdir().unwrap();
         let other = SigningKey::load_or_create(other_dir.path()).unwrap();
-        let foreign = other.issue("op", Role::Operator, None, Duration::from_secs(60), now()).unwrap();
+        let foreign = other
+            .issue("op", Role::Operator, None, Duration::from_secs(60), now())
+            .unwrap();
         assert!(key.verifier().verify(&foreign).is_err());
     }
 }

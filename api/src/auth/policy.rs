@@ -24,14 +24,26 @@ pub const RULES: &[(&str, Access)] = &[
     ("/finpool.v1.JobService/SubmitJob", Access::Roles(TENANT)),
     ("/finpool.v1.JobService/GetJob", Access::Roles(ALL)),
     ("/finpool.v1.JobService/ListJobs", Access::Roles(ALL)),
-    ("/finpool.v1.JobService/CancelJob", Access::Roles(TENANT_OR_OPERATOR)),
+    (
+        "/finpool.v1.JobService/CancelJob",
+        Access::Roles(TENANT_OR_OPERATOR),
+    ),
     ("/finpool.v1.JobService/WatchJobs", Access::Roles(ALL)),
     ("/finpool.v1.JobService/StreamLogs", Access::Roles(ALL)),
-    ("/finpool.v1.TenantService/CreateTenant", Access::Roles(OPERATOR)),
+    (
+        "/finpool.v1.TenantService/CreateTenant",
+        Access::Roles(OPERATOR),
+    ),
     ("/finpool.v1.TenantService/GetTenant", Access::Roles(ALL)),
     ("/finpool.v1.TenantService/ListTenants", Access::Roles(ALL)),
-    ("/finpool.v1.TenantService/SetQuota", Access::Roles(OPERATOR)),
-    ("/finpool.v1.ModelService/RegisterModel", Access::Roles(OPERATOR)),
+    (
+        "/finpool.v1.TenantService/SetQuota",
+        Access::Roles(OPERATOR),
+    ),
+    (
+        "/finpool.v1.ModelService/RegisterModel",
+        Access::Roles(OPERATOR),
+    ),
     ("/finpool.v1.ModelService/ListModels", Access::Roles(ALL)),
     ("/finpool.v1.NodeService/ListNodes", Access::Roles(ALL)),
     ("/finpool.v1.UsageService/GetUsage", Access::Roles(ALL)),
@@ -58,7 +70,8 @@ mod tests {
     /// rule names a real method: the table and the API cannot drift.
     #[test]
     fn every_api_method_has_exactly_one_rule() {
-        let pool = prost_reflect::DescriptorPool::decode(finpool_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let pool =
+            prost_reflect::DescriptorPool::decode(finpool_proto::FILE_DESCRIPTOR_SET).unwrap();
         let mut methods = Vec::new();
         for service in pool.services() {
             for method in service.methods() {

@@ -2,8 +2,8 @@
 
 use std::pin::Pin;
 
-use finpool_domain::{Job, JobId, JobSpecInput, Name, Timestamp};
 use finpool_domain::job::SubmitContext;
+use finpool_domain::{Job, JobId, JobSpecInput, Name, Timestamp};
 use finpool_proto::v1 as pb;
 use finpool_proto::v1::job_service_server::JobService;
 use finpool_store::{JobFilter, StoreError};
@@ -27,7 +27,11 @@ impl Jobs {
     }
 
     /// Validates a spec for `tenant` against the pool, as a submit would.
-    pub async fn validate(&self, tenant: &Name, input: &JobSpecInput) -> Result<finpool_domain::JobSpec, Status> {
+    pub async fn validate(
+        &self,
+        tenant: &Name,
+        input: &JobSpecInput,
+    ) -> Result<finpool_domain::JobSpec, Status> {
         let tenant = match self.state.store.get_tenant(tenant.as_str()).await {
             Ok(t) => t,
             Err(StoreError::NotFound(_)) => {
@@ -97,7 +101,10 @@ impl JobService for Jobs {
         }))
     }
 
-    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let who = principal(&request)?;
         let job = self.visible_job(&who, &request.get_ref().id).await?;
         Ok(Response::new(convert::job_to_pb(&job)))
@@ -138,7 +145,10 @@ impl JobService for Jobs {
         }))
     }
 
-    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let who = principal(&request)?;
         let r = request.into_inner();
         let job = self.visible_job(&who, &r.id).await?;
@@ -187,7 +197,9 @@ impl JobService for Jobs {
                     Err(RecvError::Lagged(n)) => Err(Status::aborted(format!(
                         "the watch fell {n} events behind; list again, then watch"
                     ))),
-                    Err(RecvError::Closed) => Err(Status::unavailable("the server is shutting down")),
+                    Err(RecvError::Closed) => {
+                        Err(Status::unavailable("the server is shutting down"))
+                    }
                 };
                 let end = item.is_err();
                 if tx.send(item).await.is_err() || end {
@@ -195,7 +207,9 @@ impl JobService for Jobs {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     type StreamLogsStream = BoxStream<pb::LogChunk>;

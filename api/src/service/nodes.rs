@@ -50,8 +50,13 @@ impl NodeService for Nodes {
                 ..Default::default()
             })
             .collect();
-        for job in jobs.iter().filter(|j| matches!(j.state, JobState::Admitted | JobState::Running)) {
-            let Some(placement) = &job.placement else { continue };
+        for job in jobs
+            .iter()
+            .filter(|j| matches!(j.state, JobState::Admitted | JobState::Running))
+        {
+            let Some(placement) = &job.placement else {
+                continue;
+            };
             let Some(node) = nodes.iter_mut().find(|n| n.name == placement.node) else {
                 continue;
             };

@@ -1,8 +1,8 @@
 //! TenantService, ModelService and UsageService: the pool's tenants, base
 //! models and metered usage.
 
-use finpool_domain::{BaseModelInput, Name, Quota, Timestamp};
 use finpool_domain::tenant::check_class;
+use finpool_domain::{BaseModelInput, Name, Quota, Timestamp};
 use finpool_proto::v1 as pb;
 use finpool_proto::v1::model_service_server::ModelService;
 use finpool_proto::v1::tenant_service_server::TenantService;
@@ -27,7 +27,11 @@ impl Tenants {
 }
 
 /// The tenant, if the caller may see it; NOT_FOUND otherwise.
-async fn visible_tenant(state: &ApiState, who: &Principal, id: &str) -> Result<finpool_domain::Tenant, Status> {
+async fn visible_tenant(
+    state: &ApiState,
+    who: &Principal,
+    id: &str,
+) -> Result<finpool_domain::Tenant, Status> {
     let name = Name::parse("id", id).map_err(error::invalid)?;
     let not_found = || Status::not_found(format!("tenant {name} not found"));
     if !who.can_see(&name) {
@@ -49,13 +53,23 @@ impl TenantService for Tenants {
         let who = principal(&request)?;
         let input = convert::tenant_input(request.into_inner()).map_err(error::invalid)?;
         let classes = self.state.inventory.inventory().class_names();
-        let tenant = input.validate(&classes, Timestamp::now()).map_err(error::invalid)?;
-        let tenant = self.state.store.create_tenant(&tenant).await.map_err(error::store)?;
+        let tenant = input
+            .validate(&classes, Timestamp::now())
+            .map_err(error::invalid)?;
+        let tenant = self
+            .state
+            .store
+            .create_tenant(&tenant)
+            .await
+            .map_err(error::store)?;
         tracing::info!(tenant = %tenant.id, by = %who.subject, "tenant created");
         Ok(Response::new(convert::tenant_to_pb(&tenant)))
     }
 
-    async fn get_tenant(&self, request: Request<pb::GetTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
+    async fn get_tenant(
+        &self,
+        request: Request<pb::GetTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
         let who = principal(&request)?;
         let tenant = visible_tenant(&self.state, &who, &request.get_ref().id).await?;
         Ok(Response::new(convert::tenant_to_pb(&tenant)))
@@ -98,13 +112,18 @@ impl TenantService for Tenants {
         }))
     }
 
-    async fn set_quota(&self, request: Request<pb::SetQuotaRequest>) -> Result<Response<pb::Tenant>, Status> {
+    async fn set_quota(
+        &self,
+        request: Request<pb::SetQuotaRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
         let who = principal(&request)?;
         let r = request.into_inner();
         let id = Name::parse("tenant_id", &r.tenant_id).map_err(error::invalid)?;
         let classes = self.state.inventory.inventory().class_names();
         check_class("gpu_class", &r.gpu_class, &classes).map_err(error::invalid)?;
-        let q = r.quota.ok_or_else(|| Status::invalid_argument("quota: required"))?;
+        let q = r
+            .quota
+            .ok_or_else(|| Status::invalid_argument("quota: required"))?;
         let quota = Quota::new("quota", q.guaranteed, q.limit).map_err(error::invalid)?;
         let tenant = self
             .state
@@ -142,7 +161,12 @@ impl ModelService for Models {
         }
         .validate(Timestamp::now())
         .map_err(error::invalid)?;
-        let model = self.state.store.register_model(&model).await.map_err(error::store)?;
+        let model = self
+            .state
+            .store
+            .register_model(&model)
+            .await
+            .map_err(error::store)?;
         tracing::info!(model = %model.name, by = %who.subject, "model registered");
         Ok(Response::new(convert::model_to_pb(&model)))
     }
@@ -170,12 +194,19 @@ impl Usage {
 
 #[tonic::async_trait]
 impl UsageService for Usage {
-    async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Result<Response<pb::Usage>, Status> {
+    async fn get_usage(
+        &self,
+        request: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::Usage>, Status> {
         let who = principal(&request)?;
         let asked = request.into_inner().tenant_id;
         let id = match (&who.tenant, asked.as_str()) {
             (Some(own), "") => own.to_string(),
-            (None, "") => return Err(Status::invalid_argument("tenant_id: required for operators and regulators")),
+            (None, "") => {
+                return Err(Status::invalid_argument(
+                    "tenant_id: required for operators and regulators",
+                ));
+            }
             (_, t) => t.to_owned(),
         };
         let tenant = visible_tenant(&self.state, &who, &id).await?;

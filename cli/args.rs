@@ -1,0 +1,283 @@
+//! The command line, declared with clap.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "finpool",
+    version,
+    about = "A shared GPU pool for brokerages: quotas, isolation, billing.",
+    long_about = "finpool runs a multi-tenant GPU pool (`finpool up`, `finpool demo`) and is its \
+                  command-line client. Client commands read the server address and a token from \
+                  --addr / --token or FINPOOL_ADDR / FINPOOL_TOKEN."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How client commands reach the server and print.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// The server's address.
+    #[arg(
+        long,
+        global = true,
+        env = "FINPOOL_ADDR",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub addr: String,
+    /// A bearer token (see `finpool token issue`).
+    #[arg(long, global = true, env = "FINPOOL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Tables for people, JSON for scripts.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the pool: API, scheduler, executor and store in one process.
+    Up(UpArgs),
+    /// Start a throwaway pool, run three brokerages' jobs on it, and summarise.
+    Demo(DemoArgs),
+    /// Sign API tokens with the pool's key.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Brokerages and their GPU quotas (operators).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Base models cached on the pool's nodes.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// GPU inventory and allocation.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Submit, follow and cancel jobs.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Metered GPU time of a tenant.
+    Usage(UsageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Holds the database, the signing key, job logs and the model cache.
+    #[arg(long, default_value = "./finpool-data")]
+    pub data_dir: PathBuf,
+    /// Where the API listens.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// A pool file (TOML) declaring GPU classes and nodes. Without one:
+    /// the GPUs NVML finds, else the built-in example pool.
+    #[arg(long)]
+    pub pool: Option<PathBuf>,
+    /// PostgreSQL instead of the embedded SQLite.
+    #[arg(long, env = "FINPOOL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Time between SIGTERM and SIGKILL when a job is stopped.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub stop_grace: Duration,
+    /// Max runtime for jobs that set none.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub default_max_runtime: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo's data dir here instead of a temporary one.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Run on this pool file instead of the built-in example pool.
+    #[arg(long)]
+    pub pool: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Sign a token with the key in the data dir (created by `finpool up`).
+    Issue(TokenIssueArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenIssueArgs {
+    #[arg(long, value_parser = ["tenant", "operator", "regulator"])]
+    pub role: String,
+    /// The tenant a tenant-role token is bound to.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// How long the token is valid.
+    #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// Who the token is for (its `sub`); defaults to the role and tenant.
+    #[arg(long)]
+    pub subject: Option<String>,
+    #[arg(long, default_value = "./finpool-data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a brokerage.
+    Create(TenantCreateArgs),
+    /// List brokerages.
+    List,
+    /// Show one brokerage.
+    Get { id: String },
+    /// Set a brokerage's quota on one GPU class.
+    Quota(TenantQuotaArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TenantCreateArgs {
+    pub id: String,
+    #[arg(long)]
+    pub display_name: Option<String>,
+    /// CLASS=GUARANTEED:LIMIT, repeatable (e.g. A100-80G=2:4).
+    #[arg(long = "quota")]
+    pub quotas: Vec<String>,
+    /// Share of idle capacity relative to other tenants.
+    #[arg(long, default_value_t = 1)]
+    pub weight: i64,
+    #[arg(long, value_parser = ["exclusive", "shared-within-tenant", "mig"], default_value = "shared-within-tenant")]
+    pub isolation: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantQuotaArgs {
+    pub id: String,
+    #[arg(long)]
+    pub class: String,
+    #[arg(long)]
+    pub guaranteed: i64,
+    #[arg(long)]
+    pub limit: i64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Register a base model.
+    Register(ModelRegisterArgs),
+    /// List base models.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelRegisterArgs {
+    pub name: String,
+    #[arg(long)]
+    pub size_mib: i64,
+    #[arg(long, default_value_t = 0)]
+    pub min_gpu_memory_mib: i64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Nodes, their GPUs and what holds them.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Submit a job, from flags or from a YAML file (-f).
+    Submit(Box<JobSubmitArgs>),
+    /// List jobs, newest first.
+    List(JobListArgs),
+    /// Show a job with its history.
+    Get { id: String },
+    /// Cancel a job.
+    Cancel {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Print a job's output; -f follows it until the job ends.
+    Logs {
+        id: String,
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Stream job state changes (all you may see, or one job).
+    Watch { id: Option<String> },
+}
+
+#[derive(Debug, Args)]
+pub struct JobSubmitArgs {
+    /// A YAML job spec (the fields of finpool.v1.JobSpec). Flags override it.
+    #[arg(short = 'f', long)]
+    pub file: Option<PathBuf>,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Base model to mount (FINPOOL_MODEL_PATH).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Whole GPUs.
+    #[arg(long, conflicts_with_all = ["gpu_milli", "gpu_memory_mib"])]
+    pub gpus: Option<i64>,
+    /// A fractional GPU share, in milli-GPU.
+    #[arg(long)]
+    pub gpu_milli: Option<i64>,
+    /// GPU memory for a fractional share.
+    #[arg(long)]
+    pub gpu_memory_mib: Option<i64>,
+    /// Allowed GPU classes (repeatable).
+    #[arg(long = "class")]
+    pub classes: Vec<String>,
+    #[arg(long)]
+    pub cpu_milli: Option<i64>,
+    #[arg(long)]
+    pub memory_mib: Option<i64>,
+    #[arg(long)]
+    pub priority: Option<i32>,
+    /// e.g. 30s, 10m, 2h.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_runtime: Option<Duration>,
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// KEY=VALUE (repeatable).
+    #[arg(long = "env")]
+    pub env: Vec<String>,
+    /// KEY=VALUE (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Run again from the start if the server restarts under the job.
+    #[arg(long)]
+    pub requeue_on_restart: bool,
+    /// The program and its arguments (after `--`).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct JobListArgs {
+    /// Only jobs in this state (repeatable).
+    #[arg(long = "state")]
+    pub states: Vec<String>,
+    /// Operators and regulators: only this tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    pub page_size: i32,
+    /// Follow every page, not just the first.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Operators and regulators name the tenant; tenants get their own.
+    #[arg(long)]
+    pub tenant: Option<String>,
+}

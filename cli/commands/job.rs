@@ -1,0 +1,283 @@
+//! `finpool job …`
+
+use std::io::Write;
+
+use anyhow::Context;
+use finpool_domain::JobSpecInput;
+use finpool_domain::job::{GpuRequestInput, GpuShareInput};
+use finpool_proto::v1 as pb;
+use tokio_stream::StreamExt;
+
+use crate::args::{Global, JobCommand, JobListArgs, JobSubmitArgs, Output};
+use crate::client::Clients;
+use crate::output;
+
+pub async fn run(global: &Global, command: JobCommand) -> anyhow::Result<()> {
+    let mut c = Clients::from_global(global).await?;
+    match command {
+        JobCommand::Submit(args) => {
+            let spec = spec_from_args(&args)?;
+            let response = c
+                .jobs
+                .submit_job(pb::SubmitJobRequest {
+                    spec: Some(finpool_api::convert::input_to_pb(&spec)),
+                })
+                .await?
+                .into_inner();
+            let job = response.job.context("the server returned no job")?;
+            if global.output == Output::Json {
+                output::json(&job);
+            } else if response.created {
+                println!("job {} submitted ({})", job.id, output::state(job.state));
+            } else {
+                println!(
+                    "job {} already exists for this idempotency key ({})",
+                    job.id,
+                    output::state(job.state)
+                );
+            }
+        }
+        JobCommand::List(args) => list(global, &mut c, args).await?,
+        JobCommand::Get { id } => {
+            let job = c.jobs.get_job(pb::GetJobRequest { id }).await?.into_inner();
+            print_job(global, &job);
+        }
+        JobCommand::Cancel { id, reason } => {
+            let job = c
+                .jobs
+                .cancel_job(pb::CancelJobRequest { id, reason })
+                .await?
+                .into_inner();
+            if global.output == Output::Json {
+                output::json(&job);
+            } else {
+                println!(
+                    "job {}: {} ({})",
+                    job.id,
+                    output::state(job.state),
+                    job.reason
+                );
+            }
+        }
+        JobCommand::Logs { id, follow } => {
+            let mut stream = c
+                .jobs
+                .stream_logs(pb::StreamLogsRequest { id, follow })
+                .await?
+                .into_inner();
+            let mut stdout = std::io::stdout().lock();
+            while let Some(chunk) = stream.next().await {
+                stdout.write_all(&chunk?.data)?;
+                stdout.flush()?;
+            }
+        }
+        JobCommand::Watch { id } => {
+            let mut stream = c
+                .jobs
+                .watch_jobs(pb::WatchJobsRequest {
+                    job_id: id.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            while let Some(event) = stream.next().await {
+                let event = event?;
+                if global.output == Output::Json {
+                    println!("{}", finpool_proto::to_json(&event));
+                    continue;
+                }
+                let t = event.transition.unwrap_or_default();
+                println!(
+                    "{}  {}  {}  {} -> {}  {}",
+                    output::timestamp(&t.at),
+                    event.tenant_id,
+                    event.job_id,
+                    output::state(t.from),
+                    output::state(t.to),
+                    t.reason
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The spec from `-f FILE` (if any), with flags on top.
+pub fn spec_from_args(args: &JobSubmitArgs) -> anyhow::Result<JobSpecInput> {
+    let mut spec = match &args.file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_yaml_ng::from_str::<JobSpecInput>(&text)
+                .with_context(|| format!("{}", path.display()))?
+        }
+        None => JobSpecInput::default(),
+    };
+    if let Some(name) = &args.name {
+        spec.name = name.clone();
+    }
+    if let Some(model) = &args.model {
+        spec.model = model.clone();
+    }
+    if !args.command.is_empty() {
+        spec.command = args.command.clone();
+        spec.args.clear();
+    }
+    if let Some(n) = args.gpus {
+        spec.resources.gpu = Some(GpuRequestInput {
+            whole_gpus: Some(n),
+            share: None,
+        });
+    } else if args.gpu_milli.is_some() || args.gpu_memory_mib.is_some() {
+        spec.resources.gpu = Some(GpuRequestInput {
+            whole_gpus: None,
+            share: Some(GpuShareInput {
+                milli: args.gpu_milli.unwrap_or(0),
+                memory_mib: args.gpu_memory_mib.unwrap_or(0),
+            }),
+        });
+    }
+    if !args.classes.is_empty() {
+        spec.resources.gpu_classes = args.classes.clone();
+    }
+    if let Some(v) = args.cpu_milli {
+        spec.resources.cpu_milli = v;
+    }
+    if let Some(v) = args.memory_mib {
+        spec.resources.memory_mib = v;
+    }
+    if let Some(v) = args.priority {
+        spec.priority = v;
+    }
+    if let Some(d) = args.max_runtime {
+        spec.max_runtime_ms = Some(d.as_millis().min(i64::MAX as u128) as i64);
+    }
+    if let Some(k) = &args.idempotency_key {
+        spec.idempotency_key = k.clone();
+    }
+    for kv in &args.env {
+        let (k, v) = super::key_value("env", kv)?;
+        spec.env.insert(k, v);
+    }
+    for kv in &args.labels {
+        let (k, v) = super::key_value("label", kv)?;
+        spec.labels.insert(k, v);
+    }
+    if args.requeue_on_restart {
+        spec.restart_policy = Some(finpool_domain::RestartPolicy::Requeue);
+    }
+    if spec.name.is_empty() {
+        anyhow::bail!("name: give --name or a name in the job file");
+    }
+    Ok(spec)
+}
+
+async fn list(global: &Global, c: &mut Clients, args: JobListArgs) -> anyhow::Result<()> {
+    let states = args
+        .states
+        .iter()
+        .map(|s| {
+            finpool_domain::JobState::parse("--state", s)
+                .map(|s| finpool_api::convert::state_to_pb(s) as i32)
+                .map_err(anyhow::Error::from)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut jobs = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .jobs
+            .list_jobs(pb::ListJobsRequest {
+                page_size: args.page_size,
+                page_token: token,
+                states: states.clone(),
+                tenant_id: args.tenant.clone().unwrap_or_default(),
+            })
+            .await?
+            .into_inner();
+        jobs.extend(page.jobs);
+        if !args.all || page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    if global.output == Output::Json {
+        output::json_list(&jobs);
+        return Ok(());
+    }
+    let now = finpool_domain::Timestamp::now().0;
+    let rows = jobs
+        .iter()
+        .map(|j| {
+            let created = output::millis(&j.created_at).unwrap_or(now);
+            let waited = output::millis(&j.started_at).unwrap_or(now) - created;
+            vec![
+                j.id.clone(),
+                j.tenant_id.clone(),
+                j.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+                output::state(j.state),
+                output::request(&j.spec),
+                output::placement(&j.placement),
+                output::duration_ms(waited),
+                j.reason.clone(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        output::table(
+            &[
+                "JOB", "TENANT", "NAME", "STATE", "REQUEST", "GPUS", "WAITED", "REASON"
+            ],
+            rows
+        )
+    );
+    Ok(())
+}
+
+fn print_job(global: &Global, job: &pb::Job) {
+    if global.output == Output::Json {
+        return output::json(job);
+    }
+    let spec = job.spec.clone().unwrap_or_default();
+    let mut command = spec.command.clone();
+    command.extend(spec.args.clone());
+    println!("job        {}", job.id);
+    println!("tenant     {}", job.tenant_id);
+    println!("name       {}", spec.name);
+    println!("state      {} ({})", output::state(job.state), job.reason);
+    println!("request    {}", output::request(&job.spec));
+    println!("gpus       {}", output::placement(&job.placement));
+    println!(
+        "model      {}",
+        if spec.model.is_empty() {
+            "-"
+        } else {
+            &spec.model
+        }
+    );
+    println!("command    {}", command.join(" "));
+    println!("created    {}", output::timestamp(&job.created_at));
+    println!("started    {}", output::timestamp(&job.started_at));
+    println!("finished   {}", output::timestamp(&job.finished_at));
+    if let Some(code) = job.exit_code {
+        println!("exit code  {code}");
+    }
+    println!("attempts   {}", job.attempts);
+    let rows = job
+        .history
+        .iter()
+        .map(|t| {
+            vec![
+                output::timestamp(&t.at),
+                if t.from == 0 {
+                    "-".into()
+                } else {
+                    output::state(t.from)
+                },
+                output::state(t.to),
+                t.reason.clone(),
+            ]
+        })
+        .collect();
+    println!("{}", output::table(&["AT", "FROM", "TO", "REASON"], rows));
+}

@@ -1,0 +1,50 @@
+//! `finpool model …`
+
+use finpool_proto::v1 as pb;
+
+use crate::args::{Global, ModelCommand, Output};
+use crate::client::Clients;
+use crate::output;
+
+pub async fn run(global: &Global, command: ModelCommand) -> anyhow::Result<()> {
+    let mut c = Clients::from_global(global).await?;
+    let models = match command {
+        ModelCommand::Register(args) => vec![
+            c.models
+                .register_model(pb::RegisterModelRequest {
+                    name: args.name,
+                    size_mib: args.size_mib,
+                    min_gpu_memory_mib: args.min_gpu_memory_mib,
+                })
+                .await?
+                .into_inner(),
+        ],
+        ModelCommand::List => {
+            c.models
+                .list_models(pb::ListModelsRequest {})
+                .await?
+                .into_inner()
+                .models
+        }
+    };
+    if global.output == Output::Json {
+        output::json_list(&models);
+        return Ok(());
+    }
+    let rows = models
+        .iter()
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                m.size_mib.to_string(),
+                m.min_gpu_memory_mib.to_string(),
+                output::timestamp(&m.registered_at),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        output::table(&["MODEL", "SIZE MiB", "MIN GPU MiB", "REGISTERED"], rows)
+    );
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! `finpool tenant …`
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use finpool_proto::v1 as pb;
+
+use crate::args::{Global, Output, TenantCommand};
+use crate::client::Clients;
+use crate::output;
+
+pub async fn run(global: &Global, command: TenantCommand) -> anyhow::Result<()> {
+    let mut c = Clients::from_global(global).await?;
+    let tenants = match command {
+        TenantCommand::Create(args) => {
+            let mut quotas = HashMap::new();
+            for q in &args.quotas {
+                let (class, gl) = super::key_value("quota", q)?;
+                let (g, l) = gl
+                    .split_once(':')
+                    .with_context(|| format!("--quota {q:?}: expected CLASS=GUARANTEED:LIMIT"))?;
+                quotas.insert(
+                    class,
+                    pb::Quota {
+                        guaranteed: g
+                            .parse()
+                            .with_context(|| format!("--quota {q:?}: guaranteed"))?,
+                        limit: l.parse().with_context(|| format!("--quota {q:?}: limit"))?,
+                    },
+                );
+            }
+            let isolation = match args.isolation.as_str() {
+                "exclusive" => pb::IsolationLevel::Exclusive,
+                "mig" => pb::IsolationLevel::Mig,
+                _ => pb::IsolationLevel::SharedWithinTenant,
+            };
+            vec![
+                c.tenants
+                    .create_tenant(pb::CreateTenantRequest {
+                        id: args.id,
+                        display_name: args.display_name.unwrap_or_default(),
+                        quotas,
+                        weight: args.weight,
+                        isolation: isolation as i32,
+                    })
+                    .await?
+                    .into_inner(),
+            ]
+        }
+        TenantCommand::Get { id } => vec![
+            c.tenants
+                .get_tenant(pb::GetTenantRequest { id })
+                .await?
+                .into_inner(),
+        ],
+        TenantCommand::Quota(args) => vec![
+            c.tenants
+                .set_quota(pb::SetQuotaRequest {
+                    tenant_id: args.id,
+                    gpu_class: args.class,
+                    quota: Some(pb::Quota {
+                        guaranteed: args.guaranteed,
+                        limit: args.limit,
+                    }),
+                })
+                .await?
+                .into_inner(),
+        ],
+        TenantCommand::List => {
+            let mut all = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = c
+                    .tenants
+                    .list_tenants(pb::ListTenantsRequest {
+                        page_size: 500,
+                        page_token: token,
+                    })
+                    .await?
+                    .into_inner();
+                all.extend(page.tenants);
+                if page.next_page_token.is_empty() {
+                    break all;
+                }
+                token = page.next_page_token;
+            }
+        }
+    };
+    print(global, &tenants);
+    Ok(())
+}
+
+pub fn print(global: &Global, tenants: &[pb::Tenant]) {
+    if global.output == Output::Json {
+        return output::json_list(tenants);
+    }
+    let rows = tenants
+        .iter()
+        .map(|t| {
+            let mut quotas: Vec<String> = t
+                .quotas
+                .iter()
+                .map(|(c, q)| format!("{c} {}/{}", q.guaranteed, q.limit))
+                .collect();
+            quotas.sort();
+            vec![
+                t.id.clone(),
+                t.display_name.clone(),
+                quotas.join(", "),
+                t.weight.to_string(),
+                pb::IsolationLevel::try_from(t.isolation)
+                    .map(|i| {
+                        i.as_str_name()
+                            .trim_start_matches("ISOLATION_LEVEL_")
+                            .to_ascii_lowercase()
+                    })
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        output::table(
+            &[
+                "TENANT",
+                "NAME",
+                "QUOTA (guaranteed/limit GPUs)",
+                "WEIGHT",
+                "ISOLATION"
+            ],
+            rows
+        )
+    );
+}

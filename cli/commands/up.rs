@@ -1,0 +1,43 @@
+//! `finpool up`: serve the pool until Ctrl-C or SIGTERM.
+
+use anyhow::Context;
+use finpool_standalone::StandaloneConfig;
+
+use crate::args::UpArgs;
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let mut config = StandaloneConfig::new(&args.data_dir, args.listen);
+    config.pool_file = args.pool;
+    config.database_url = args.database_url;
+    config.stop_grace = args.stop_grace;
+    config.default_max_runtime = args.default_max_runtime;
+    let pool = finpool_standalone::start(config)
+        .await
+        .context("starting the pool")?;
+    eprintln!(
+        "finpool is serving on {} ({} nodes, {} GPUs from {}; {} store in {})",
+        pool.addr,
+        pool.inventory.nodes.len(),
+        pool.inventory.gpu_count(),
+        pool.origin,
+        pool.store.backend_kind(),
+        args.data_dir.display(),
+    );
+    eprintln!(
+        "operator token: finpool token issue --role operator --data-dir {}",
+        args.data_dir.display()
+    );
+    wait_for_signal().await;
+    eprintln!("shutting down: stopping running jobs");
+    pool.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

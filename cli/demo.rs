@@ -1,0 +1,496 @@
+//! `finpool demo`: a throwaway pool, three brokerages with different quotas
+//! and one base model, a burst of small real jobs from each, and a summary
+//! of where they ran, how long they waited and how much quota they used.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use anyhow::Context;
+use finpool_api::{Role, SigningKey};
+use finpool_domain::Name;
+use finpool_proto::v1 as pb;
+use finpool_standalone::StandaloneConfig;
+use tokio_stream::StreamExt;
+
+use crate::args::DemoArgs;
+use crate::client::Clients;
+use crate::output;
+
+/// The longest the demo waits for its jobs.
+const DEADLINE: Duration = Duration::from_secs(50);
+
+/// One brokerage in the demo: quotas per class (guaranteed, limit) and its jobs.
+struct Brokerage {
+    id: &'static str,
+    name: &'static str,
+    weight: i64,
+    isolation: pb::IsolationLevel,
+    /// (class index in the inventory, guaranteed, limit)
+    quotas: &'static [(usize, i64, i64)],
+    /// (job name, request, class index, seconds of work)
+    jobs: &'static [(&'static str, Request, Option<usize>, f32)],
+}
+
+#[derive(Clone, Copy)]
+enum Request {
+    Gpus(i64),
+    Share(i64),
+}
+
+const BROKERAGES: &[Brokerage] = &[
+    Brokerage {
+        id: "alpha-securities",
+        name: "Alpha Securities",
+        weight: 2,
+        isolation: pb::IsolationLevel::SharedWithinTenant,
+        quotas: &[(0, 4, 6)],
+        jobs: &[
+            ("risk-var-1", Request::Gpus(1), Some(0), 1.5),
+            ("risk-var-2", Request::Gpus(1), Some(0), 1.5),
+            ("risk-var-3", Request::Gpus(1), Some(0), 1.5),
+            ("risk-var-4", Request::Gpus(1), Some(0), 1.5),
+            ("kyc-extract", Request::Gpus(2), Some(0), 2.0),
+            ("research-summary", Request::Gpus(2), Some(0), 2.0),
+            ("news-sentiment", Request::Share(500), Some(0), 1.0),
+            ("news-sentiment-2", Request::Share(500), Some(0), 1.0),
+        ],
+    },
+    Brokerage {
+        id: "beacon-capital",
+        name: "Beacon Capital",
+        weight: 1,
+        isolation: pb::IsolationLevel::SharedWithinTenant,
+        quotas: &[(0, 2, 4), (1, 2, 3)],
+        jobs: &[
+            ("chat-advisor", Request::Share(250), None, 1.0),
+            ("chat-advisor-2", Request::Share(250), None, 1.0),
+            ("chat-advisor-3", Request::Share(500), None, 1.0),
+            ("doc-classify", Request::Gpus(1), Some(1), 1.5),
+            ("doc-classify-2", Request::Gpus(1), Some(1), 1.5),
+            ("fraud-scan", Request::Gpus(2), Some(0), 2.0),
+            ("fraud-scan-2", Request::Gpus(2), Some(0), 2.0),
+        ],
+    },
+    Brokerage {
+        id: "cedar-brokerage",
+        name: "Cedar Brokerage",
+        weight: 1,
+        isolation: pb::IsolationLevel::Exclusive,
+        quotas: &[(1, 1, 2)],
+        jobs: &[
+            ("filing-qa", Request::Gpus(1), Some(1), 1.0),
+            ("filing-qa-2", Request::Gpus(1), Some(1), 1.0),
+            ("filing-qa-3", Request::Gpus(1), Some(1), 1.0),
+            ("earnings-call", Request::Gpus(2), Some(1), 1.5),
+        ],
+    },
+];
+
+const MODEL: &str = "qwen2-7b-instruct";
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    let mut config = StandaloneConfig::new(&data_dir, "127.0.0.1:0".parse()?);
+    config.pool_file = args.pool.clone();
+    config.stop_grace = Duration::from_secs(2);
+    let pool = finpool_standalone::start(config)
+        .await
+        .context("starting the demo pool")?;
+    let result = drive(&pool, &data_dir).await;
+    pool.shutdown().await;
+    result
+}
+
+async fn drive(
+    pool: &finpool_standalone::RunningPool,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let classes: Vec<String> = pool
+        .inventory
+        .classes
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    println!(
+        "finpool demo: a pool of {} nodes and {} GPUs ({}) from {}, listening on {}",
+        pool.inventory.nodes.len(),
+        pool.inventory.gpu_count(),
+        classes.join(", "),
+        pool.origin,
+        pool.addr
+    );
+    let class = |i: usize| {
+        classes
+            .get(i)
+            .or(classes.last())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let key = SigningKey::load(data_dir)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let ttl = Duration::from_secs(3600);
+    let addr = format!("http://{}", pool.addr);
+    let operator_token = key.issue("demo-operator", Role::Operator, None, ttl, now)?;
+    let mut operator = Clients::connect(&addr, Some(&operator_token)).await?;
+
+    operator
+        .models
+        .register_model(pb::RegisterModelRequest {
+            name: MODEL.into(),
+            size_mib: 15_360,
+            min_gpu_memory_mib: 20_480,
+        })
+        .await?;
+    let mut submitted: Vec<(String, String)> = Vec::new(); // (tenant, job id)
+    let mut clients = HashMap::new();
+    for b in BROKERAGES {
+        let mut quotas = HashMap::new();
+        for (i, g, l) in b.quotas {
+            let q = quotas.entry(class(*i)).or_insert(pb::Quota {
+                guaranteed: 0,
+                limit: 0,
+            });
+            q.guaranteed += g;
+            q.limit += l;
+        }
+        let tenant = operator
+            .tenants
+            .create_tenant(pb::CreateTenantRequest {
+                id: b.id.into(),
+                display_name: b.name.into(),
+                quotas,
+                weight: b.weight,
+                isolation: b.isolation as i32,
+            })
+            .await?
+            .into_inner();
+        let mut q: Vec<String> = tenant
+            .quotas
+            .iter()
+            .map(|(c, q)| format!("{c} {}..{}", q.guaranteed, q.limit))
+            .collect();
+        q.sort();
+        println!("  brokerage {:<18} quota {}", b.id, q.join(", "));
+        let token = key.issue(
+            b.id,
+            Role::Tenant,
+            Some(&Name::parse("tenant", b.id)?),
+            ttl,
+            now,
+        )?;
+        clients.insert(b.id, Clients::connect(&addr, Some(&token)).await?);
+    }
+    println!(
+        "  base model {MODEL} registered; submitting {} jobs…\n",
+        BROKERAGES.iter().map(|b| b.jobs.len()).sum::<usize>()
+    );
+
+    // Every brokerage submits its whole burst at once.
+    for b in BROKERAGES {
+        let c = clients.get_mut(b.id).expect("client per brokerage");
+        for (name, request, class_index, seconds) in b.jobs {
+            let gpu = match request {
+                Request::Gpus(n) => pb::gpu_request::Kind::WholeGpus(*n),
+                Request::Share(m) => pb::gpu_request::Kind::Share(pb::GpuShare {
+                    milli: *m,
+                    memory_mib: 8_192,
+                }),
+            };
+            let script = format!(
+                "echo \"tenant=$FINPOOL_TENANT_ID node=$FINPOOL_NODE gpus=$CUDA_VISIBLE_DEVICES \
+                 milli=${{FINPOOL_GPU_MILLI:-1000}} model=$(basename \"$FINPOOL_MODEL_PATH\")\"; sleep {seconds}"
+            );
+            let spec = pb::JobSpec {
+                name: (*name).into(),
+                model: MODEL.into(),
+                command: vec!["sh".into(), "-c".into(), script],
+                resources: Some(pb::Resources {
+                    gpu: Some(pb::GpuRequest { kind: Some(gpu) }),
+                    gpu_classes: class_index.map(|i| vec![class(i)]).unwrap_or_default(),
+                    cpu_milli: 1000,
+                    memory_mib: 2048,
+                }),
+                max_runtime: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+                idempotency_key: format!("demo-{name}"),
+                ..Default::default()
+            };
+            let job = c
+                .jobs
+                .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
+                .await
+                .with_context(|| format!("{} submitting {name}", b.id))?
+                .into_inner()
+                .job
+                .context("no job returned")?;
+            submitted.push((b.id.to_owned(), job.id));
+        }
+    }
+
+    // Follow until every job has ended.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let jobs = loop {
+        let mut jobs = Vec::new();
+        for (tenant, id) in &submitted {
+            let c = clients.get_mut(tenant.as_str()).expect("client");
+            jobs.push(
+                c.jobs
+                    .get_job(pb::GetJobRequest { id: id.clone() })
+                    .await?
+                    .into_inner(),
+            );
+        }
+        let done = jobs.iter().filter(|j| is_terminal(j.state)).count();
+        if done == jobs.len() {
+            break jobs;
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "only {done} of {} jobs finished within {DEADLINE:?}",
+                jobs.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+
+    // What each job printed, to show the GPUs it saw.
+    let mut printed = HashMap::new();
+    for job in &jobs {
+        let c = clients.get_mut(job.tenant_id.as_str()).expect("client");
+        let mut stream = c
+            .jobs
+            .stream_logs(pb::StreamLogsRequest {
+                id: job.id.clone(),
+                follow: false,
+            })
+            .await?
+            .into_inner();
+        let mut text = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            text.extend(chunk?.data);
+        }
+        let text = String::from_utf8_lossy(&text);
+        let gpus = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("gpus="))
+            .unwrap_or("")
+            .to_owned();
+        printed.insert(job.id.clone(), gpus);
+    }
+
+    print_jobs(&jobs, &printed);
+    print_quota_use(&jobs, &mut operator, &classes).await?;
+    let shared = shared_cards(&jobs);
+    let all_ok = jobs
+        .iter()
+        .all(|j| j.state == pb::JobState::Succeeded as i32);
+    println!(
+        "\nisolation: {}",
+        if shared.is_empty() {
+            "no GPU was ever shared by two tenants at the same time".to_owned()
+        } else {
+            format!("VIOLATED on {shared:?}")
+        }
+    );
+    println!(
+        "result: {} of {} jobs succeeded across {} brokerages",
+        jobs.iter()
+            .filter(|j| j.state == pb::JobState::Succeeded as i32)
+            .count(),
+        jobs.len(),
+        BROKERAGES.len()
+    );
+    if !all_ok || !shared.is_empty() {
+        anyhow::bail!("the demo did not complete cleanly");
+    }
+    Ok(())
+}
+
+fn is_terminal(state: i32) -> bool {
+    [
+        pb::JobState::Succeeded,
+        pb::JobState::Failed,
+        pb::JobState::Cancelled,
+    ]
+    .iter()
+    .any(|s| *s as i32 == state)
+}
+
+fn print_jobs(jobs: &[pb::Job], printed: &HashMap<String, String>) {
+    let rows = jobs
+        .iter()
+        .map(|j| {
+            let created = output::millis(&j.created_at).unwrap_or(0);
+            let started = output::millis(&j.started_at).unwrap_or(created);
+            let finished = output::millis(&j.finished_at).unwrap_or(started);
+            vec![
+                j.tenant_id.clone(),
+                j.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+                output::request(&j.spec),
+                output::placement(&j.placement),
+                printed.get(&j.id).cloned().unwrap_or_default(),
+                output::duration_ms(started - created),
+                output::duration_ms(finished - started),
+                output::state(j.state),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        output::table(
+            &[
+                "TENANT",
+                "JOB",
+                "ASKED",
+                "RAN ON (node: GPUs)",
+                "JOB SAW CUDA_VISIBLE_DEVICES",
+                "WAITED",
+                "RAN",
+                "STATE"
+            ],
+            rows
+        )
+    );
+}
+
+/// Per tenant: jobs, the most cards held at once per class against the
+/// quota, and metered GPU time.
+async fn print_quota_use(
+    jobs: &[pb::Job],
+    operator: &mut Clients,
+    classes: &[String],
+) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for b in BROKERAGES {
+        let tenant = operator
+            .tenants
+            .get_tenant(pb::GetTenantRequest { id: b.id.into() })
+            .await?
+            .into_inner();
+        let usage = operator
+            .usage
+            .get_usage(pb::GetUsageRequest {
+                tenant_id: b.id.into(),
+            })
+            .await?
+            .into_inner();
+        let mine: Vec<&pb::Job> = jobs.iter().filter(|j| j.tenant_id == b.id).collect();
+        let ok = mine
+            .iter()
+            .filter(|j| j.state == pb::JobState::Succeeded as i32)
+            .count();
+        for class in classes {
+            let Some(quota) = tenant.quotas.get(class) else {
+                continue;
+            };
+            let gpu_seconds = usage
+                .classes
+                .iter()
+                .find(|c| &c.gpu_class == class)
+                .map_or(0, |c| c.gpu_milli_seconds);
+            rows.push(vec![
+                b.id.to_owned(),
+                format!("{ok}/{}", mine.len()),
+                class.clone(),
+                format!("{} / {}", quota.guaranteed, quota.limit),
+                peak_cards(&mine, class).to_string(),
+                format!("{:.1}", gpu_seconds as f64 / 1000.0),
+            ]);
+        }
+    }
+    println!("\nquota use per tenant");
+    println!(
+        "{}",
+        output::table(
+            &[
+                "TENANT",
+                "SUCCEEDED",
+                "CLASS",
+                "GUARANTEED / LIMIT",
+                "PEAK GPUS HELD",
+                "GPU-SECONDS"
+            ],
+            rows
+        )
+    );
+    Ok(())
+}
+
+/// One card held by one job, from its start to its end.
+struct CardSpan {
+    start: i64,
+    end: i64,
+    card: (String, u32),
+    class: String,
+    tenant: String,
+}
+
+fn spans(jobs: &[&pb::Job]) -> Vec<CardSpan> {
+    let mut out = Vec::new();
+    for j in jobs {
+        let (Some(start), Some(end), Some(p)) = (
+            output::millis(&j.started_at),
+            output::millis(&j.finished_at),
+            &j.placement,
+        ) else {
+            continue;
+        };
+        for g in &p.gpus {
+            out.push(CardSpan {
+                start,
+                end,
+                card: (p.node.clone(), g.index),
+                class: g.gpu_class.clone(),
+                tenant: j.tenant_id.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// The most distinct cards of `class` held at once.
+fn peak_cards(jobs: &[&pb::Job], class: &str) -> usize {
+    let spans: Vec<CardSpan> = spans(jobs)
+        .into_iter()
+        .filter(|s| s.class == class)
+        .collect();
+    spans
+        .iter()
+        .map(|at| {
+            spans
+                .iter()
+                .filter(|s| s.start <= at.start && at.start < s.end)
+                .map(|s| &s.card)
+                .collect::<BTreeSet<_>>()
+                .len()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Cards that two tenants held at overlapping times (should be none).
+fn shared_cards(jobs: &[pb::Job]) -> Vec<(String, u32)> {
+    let all: Vec<&pb::Job> = jobs.iter().collect();
+    let mut by_card: BTreeMap<(String, u32), Vec<CardSpan>> = BTreeMap::new();
+    for s in spans(&all) {
+        by_card.entry(s.card.clone()).or_default().push(s);
+    }
+    by_card
+        .into_iter()
+        .filter(|(_, v)| {
+            v.iter().any(|a| {
+                v.iter()
+                    .any(|b| a.tenant != b.tenant && a.start < b.end && b.start < a.end)
+            })
+        })
+        .map(|(k, _)| k)
+        .collect()
+}

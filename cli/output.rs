@@ -1,0 +1,91 @@
+//! Printing: tables for people, proto3 JSON for scripts.
+
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use finpool_proto::v1 as pb;
+
+/// Prints a message as proto3 JSON.
+pub fn json<M: prost::Message + prost::Name>(message: &M) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&finpool_proto::to_json(message)).expect("JSON")
+    );
+}
+
+/// Prints a list of messages as a JSON array.
+pub fn json_list<M: prost::Message + prost::Name>(messages: &[M]) {
+    let values: Vec<_> = messages.iter().map(finpool_proto::to_json).collect();
+    println!("{}", serde_json::to_string_pretty(&values).expect("JSON"));
+}
+
+pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY)
+        .set_header(headers.to_vec());
+    for row in rows {
+        t.add_row(row);
+    }
+    t
+}
+
+pub fn millis(t: &Option<prost_types::Timestamp>) -> Option<i64> {
+    t.as_ref()
+        .map(|t| t.seconds * 1000 + t.nanos as i64 / 1_000_000)
+}
+
+pub fn timestamp(t: &Option<prost_types::Timestamp>) -> String {
+    match millis(t) {
+        Some(ms) => finpool_domain::Timestamp(ms).to_rfc3339(),
+        None => "-".into(),
+    }
+}
+
+/// "1.5s", "2m03s".
+pub fn duration_ms(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+pub fn state(value: i32) -> String {
+    pb::JobState::try_from(value)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("JOB_STATE_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|_| format!("state {value}"))
+}
+
+/// "node-a: 0,1" or "node-a: 2 (250m)" for a share.
+pub fn placement(p: &Option<pb::Placement>) -> String {
+    match p {
+        None => "-".into(),
+        Some(p) if p.gpus.is_empty() => format!("{} (no GPU)", p.node),
+        Some(p) => {
+            let cards: Vec<String> = p.gpus.iter().map(|g| g.index.to_string()).collect();
+            let share = match p.gpus.first() {
+                Some(g) if g.milli < 1000 => format!(" ({}m)", g.milli),
+                _ => String::new(),
+            };
+            format!("{}: {}{share}", p.node, cards.join(","))
+        }
+    }
+}
+
+/// What a job asks for, briefly.
+pub fn request(spec: &Option<pb::JobSpec>) -> String {
+    let Some(resources) = spec.as_ref().and_then(|s| s.resources.as_ref()) else {
+        return "-".into();
+    };
+    match resources.gpu.as_ref().and_then(|g| g.kind.as_ref()) {
+        Some(pb::gpu_request::Kind::WholeGpus(n)) => format!("{n} GPU"),
+        Some(pb::gpu_request::Kind::Share(s)) if s.memory_mib > 0 => {
+            format!("{}m / {} MiB", s.milli, s.memory_mib)
+        }
+        Some(pb::gpu_request::Kind::Share(s)) => format!("{}m GPU", s.milli),
+        None => "CPU only".into(),
+    }
+}

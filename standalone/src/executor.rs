@@ -1,0 +1,456 @@
+//! The standalone executor: runs each placed job as a local child process in
+//! its own working directory and process group, with the GPUs it was given
+//! in `CUDA_VISIBLE_DEVICES`, its output in a per-job log, and its end
+//! recorded from the exit code.
+//!
+//! One actor task owns the table of running jobs; each job has a watcher
+//! task that waits for the process, stops it on cancel, preemption, max
+//! runtime or shutdown (SIGTERM, then SIGKILL after the grace period), and
+//! records how it ended.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use finpool_domain::{Job, JobId, JobState, Placement, RestartPolicy, Timestamp};
+use finpool_store::{Change, Store, StoreError};
+use tokio::process::Child;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// Per-job directories (`<jobs_dir>/<id>/work`, `<jobs_dir>/<id>/output.log`).
+    pub jobs_dir: PathBuf,
+    /// The pool's base-model cache; a job's model is `<model_cache_dir>/<name>`.
+    pub model_cache_dir: PathBuf,
+    /// Between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+    /// For jobs that set no max runtime.
+    pub default_max_runtime: Duration,
+}
+
+impl ExecutorConfig {
+    pub fn log_path(&self, job: JobId) -> PathBuf {
+        self.jobs_dir.join(job.to_string()).join("output.log")
+    }
+
+    pub fn work_dir(&self, job: JobId) -> PathBuf {
+        self.jobs_dir.join(job.to_string()).join("work")
+    }
+}
+
+/// Why a running job is being stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopKind {
+    /// A user or operator cancelled it.
+    Cancel,
+    /// The scheduler reclaimed its GPUs; it goes back to the queue.
+    Preempt,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+enum Command {
+    Start(Box<Job>),
+    Stop {
+        job: JobId,
+        kind: StopKind,
+        reason: String,
+    },
+    Finished(JobId),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A handle to the executor actor.
+#[derive(Clone)]
+pub struct Executor {
+    tx: mpsc::Sender<Command>,
+}
+
+struct StopOrder {
+    kind: StopKind,
+    reason: String,
+}
+
+impl Executor {
+    pub fn spawn(store: Store, config: ExecutorConfig) -> Self {
+        let (tx, rx) = mpsc::channel(1024);
+        let actor = Actor {
+            store,
+            config,
+            running: HashMap::new(),
+            tx: tx.clone(),
+            watchers: JoinSet::new(),
+        };
+        tokio::spawn(actor.run(rx));
+        Self { tx }
+    }
+
+    /// Starts an Admitted job (a no-op if it is already running here).
+    pub async fn start(&self, job: Job) {
+        let _ = self.tx.send(Command::Start(Box::new(job))).await;
+    }
+
+    pub async fn stop(&self, job: JobId, kind: StopKind, reason: impl Into<String>) {
+        let _ = self
+            .tx
+            .send(Command::Stop {
+                job,
+                kind,
+                reason: reason.into(),
+            })
+            .await;
+    }
+
+    /// Stops every running job (recording each per its restart policy) and
+    /// waits for them to end.
+    pub async fn shutdown(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+struct Actor {
+    store: Store,
+    config: ExecutorConfig,
+    running: HashMap<JobId, mpsc::Sender<StopOrder>>,
+    tx: mpsc::Sender<Command>,
+    watchers: JoinSet<()>,
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut cancels = self.store.subscribe_cancels();
+        loop {
+            tokio::select! {
+                command = rx.recv() => match command {
+                    Some(Command::Start(job)) => self.start(*job).await,
+                    Some(Command::Stop { job, kind, reason }) => self.stop(job, kind, reason).await,
+                    Some(Command::Finished(job)) => { self.running.remove(&job); }
+                    Some(Command::Shutdown(done)) => {
+                        let ids: Vec<JobId> = self.running.keys().copied().collect();
+                        for id in ids {
+                            self.stop(id, StopKind::Shutdown, "server shut down".into()).await;
+                        }
+                        while self.watchers.join_next().await.is_some() {}
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => return,
+                },
+                cancel = cancels.recv() => match cancel {
+                    Ok((job, reason)) => self.stop(job, StopKind::Cancel, reason).await,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "cancel notices lagged; rechecking running jobs");
+                        self.recheck_cancels().await;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+                },
+                Some(_) = self.watchers.join_next(), if !self.watchers.is_empty() => {}
+            }
+        }
+    }
+
+    /// After missed notices: stop every running job flagged for cancel.
+    async fn recheck_cancels(&mut self) {
+        let ids: Vec<JobId> = self.running.keys().copied().collect();
+        for id in ids {
+            if let Ok(job) = self.store.get_job(id).await
+                && job.cancel_requested
+            {
+                self.stop(id, StopKind::Cancel, "cancelled".into()).await;
+            }
+        }
+    }
+
+    async fn stop(&mut self, job: JobId, kind: StopKind, reason: String) {
+        if let Some(stopper) = self.running.get(&job) {
+            let _ = stopper.send(StopOrder { kind, reason }).await;
+        }
+    }
+
+    async fn start(&mut self, job: Job) {
+        if self.running.contains_key(&job.id) || job.state != JobState::Admitted {
+            return;
+        }
+        let Some(placement) = job.placement.clone() else {
+            tracing::error!(job = %job.id, "admitted job has no placement");
+            return;
+        };
+        let now = Timestamp::now();
+        let started = Change::new(
+            JobState::Running,
+            format!(
+                "started on {} (GPUs {})",
+                placement.node,
+                describe_gpus(&placement)
+            ),
+            now,
+        );
+        match self
+            .store
+            .transition(job.id, Some(JobState::Admitted), started)
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::Conflict(why)) => {
+                tracing::debug!(job = %job.id, %why, "not starting: the job moved on");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "could not record the start; will retry");
+                return;
+            }
+        }
+        let child = match self.spawn_process(&job, &placement) {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "could not start the job's process");
+                let change = Change::new(
+                    JobState::Failed,
+                    format!("could not start: {e}"),
+                    Timestamp::now(),
+                );
+                record(&self.store, job.id, change).await;
+                return;
+            }
+        };
+        tracing::info!(job = %job.id, tenant = %job.tenant_id, node = %placement.node,
+            gpus = %placement.visible_devices(), pid = child.id(), "job started");
+        let (stop_tx, stop_rx) = mpsc::channel(4);
+        self.running.insert(job.id, stop_tx);
+        let max_runtime = job
+            .spec
+            .max_runtime_ms
+            .map(Duration::from_millis)
+            .unwrap_or(self.config.default_max_runtime);
+        let watcher = Watcher {
+            store: self.store.clone(),
+            job_id: job.id,
+            restart_policy: job.spec.restart_policy,
+            grace: self.config.stop_grace,
+            max_runtime,
+            done: self.tx.clone(),
+        };
+        self.watchers.spawn(watcher.watch(child, stop_rx));
+    }
+
+    fn spawn_process(&self, job: &Job, placement: &Placement) -> std::io::Result<Child> {
+        let work_dir = self.config.work_dir(job.id);
+        std::fs::create_dir_all(&work_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.config.log_path(job.id))?;
+        let mut argv = job.spec.command.iter().chain(&job.spec.args);
+        let program = argv
+            .next()
+            .ok_or_else(|| std::io::Error::other("empty command"))?;
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(argv)
+            .current_dir(&work_dir)
+            // The server's own environment (tokens, database URLs) is not
+            // the job's business.
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+            )
+            .env("HOME", &work_dir)
+            .env("LANG", "C.UTF-8")
+            .env("TZ", "UTC")
+            .envs(&job.spec.env)
+            .env("CUDA_VISIBLE_DEVICES", placement.visible_devices())
+            .env("FINPOOL_JOB_ID", job.id.to_string())
+            .env("FINPOOL_TENANT_ID", job.tenant_id.as_str())
+            .env("FINPOOL_NODE", &placement.node)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(false)
+            // Its own process group, so a stop reaches every child it forks.
+            .process_group(0);
+        if let finpool_domain::GpuRequest::Share { milli, memory_mib } = job.spec.resources.gpu {
+            command.env("FINPOOL_GPU_MILLI", milli.to_string());
+            if memory_mib > 0 {
+                command.env("FINPOOL_GPU_MEMORY_MIB", memory_mib.to_string());
+            }
+        }
+        if let Some(model) = &job.spec.model {
+            let path = self.config.model_cache_dir.join(model.as_str());
+            std::fs::create_dir_all(&path)?;
+            command.env("FINPOOL_MODEL_PATH", path);
+        }
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit)
+        // between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                // Die with the server, so no job outlives a crash unrecorded.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        command.spawn()
+    }
+}
+
+fn describe_gpus(p: &Placement) -> String {
+    if p.gpus.is_empty() {
+        "none".into()
+    } else {
+        p.visible_devices()
+    }
+}
+
+struct Watcher {
+    store: Store,
+    job_id: JobId,
+    restart_policy: RestartPolicy,
+    grace: Duration,
+    max_runtime: Duration,
+    done: mpsc::Sender<Command>,
+}
+
+enum End {
+    Exited(ExitStatus),
+    Stopped(StopOrder, Option<ExitStatus>),
+    TimedOut(Option<ExitStatus>),
+}
+
+impl Watcher {
+    async fn watch(self, mut child: Child, mut stop: mpsc::Receiver<StopOrder>) {
+        let pgid = child.id().map(|p| p as libc::pid_t);
+        let end = tokio::select! {
+            status = child.wait() => match status {
+                Ok(status) => End::Exited(status),
+                Err(e) => {
+                    tracing::error!(job = %self.job_id, error = %e, "lost the job's process");
+                    End::TimedOut(None)
+                }
+            },
+            Some(order) = stop.recv() => End::Stopped(order, terminate(&mut child, pgid, self.grace).await),
+            _ = tokio::time::sleep(self.max_runtime) => End::TimedOut(terminate(&mut child, pgid, self.grace).await),
+        };
+        // Whatever the job forked and left behind goes too.
+        if let Some(pgid) = pgid {
+            signal_group(pgid, libc::SIGKILL);
+        }
+        let now = Timestamp::now();
+        let exit_code = |s: &Option<ExitStatus>| s.as_ref().and_then(|s| s.code());
+        let mut then_requeue = false;
+        let change = match end {
+            End::Exited(status) => {
+                let mut c = match status.code() {
+                    Some(0) => Change::new(JobState::Succeeded, "exit code 0", now),
+                    Some(code) => Change::new(JobState::Failed, format!("exit code {code}"), now),
+                    None => Change::new(JobState::Failed, describe_signal(&status), now),
+                };
+                c.exit_code = status.code();
+                c
+            }
+            End::Stopped(order, status) => {
+                let to = match (&order.kind, self.restart_policy) {
+                    (StopKind::Cancel, _) => JobState::Cancelled,
+                    (StopKind::Preempt, _) | (StopKind::Shutdown, RestartPolicy::Requeue) => {
+                        then_requeue = true;
+                        JobState::Preempted
+                    }
+                    (StopKind::Shutdown, RestartPolicy::Fail) => JobState::Failed,
+                };
+                let mut c = Change::new(to, order.reason, now);
+                c.exit_code = exit_code(&status);
+                c
+            }
+            End::TimedOut(status) => {
+                let mut c = Change::new(
+                    JobState::Failed,
+                    format!("max runtime {} exceeded", humantime_short(self.max_runtime)),
+                    now,
+                );
+                c.exit_code = exit_code(&status);
+                c
+            }
+        };
+        tracing::info!(job = %self.job_id, state = %change.to, reason = %change.reason, "job ended");
+        record(&self.store, self.job_id, change).await;
+        if then_requeue {
+            record(
+                &self.store,
+                self.job_id,
+                Change::new(JobState::Pending, "requeued", Timestamp::now()),
+            )
+            .await;
+        }
+        let _ = self.done.send(Command::Finished(self.job_id)).await;
+    }
+}
+
+/// SIGTERM to the group; SIGKILL if it is still there after `grace`.
+async fn terminate(
+    child: &mut Child,
+    pgid: Option<libc::pid_t>,
+    grace: Duration,
+) -> Option<ExitStatus> {
+    let Some(pgid) = pgid else {
+        return child.wait().await.ok();
+    };
+    signal_group(pgid, libc::SIGTERM);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            signal_group(pgid, libc::SIGKILL);
+            child.wait().await.ok()
+        }
+    }
+}
+
+pub(crate) fn signal_group(pgid: libc::pid_t, signal: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions; a group that is
+    // already gone returns ESRCH, which is fine.
+    unsafe {
+        libc::kill(-pgid, signal);
+    }
+}
+
+fn describe_signal(status: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status.signal() {
+        Some(s) => format!("killed by signal {s}"),
+        None => "ended without an exit code".into(),
+    }
+}
+
+fn humantime_short(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
+}
+
+/// Records a job's change from Running (or Preempted), retrying while the
+/// database is unavailable: how a job ended must not be lost.
+pub(crate) async fn record(store: &Store, job: JobId, change: Change) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match store.transition(job, None, change.clone()).await {
+            Ok(_) => return,
+            Err(StoreError::Unavailable(e)) => {
+                tracing::warn!(%job, error = %e, "database unavailable; retrying the job's end");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::error!(%job, error = %e, to = %change.to, "could not record the job's change");
+                return;
+            }
+        }
+    }
+}

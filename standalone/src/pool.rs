@@ -1,0 +1,199 @@
+//! The standalone pool: one process holding the API, the scheduler loop,
+//! the executor and the store, over a GPU inventory from NVML or a pool
+//! file. This is what `finpool up` and `finpool demo` run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use finpool_api::{ApiConfig, ApiState, SigningKey};
+use finpool_domain::Inventory;
+use finpool_scheduler::Policy;
+use finpool_store::{Store, StoreConfig, StoreError};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::driver::Driver;
+use crate::executor::{Executor, ExecutorConfig};
+use crate::inventory::{self, Origin, PoolFileError};
+use crate::logs::FileLogs;
+use crate::reconcile::{self, Reconciled};
+
+#[derive(Debug, Clone)]
+pub struct StandaloneConfig {
+    /// Holds the database, the signing key, job logs and the model cache.
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// A pool file; without one, NVML, then the built-in example pool.
+    pub pool_file: Option<PathBuf>,
+    /// A PostgreSQL URL; without one, SQLite in the data dir.
+    pub database_url: Option<String>,
+    /// Between SIGTERM and SIGKILL when a job is stopped.
+    pub stop_grace: Duration,
+    /// For jobs that set no max runtime.
+    pub default_max_runtime: Duration,
+    /// The longest max runtime a job may ask for.
+    pub max_runtime_cap: Duration,
+}
+
+impl StandaloneConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen,
+            pool_file: None,
+            database_url: None,
+            stop_grace: Duration::from_secs(10),
+            default_max_runtime: Duration::from_secs(24 * 3600),
+            max_runtime_cap: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+
+    pub fn store_config(&self) -> StoreConfig {
+        match &self.database_url {
+            Some(url) => StoreConfig::from_url(url),
+            None => StoreConfig::Sqlite(self.data_dir.join("finpool.db")),
+        }
+    }
+
+    pub fn executor_config(&self) -> ExecutorConfig {
+        ExecutorConfig {
+            jobs_dir: self.data_dir.join("jobs"),
+            model_cache_dir: self.data_dir.join("models"),
+            stop_grace: self.stop_grace,
+            default_max_runtime: self.default_max_runtime,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Key(#[from] finpool_api::auth::AuthError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Inventory(#[from] PoolFileError),
+    #[error("inventory: {0}")]
+    Snapshot(#[from] finpool_scheduler::SnapshotError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started pool.
+pub struct RunningPool {
+    /// Where the API listens (with the real port when 0 was asked).
+    pub addr: SocketAddr,
+    pub inventory: Arc<Inventory>,
+    pub origin: Origin,
+    pub store: Store,
+    /// What start-up reconciliation did.
+    pub reconciled: Reconciled,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    driver: JoinHandle<()>,
+    executor: Executor,
+}
+
+/// Starts a pool: opens the store, settles jobs a previous server left
+/// running, then starts the executor, the scheduling loop and the API.
+pub async fn start(config: StandaloneConfig) -> Result<RunningPool, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let key = SigningKey::load_or_create(&config.data_dir)?;
+    let store = Store::open(&config.store_config()).await?;
+    let (inventory, origin) = inventory::discover(config.pool_file.as_deref())?;
+    let inventory = Arc::new(inventory);
+    // Fail early on an inventory the scheduler cannot take.
+    finpool_scheduler::Snapshot {
+        classes: inventory.classes.clone(),
+        nodes: inventory.nodes.clone(),
+        ..Default::default()
+    }
+    .build()?;
+    tracing::info!(nodes = inventory.nodes.len(), gpus = inventory.gpu_count(), %origin,
+        database = store.backend_kind(), "pool inventory loaded");
+    let reconciled = reconcile::after_restart(&store).await?;
+
+    let executor_config = config.executor_config();
+    let executor = Executor::spawn(store.clone(), executor_config.clone());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let driver = Driver {
+        store: store.clone(),
+        inventory: inventory.clone(),
+        executor: executor.clone(),
+        policy: Arc::new(Policy::production()),
+    };
+    let driver = tokio::spawn(driver.run(shutdown_rx.clone()));
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let state = ApiState {
+        store: store.clone(),
+        inventory: Arc::new(inventory.clone()),
+        logs: Arc::new(FileLogs {
+            store: store.clone(),
+            config: executor_config,
+        }),
+        config: ApiConfig {
+            max_runtime_cap: config.max_runtime_cap,
+        },
+    };
+    let mut stop = shutdown_rx;
+    let server = tokio::spawn(finpool_api::server::serve(
+        listener,
+        state,
+        key.verifier(),
+        async move {
+            let _ = stop.changed().await;
+        },
+    ));
+    tracing::info!(%addr, "finpool API listening");
+    Ok(RunningPool {
+        addr,
+        inventory,
+        origin,
+        store,
+        reconciled,
+        shutdown,
+        server,
+        driver,
+        executor,
+    })
+}
+
+impl RunningPool {
+    /// Stops the API and the scheduler, then stops running jobs (each
+    /// recorded per its restart policy).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.driver.await;
+        self.executor.shutdown().await;
+        match self.server.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "API server ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "API server task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
