@@ -445,7 +445,7 @@ async fn cancel_stops_queued_jobs_and_flags_running_ones() {
                 .await
                 .unwrap()
                 .unwrap(),
-            running.id
+            (running.id, "user asked".to_owned())
         );
     }
 }

@@ -1,0 +1,206 @@
+//! The `finpool` command line, run as a user would: the demo, tokens, and
+//! the client commands against a real server.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn finpool(server: Option<&Server>, token: Option<&str>, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_finpool"));
+    cmd.args(args)
+        .env_remove("FINPOOL_TOKEN")
+        .env_remove("FINPOOL_ADDR");
+    if let Some(s) = server {
+        cmd.env("FINPOOL_ADDR", &s.addr);
+    }
+    if let Some(t) = token {
+        cmd.env("FINPOOL_TOKEN", t);
+    }
+    cmd.output().expect("running finpool")
+}
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_demo_runs_every_brokerages_jobs_to_completion() {
+    let out = finpool(None, None, &["demo"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    for tenant in ["alpha-securities", "beacon-capital", "cedar-brokerage"] {
+        let rows: Vec<&str> = stdout.lines().filter(|l| l.contains(tenant)).collect();
+        assert!(
+            rows.len() > 2,
+            "{tenant} has jobs in the summary:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("alpha-securities   8/8"), "{stdout}");
+    assert!(stdout.contains("beacon-capital     7/7"), "{stdout}");
+    assert!(stdout.contains("cedar-brokerage    4/4"), "{stdout}");
+    assert!(
+        stdout.contains("result: 19 of 19 jobs succeeded across 3 brokerages"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("no GPU was ever shared by two tenants"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_work_against_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let data_dir = dir.path().to_str().unwrap();
+
+    let out = finpool(
+        None,
+        None,
+        &[
+            "token",
+            "issue",
+            "--role",
+            "operator",
+            "--data-dir",
+            data_dir,
+        ],
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    let operator = text(&out).0.trim().to_owned();
+
+    let out = finpool(
+        Some(&server),
+        Some(&operator),
+        &[
+            "tenant",
+            "create",
+            "alpha",
+            "--quota",
+            "A100=1:2",
+            "--display-name",
+            "Alpha Securities",
+        ],
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(text(&out).0.contains("A100 1/2"));
+
+    let out = finpool(
+        None,
+        None,
+        &[
+            "token",
+            "issue",
+            "--role",
+            "tenant",
+            "--tenant",
+            "alpha",
+            "--data-dir",
+            data_dir,
+        ],
+    );
+    let alpha = text(&out).0.trim().to_owned();
+    let out = finpool(
+        None,
+        None,
+        &["token", "issue", "--role", "tenant", "--data-dir", data_dir],
+    );
+    assert!(!out.status.success(), "a tenant token needs --tenant");
+
+    let job_file = dir.path().join("job.yaml");
+    std::fs::write(
+        &job_file,
+        "name: from-yaml\ncommand: [sh, -c, 'echo hello from $CUDA_VISIBLE_DEVICES']\n\
+         resources:\n  gpu:\n    whole_gpus: 1\n  gpu_classes: [A100]\n",
+    )
+    .unwrap();
+    let out = finpool(
+        Some(&server),
+        Some(&alpha),
+        &["job", "submit", "-f", job_file.to_str().unwrap()],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let id = stdout.split_whitespace().nth(1).unwrap().to_owned();
+
+    let out = finpool(Some(&server), Some(&alpha), &["job", "logs", "-f", &id]);
+    assert_eq!(text(&out).0, "hello from 0\n");
+    let out = finpool(
+        Some(&server),
+        Some(&alpha),
+        &["job", "get", &id, "-o", "json"],
+    );
+    let job: serde_json::Value = serde_json::from_str(&text(&out).0).unwrap();
+    assert_eq!(job["state"], "JOB_STATE_SUCCEEDED");
+    assert_eq!(job["placement"]["gpus"][0]["index"], 0);
+
+    // Flags work too, and `--` separates the command.
+    let out = finpool(
+        Some(&server),
+        Some(&alpha),
+        &[
+            "job",
+            "submit",
+            "--name",
+            "from-flags",
+            "--gpu-milli",
+            "250",
+            "--",
+            "echo",
+            "hi",
+        ],
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = finpool(Some(&server), Some(&alpha), &["job", "list", "-o", "json"]);
+    let jobs: serde_json::Value = serde_json::from_str(&text(&out).0).unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 2);
+
+    // A job file with an unknown field is refused, naming it.
+    std::fs::write(&job_file, "name: typo\ncommand: [true]\ngpus: 2\n").unwrap();
+    let out = finpool(
+        Some(&server),
+        Some(&alpha),
+        &["job", "submit", "-f", job_file.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("unknown field `gpus`"),
+        "{:?}",
+        text(&out)
+    );
+
+    // Server-side validation comes back by field.
+    let out = finpool(
+        Some(&server),
+        Some(&alpha),
+        &[
+            "job", "submit", "--name", "too-many", "--gpus", "0", "--", "true",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out)
+            .1
+            .contains("InvalidArgument: resources.gpu.whole_gpus"),
+        "{:?}",
+        text(&out)
+    );
+
+    let out = finpool(Some(&server), Some(&alpha), &["node", "list"]);
+    assert!(text(&out).0.contains("node-a"), "{:?}", text(&out));
+    let out = finpool(Some(&server), Some(&alpha), &["usage"]);
+    assert!(
+        text(&out).0.contains("tenant alpha: 2 jobs"),
+        "{:?}",
+        text(&out)
+    );
+
+    let out = finpool(Some(&server), None, &["job", "list"]);
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("no token"));
+}

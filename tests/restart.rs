@@ -1,0 +1,178 @@
+//! Crash and restart: SIGKILL the server while jobs are queued and
+//! running, start it again on the same data dir, and check that every
+//! acknowledged job is there, none is duplicated, none is stuck Running,
+//! and the old processes are gone.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use finpool_proto::v1 as pb;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loses_no_job_and_leaves_none_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut op = server.operator().await;
+    create_tenant(&mut op, "alpha", 2, 4).await;
+    let mut alpha = server.tenant("alpha").await;
+
+    // Long jobs record their PIDs (the shell and its child) so we can check
+    // the processes die with the server.
+    let pids = dir.path().join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    let script = |name: &str| format!("sleep 600 & echo $$ $! > {}/{name}; wait", pids.display());
+    let mut acknowledged = Vec::new();
+    for i in 0..2 {
+        let name = format!("fail-{i}");
+        acknowledged.push(
+            submit(&mut alpha, shell_job(&name, whole(1), &script(&name)))
+                .await
+                .id,
+        );
+    }
+    for i in 0..2 {
+        let name = format!("requeue-{i}");
+        let mut spec = shell_job(&name, whole(1), &script(&name));
+        spec.restart_policy = pb::RestartPolicy::Requeue as i32;
+        spec.idempotency_key = format!("key-{name}");
+        acknowledged.push(submit(&mut alpha, spec).await.id);
+    }
+    // More than the limit of 4: these wait in the queue.
+    for i in 0..3 {
+        acknowledged.push(
+            submit(
+                &mut alpha,
+                shell_job(&format!("queued-{i}"), whole(1), "sleep 600"),
+            )
+            .await
+            .id,
+        );
+    }
+    wait_for(
+        &mut alpha,
+        Duration::from_secs(30),
+        "four running jobs",
+        |jobs| {
+            jobs.iter()
+                .filter(|j| j.state == pb::JobState::Running as i32)
+                .count()
+                == 4
+                && (0..2).all(|i| {
+                    pids.join(format!("fail-{i}")).exists()
+                        && pids.join(format!("requeue-{i}")).exists()
+                })
+        },
+    )
+    .await;
+    let old_pids: Vec<i32> = std::fs::read_dir(&pids)
+        .unwrap()
+        .flat_map(|e| {
+            std::fs::read_to_string(e.unwrap().path())
+                .unwrap()
+                .split_whitespace()
+                .map(|p| p.parse::<i32>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(old_pids.len(), 8);
+
+    server.kill();
+    for f in std::fs::read_dir(&pids).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+
+    let server = Server::start(dir.path());
+    let mut alpha = server.tenant("alpha").await;
+    // The old processes (the shells and their children) are gone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for pid in &old_pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(*pid),
+            "process {pid} of a job outlived the server"
+        );
+    }
+
+    let jobs = list_all(&mut alpha).await;
+    let mut ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    ids.sort();
+    let mut expected = acknowledged.clone();
+    expected.sort();
+    assert_eq!(ids, expected, "every acknowledged job, exactly once");
+
+    for job in &jobs {
+        let name = job.spec.as_ref().unwrap().name.clone();
+        let full = alpha
+            .jobs
+            .get_job(pb::GetJobRequest { id: job.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        if name.starts_with("fail-") {
+            assert_eq!(full.state, pb::JobState::Failed as i32, "{name}");
+            assert_eq!(full.reason, "server restarted");
+        }
+        if name.starts_with("requeue-") {
+            let reasons: Vec<&str> = full.history.iter().map(|t| t.reason.as_str()).collect();
+            assert!(reasons.contains(&"server restarted"), "{name}: {reasons:?}");
+            assert!(
+                full.history
+                    .iter()
+                    .any(|t| t.to == pb::JobState::Pending as i32
+                        && t.from == pb::JobState::Preempted as i32),
+                "{name} was requeued"
+            );
+        }
+    }
+    // Whatever runs now is a fresh start on this server, not a leftover:
+    // the requeued jobs start again (attempt 2) and write new PID files.
+    let jobs = wait_for(
+        &mut alpha,
+        Duration::from_secs(30),
+        "requeued jobs to run again",
+        |jobs| {
+            (0..2).all(|i| pids.join(format!("requeue-{i}")).exists())
+                && jobs
+                    .iter()
+                    .filter(|j| j.state == pb::JobState::Running as i32)
+                    .count()
+                    == 4
+        },
+    )
+    .await;
+    for job in jobs
+        .iter()
+        .filter(|j| j.state == pb::JobState::Running as i32)
+    {
+        let name = &job.spec.as_ref().unwrap().name;
+        let expected_attempts = if name.starts_with("requeue-") { 2 } else { 1 };
+        assert_eq!(job.attempts, expected_attempts, "{name}");
+    }
+
+    // The idempotency key still names the same job after the restart.
+    let mut again = shell_job("requeue-0", whole(1), &script("requeue-0"));
+    again.restart_policy = pb::RestartPolicy::Requeue as i32;
+    again.idempotency_key = "key-requeue-0".into();
+    let response = alpha
+        .jobs
+        .submit_job(pb::SubmitJobRequest { spec: Some(again) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!response.created);
+    assert_eq!(response.job.unwrap().id, acknowledged[2]);
+    assert_eq!(list_all(&mut alpha).await.len(), acknowledged.len());
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}
