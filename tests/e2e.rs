@@ -482,3 +482,69 @@ async fn reflection_describes_the_api_like_grpcurl_sees_it() {
     };
     assert!(!fds.file_descriptor_proto.is_empty());
 }
+
+/// Watch streams a tenant's own job events, and nothing of anyone else's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_only_the_callers_events() {
+    use tokio_stream::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut op = server.operator().await;
+    create_tenant(&mut op, "alpha", 1, 1).await;
+    create_tenant(&mut op, "beta", 1, 1).await;
+    let mut alpha = server.tenant("alpha").await;
+    let mut beta = server.tenant("beta").await;
+    let mut alpha_events = alpha
+        .jobs
+        .watch_jobs(pb::WatchJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut beta_events = beta
+        .jobs
+        .watch_jobs(pb::WatchJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let job = submit(&mut alpha, shell_job("watched", whole(1), "true")).await;
+
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(event) = alpha_events.next().await {
+            let event = event.unwrap();
+            assert_eq!(event.job_id, job.id);
+            let to = event.transition.unwrap().to;
+            seen.push(to);
+            if to == pb::JobState::Succeeded as i32 {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("alpha sees its job end");
+    assert_eq!(
+        seen,
+        [
+            pb::JobState::Pending,
+            pb::JobState::Admitted,
+            pb::JobState::Running,
+            pb::JobState::Succeeded
+        ]
+        .map(|s| s as i32)
+    );
+    let leaked = tokio::time::timeout(Duration::from_millis(500), beta_events.next()).await;
+    assert!(
+        leaked.is_err(),
+        "beta must not see alpha's events: {leaked:?}"
+    );
+
+    // Watching another tenant's job by id is NotFound.
+    let err = beta
+        .jobs
+        .watch_jobs(pb::WatchJobsRequest {
+            job_id: job.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}

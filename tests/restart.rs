@@ -176,3 +176,66 @@ fn is_zombie(pid: i32) -> bool {
         })
         .unwrap_or(true)
 }
+
+/// A clean stop (SIGTERM) stops running jobs and records each per its
+/// restart policy, instead of leaving them for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_records_running_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut op = server.operator().await;
+    create_tenant(&mut op, "alpha", 2, 2).await;
+    let mut alpha = server.tenant("alpha").await;
+    let failing = submit(&mut alpha, shell_job("stops", whole(1), "sleep 600")).await;
+    let mut spec = shell_job("requeues", whole(1), "sleep 600");
+    spec.restart_policy = pb::RestartPolicy::Requeue as i32;
+    let requeued = submit(&mut alpha, spec).await;
+    wait_for(
+        &mut alpha,
+        Duration::from_secs(20),
+        "both running",
+        |jobs| {
+            jobs.iter()
+                .filter(|j| j.state == pb::JobState::Running as i32)
+                .count()
+                == 2
+        },
+    )
+    .await;
+    let mut server = server;
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::kill(server.child.id() as i32, libc::SIGTERM);
+    }
+    let status = server.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "finpool up exits cleanly on SIGTERM:\n{}",
+        server.logs()
+    );
+    drop(server);
+
+    let server = Server::start(dir.path());
+    let mut alpha = server.tenant("alpha").await;
+    let get = |id: String| {
+        let mut c = alpha.clone();
+        async move {
+            c.jobs
+                .get_job(pb::GetJobRequest { id })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let f = get(failing.id.clone()).await;
+    assert_eq!(f.state, pb::JobState::Failed as i32);
+    assert_eq!(f.reason, "server shut down");
+    let r = get(requeued.id.clone()).await;
+    let path: Vec<i32> = r.history.iter().map(|t| t.to).collect();
+    assert!(
+        path.windows(2)
+            .any(|w| w == [pb::JobState::Preempted as i32, pb::JobState::Pending as i32]),
+        "requeued on shutdown: {path:?}"
+    );
+    let _ = list_all(&mut alpha).await;
+}
