@@ -70,6 +70,92 @@ pub enum Command {
     Job(JobCommand),
     /// Metered GPU time of a tenant.
     Usage(UsageArgs),
+    /// Replay public traces through the scheduler.
+    #[command(subcommand)]
+    Simulate(SimulateCommand),
+    /// Measure the scheduler's speed.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Placement decisions per second and their latency, finpool against best-fit.
+    Scheduler(BenchSchedulerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchSchedulerArgs {
+    #[arg(long, default_value_t = 10_000)]
+    pub nodes: usize,
+    #[arg(long, default_value_t = 8)]
+    pub gpus_per_node: u32,
+    /// Tasks in the queue, placed one after another.
+    #[arg(long, default_value_t = 100_000)]
+    pub pending: usize,
+    /// Draw the queue from this openb pod list instead of the built-in mix.
+    #[arg(long, env = "FINPOOL_OPENB_PODS")]
+    pub pods: Option<PathBuf>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimulateCommand {
+    /// The FGD paper's protocol on Alibaba's cluster-trace-gpu-v2023 (openb).
+    Openb(SimulateOpenbArgs),
+    /// Recount a --placements file independently of the simulator.
+    Check(SimulateCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateOpenbArgs {
+    /// The node list, e.g. openb_node_list_gpu_node.csv.
+    #[arg(long, env = "FINPOOL_OPENB_NODES")]
+    pub nodes: PathBuf,
+    /// A pod list, e.g. openb_pod_list_default.csv.
+    #[arg(long, env = "FINPOOL_OPENB_PODS")]
+    pub pods: PathBuf,
+    /// Policies to run, in one invocation (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "finpool,fgd,bestfit,random"
+    )]
+    pub policy: Vec<String>,
+    /// Seeds: a range `42..51` (inclusive) or a list `42,43`.
+    #[arg(long, default_value = "42..51")]
+    pub seeds: String,
+    /// Inflate the workload to this multiple of GPU capacity.
+    #[arg(long, default_value_t = 1.3)]
+    pub tune: f64,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Draw every policy's allocation curve into this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Write every pod's placement per seed and policy to this CSV file.
+    #[arg(long)]
+    pub placements: Option<PathBuf>,
+    /// Seeds run in parallel (default: the number of CPUs).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateCheckArgs {
+    #[arg(long, env = "FINPOOL_OPENB_NODES")]
+    pub nodes: PathBuf,
+    #[arg(long)]
+    pub placements: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Args)]

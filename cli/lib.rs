@@ -33,6 +33,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(args) => commands::node::run(&global, args).await,
         Command::Job(args) => commands::job::run(&global, args).await,
         Command::Usage(args) => commands::usage::run(&global, args).await,
+        Command::Simulate(args) => commands::simulate::run(args),
+        Command::Bench(args) => commands::bench::run(args),
     }
 }
 

@@ -1,8 +1,10 @@
 //! One module per command group.
 
+pub mod bench;
 pub mod job;
 pub mod model;
 pub mod node;
+pub mod simulate;
 pub mod tenant;
 pub mod token;
 pub mod up;

@@ -119,7 +119,7 @@ pub enum RestartPolicy {
 }
 
 /// GPUs a job asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GpuRequest {
     /// A CPU-only job.

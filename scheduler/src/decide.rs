@@ -2,7 +2,9 @@
 
 use finpool_domain::{JobId, Placement};
 
-use crate::plugins::{Ctx, Policy, QuotaBound};
+use crate::engine::Engine;
+use crate::plugins::fragmentation::{Weighting, WorkloadModel};
+use crate::plugins::{Policy, QuotaBound};
 use crate::snapshot::{QueuedJob, Snapshot, SnapshotError};
 
 /// A job the cycle admitted, and where it goes.
@@ -67,18 +69,20 @@ pub fn decide(
             }),
         }
     }
+    // Without a workload from the driver, learn it from what is queued.
+    let workload = snapshot.workload.clone().unwrap_or_else(|| {
+        WorkloadModel::from_tasks(tasks.iter().map(|(_, t)| t), 0.95, Weighting::Demand)
+    });
+    let tenants = std::mem::take(&mut built.tenants);
+    let cluster = std::mem::take(&mut built.cluster);
+    let mut engine = Engine::new(policy, cluster);
     for bound in [QuotaBound::Guaranteed, QuotaBound::Limit] {
         let mut still_waiting = Vec::with_capacity(tasks.len());
         for (job, task) in tasks {
-            let ctx = Ctx {
-                cluster: &built.cluster,
-                tenants: &built.tenants,
-                bound,
-            };
-            match policy.place(&ctx, &task) {
+            match engine.place(&tenants, bound, &workload, 0, &task) {
                 Some(p) => {
-                    let placement = built.to_domain(&p, &snapshot.nodes);
-                    built.cluster.apply(&p.allocation(&task));
+                    let placement = built.to_domain(engine.cluster(), &p, &snapshot.nodes);
+                    engine.apply(&p.allocation(&task));
                     outcome.admitted.push(Admission {
                         job: job.id,
                         placement,
@@ -93,17 +97,13 @@ pub fn decide(
     for (i, (job, task)) in tasks.into_iter().enumerate() {
         let reason = if i >= EXPLAINED_PER_CYCLE {
             "queued".to_owned()
+        } else if engine
+            .place(&tenants, QuotaBound::Unbounded, &workload, 0, &task)
+            .is_some()
+        {
+            "waiting: tenant quota limit reached".to_owned()
         } else {
-            let ctx = Ctx {
-                cluster: &built.cluster,
-                tenants: &built.tenants,
-                bound: QuotaBound::Unbounded,
-            };
-            if policy.place(&ctx, &task).is_some() {
-                "waiting: tenant quota limit reached".to_owned()
-            } else {
-                "waiting: no node has room".to_owned()
-            }
+            "waiting: no node has room".to_owned()
         };
         outcome.waiting.push(Waiting {
             job: job.id,
@@ -169,6 +169,7 @@ mod tests {
             tenants,
             models: vec![],
             running: vec![],
+            workload: None,
         }
     }
 
@@ -201,7 +202,7 @@ mod tests {
         let queue: Vec<_> = (1..=3)
             .map(|i| job(i, "alpha", GpuRequest::Whole { count: 1 }))
             .collect();
-        let o = decide(&snap, &queue, &Policy::production()).unwrap();
+        let o = decide(&snap, &queue, &Policy::finpool()).unwrap();
         assert_eq!(ids(&o), vec![1, 2]);
         assert_eq!(o.waiting.len(), 1);
         assert_eq!(o.waiting[0].reason, "waiting: tenant quota limit reached");
@@ -221,7 +222,7 @@ mod tests {
             job(2, "beta", GpuRequest::Whole { count: 1 }),
             job(3, "alpha", GpuRequest::Whole { count: 2 }),
         ];
-        let o = decide(&snap, &queue, &Policy::production()).unwrap();
+        let o = decide(&snap, &queue, &Policy::finpool()).unwrap();
         assert_eq!(ids(&o), vec![3]);
     }
 
@@ -238,7 +239,7 @@ mod tests {
         let snap = snapshot(vec![node("a", "A100", 4), node("l", "L4", 4)], vec![t]);
         let mut j = job(1, "alpha", GpuRequest::Whole { count: 2 });
         j.resources.gpu_classes = vec!["L4".into()];
-        let o = decide(&snap, &[j], &Policy::production()).unwrap();
+        let o = decide(&snap, &[j], &Policy::finpool()).unwrap();
         assert_eq!(o.admitted[0].placement.node, "l");
         assert!(o.admitted[0].placement.gpus.iter().all(|g| g.class == "L4"));
     }
@@ -259,7 +260,7 @@ mod tests {
             job(3, "alpha", share),
             job(4, "beta", share),
         ];
-        let o = decide(&snap, &queue, &Policy::production()).unwrap();
+        let o = decide(&snap, &queue, &Policy::finpool()).unwrap();
         assert_eq!(o.admitted.len(), 4);
         let card = |n: u128| {
             o.admitted
@@ -284,7 +285,7 @@ mod tests {
         let first = decide(
             &snap,
             &[job(1, "alpha", GpuRequest::Whole { count: 2 })],
-            &Policy::production(),
+            &Policy::finpool(),
         )
         .unwrap();
         snap.running = vec![RunningJob {
@@ -297,7 +298,7 @@ mod tests {
         let o = decide(
             &snap,
             &[job(2, "alpha", GpuRequest::Whole { count: 1 })],
-            &Policy::production(),
+            &Policy::finpool(),
         )
         .unwrap();
         assert!(o.admitted.is_empty());
@@ -313,7 +314,7 @@ mod tests {
         let o = decide(
             &snap,
             &[job(1, "alpha", GpuRequest::Whole { count: 1 })],
-            &Policy::production(),
+            &Policy::finpool(),
         )
         .unwrap();
         assert_eq!(o.admitted[0].placement.gpus[0].uuid, "GPU-n0-0");

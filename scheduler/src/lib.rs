@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod decide;
+pub mod engine;
 pub mod placer;
 pub mod plugins;
 pub mod snapshot;
@@ -19,6 +20,7 @@ pub mod tenants;
 
 pub use cluster::{Allocation, Choice, ClassSet, Cluster, GpuState, NodeState};
 pub use decide::{Admission, Outcome, Waiting, decide};
+pub use engine::Engine;
 pub use plugins::{Ctx, Filter, Policy, QuotaBound, Scorer};
 pub use snapshot::{QueuedJob, RunningJob, Snapshot, SnapshotError};
 pub use task::Task;

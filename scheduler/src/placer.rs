@@ -5,7 +5,9 @@
 
 use finpool_domain::GpuRequest;
 
-use crate::cluster::{Allocation, Choice, ClassIdx, NodeIdx, NodeState};
+use crate::cluster::{
+    Allocation, Choice, ClassIdx, GpuState, MAX_GPUS_PER_NODE, NodeIdx, NodeState,
+};
 use crate::plugins::{Ctx, Policy};
 use crate::task::Task;
 
@@ -35,29 +37,59 @@ impl Policy {
     /// when nothing passes the filters.
     pub fn place(&self, ctx: &Ctx<'_>, task: &Task) -> Option<Placement> {
         let mut best: Option<Placement> = None;
-        for (i, node) in ctx.cluster.nodes.iter().enumerate() {
-            if !self.filters.iter().all(|f| f.node(ctx, task, node)) {
-                continue;
+        for i in 0..ctx.cluster.nodes.len() {
+            if let Some(p) = self.best_on_node(ctx, task, i as NodeIdx)
+                && best.is_none_or(|b| p.score > b.score)
+            {
+                best = Some(p);
             }
-            self.for_each_choice(ctx, task, node, |class, choice| {
-                let score = self.score(ctx, task, i as NodeIdx, choice);
-                if best.is_none_or(|b| score > b.score) {
-                    best = Some(Placement {
-                        node: i as NodeIdx,
-                        class,
-                        choice,
-                        score,
-                    });
-                }
-            });
         }
         best
+    }
+
+    /// The best choice on one node, or `None` if the node cannot take the task.
+    pub fn best_on_node(
+        &self,
+        ctx: &Ctx<'_>,
+        task: &Task,
+        node_index: NodeIdx,
+    ) -> Option<Placement> {
+        let node = &ctx.cluster.nodes[node_index as usize];
+        if !self.filters.iter().all(|f| f.node(ctx, task, node)) {
+            return None;
+        }
+        let mut choices = [Choice::NO_GPU; MAX_GPUS_PER_NODE];
+        let mut classes = [None; MAX_GPUS_PER_NODE];
+        let mut n = 0;
+        self.for_each_choice(ctx, task, node, |class, choice| {
+            choices[n] = choice;
+            classes[n] = class;
+            n += 1;
+        });
+        if n == 0 {
+            return None;
+        }
+        let mut scores = [0.0f64; MAX_GPUS_PER_NODE];
+        self.score_node(ctx, task, node_index, &choices[..n], &mut scores[..n]);
+        let mut best = 0;
+        for i in 1..n {
+            if scores[i] > scores[best] {
+                best = i;
+            }
+        }
+        Some(Placement {
+            node: node_index,
+            class: classes[best],
+            choice: choices[best],
+            score: scores[best],
+        })
     }
 
     /// Calls `visit` with every choice of cards on `node` that passes the
     /// filters. Whole-GPU tasks get one choice per class (the lowest idle
     /// cards: idle cards of a class are interchangeable); a share gets one
-    /// choice per card with room.
+    /// choice per card with room, skipping cards identical to one already
+    /// offered (they would score the same, and the lower index wins ties).
     pub fn for_each_choice(
         &self,
         ctx: &Ctx<'_>,
@@ -107,7 +139,11 @@ impl Policy {
             }
             GpuRequest::Share { .. } => {
                 for (i, gpu) in node.gpus.iter().enumerate() {
-                    if !self.filters.iter().all(|f| f.gpu(ctx, task, node, gpu)) {
+                    if node.gpus[..i]
+                        .iter()
+                        .any(|earlier| same_state(earlier, gpu))
+                        || !self.filters.iter().all(|f| f.gpu(ctx, task, node, gpu))
+                    {
                         continue;
                     }
                     let choice = Choice {
@@ -122,4 +158,14 @@ impl Policy {
             }
         }
     }
+}
+
+/// Two cards in the same state (all but their index).
+fn same_state(a: &GpuState, b: &GpuState) -> bool {
+    a.class == b.class
+        && a.memory_mib == b.memory_mib
+        && a.used_milli == b.used_milli
+        && a.used_memory_mib == b.used_memory_mib
+        && a.owner == b.owner
+        && a.jobs == b.jobs
 }

@@ -25,6 +25,8 @@ pub struct Snapshot {
     pub models: Vec<BaseModel>,
     /// Jobs that hold resources (admitted or running).
     pub running: Vec<RunningJob>,
+    /// The workload seen recently, for fragmentation-aware scoring.
+    pub workload: Option<crate::plugins::fragmentation::WorkloadModel>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,10 +228,16 @@ impl Built {
         })
     }
 
-    /// The domain placement for an indexed one. `inventory` is the
-    /// snapshot's node list this was built from (for card UUIDs).
-    pub fn to_domain(&self, p: &crate::placer::Placement, inventory: &[Node]) -> Placement {
-        let node = &self.cluster.nodes[p.node as usize];
+    /// The domain placement for an indexed one on `cluster` (this
+    /// snapshot's). `inventory` is the node list it was built from (for
+    /// card UUIDs).
+    pub fn to_domain(
+        &self,
+        cluster: &Cluster,
+        p: &crate::placer::Placement,
+        inventory: &[Node],
+    ) -> Placement {
+        let node = &cluster.nodes[p.node as usize];
         let source = &inventory[p.node as usize];
         Placement {
             node: node.name.clone(),
@@ -241,7 +249,7 @@ impl Built {
                     finpool_domain::GpuAssignment {
                         index: g.index,
                         uuid: source.gpus[i].uuid.clone(),
-                        class: self.cluster.classes[g.class as usize].name.clone(),
+                        class: cluster.classes[g.class as usize].name.clone(),
                         milli: p.choice.milli,
                         memory_mib: p.choice.memory_mib.unwrap_or(g.memory_mib),
                     }

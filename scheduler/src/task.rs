@@ -5,7 +5,7 @@ use finpool_domain::GpuRequest;
 use crate::cluster::{ClassSet, TenantIdx};
 
 /// What one job (or one simulated pod) needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Task {
     /// The owning tenant; `None` in tenant-less simulations.
     pub tenant: Option<TenantIdx>,

@@ -126,6 +126,7 @@ fn arb_case() -> impl Strategy<Value = (Snapshot, Vec<QueuedJob>, Vec<QueuedJob>
                     tenants,
                     models: vec![],
                     running: vec![],
+                    workload: None,
                 };
                 (snapshot, first, second)
             })
@@ -253,7 +254,7 @@ proptest! {
     fn decisions_never_oversubscribe_share_or_exceed_limits(
         (snapshot, first, second) in arb_case()
     ) {
-        for policy in [Policy::production(), Policy::best_fit(), Policy::random(7)] {
+        for policy in [Policy::finpool(), Policy::best_fit(), Policy::random(7)] {
             let mut snap = snapshot.clone();
             let running_first = to_running(&snap, &first, &policy);
             snap.running = running_first.clone();
@@ -267,7 +268,7 @@ proptest! {
 
     #[test]
     fn decisions_are_deterministic((snapshot, first, _second) in arb_case()) {
-        let policy = Policy::production();
+        let policy = Policy::finpool();
         let a = decide(&snapshot, &first, &policy).unwrap();
         let b = decide(&snapshot, &first, &policy).unwrap();
         prop_assert_eq!(a, b);

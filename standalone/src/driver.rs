@@ -97,6 +97,7 @@ impl Driver {
                 tenants,
                 models,
                 running,
+                workload: None,
             };
             let policy = self.policy.clone();
             // Deciding is CPU work; keep it off the async workers.

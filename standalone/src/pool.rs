@@ -135,7 +135,7 @@ pub async fn start(config: StandaloneConfig) -> Result<RunningPool, StartError> 
         store: store.clone(),
         inventory: inventory.clone(),
         executor: executor.clone(),
-        policy: Arc::new(Policy::production()),
+        policy: Arc::new(Policy::finpool()),
     };
     let driver = tokio::spawn(driver.run(shutdown_rx.clone()));
 

@@ -4,11 +4,13 @@
 //! A [`Policy`] is a list of each.
 
 pub mod filters;
+pub mod fragmentation;
 pub mod scores;
 
 use crate::cluster::{Choice, ClassIdx, Cluster, GpuState, NodeIdx, NodeState};
 use crate::task::Task;
 use crate::tenants::TenantBook;
+use fragmentation::WorkloadModel;
 
 /// How far a placement may take its tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +29,25 @@ pub struct Ctx<'a> {
     pub cluster: &'a Cluster,
     pub tenants: &'a TenantBook,
     pub bound: QuotaBound,
+    /// The workload the driver has seen arrive (for fragmentation-aware
+    /// scorers); empty when it has none.
+    pub workload: &'a WorkloadModel,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(
+        cluster: &'a Cluster,
+        tenants: &'a TenantBook,
+        bound: QuotaBound,
+        workload: &'a WorkloadModel,
+    ) -> Self {
+        Self {
+            cluster,
+            tenants,
+            bound,
+            workload,
+        }
+    }
 }
 
 /// Says whether a task may go somewhere. Each hook defaults to yes, so a
@@ -58,13 +79,35 @@ pub trait Filter: Send + Sync {
 }
 
 /// Ranks a feasible choice: higher is better.
+///
+/// A score may depend on the task, the chosen node's state and the
+/// context's inputs (workload, tenants), never on other nodes: that keeps
+/// scoring a node independent of the rest of the pool.
 pub trait Scorer: Send + Sync {
     fn name(&self) -> &'static str;
 
     fn score(&self, ctx: &Ctx<'_>, task: &Task, node: NodeIdx, choice: Choice) -> f64;
 
-    /// Sees every arriving task, so a scorer can learn the workload.
-    fn observe(&mut self, _task: &Task) {}
+    /// Whether the score is a pure function of the task, the node and the
+    /// context, so that it can be remembered until the node changes.
+    fn cacheable(&self) -> bool {
+        true
+    }
+
+    /// Scores several choices on one node; override when work can be
+    /// shared between them.
+    fn score_node(
+        &self,
+        ctx: &Ctx<'_>,
+        task: &Task,
+        node: NodeIdx,
+        choices: &[Choice],
+        out: &mut [f64],
+    ) {
+        for (choice, score) in choices.iter().zip(out) {
+            *score = self.score(ctx, task, node, *choice);
+        }
+    }
 }
 
 /// A named set of filters and weighted scorers.
@@ -115,17 +158,6 @@ impl Policy {
         }
     }
 
-    /// The policy standalone mode runs by default.
-    pub fn production() -> Self {
-        Self::new(
-            "finpool",
-            vec![
-                (Box::new(scores::TenantAffinity) as Box<dyn Scorer>, 1.0),
-                (Box::new(scores::BestFit), 1.0),
-            ],
-        )
-    }
-
     /// Best-fit: the node and card left with the least free GPU.
     pub fn best_fit() -> Self {
         Self::new(
@@ -145,17 +177,78 @@ impl Policy {
         )
     }
 
-    /// Lets scorers learn from an arriving task.
-    pub fn observe(&mut self, task: &Task) {
-        for (s, _) in &mut self.scorers {
-            s.observe(task);
-        }
+    /// FGD as its authors ran it: a fixed workload model read from the
+    /// trace, the score on the kube-scheduler's 0..=100 scale, beside the
+    /// framework's default least-allocated score.
+    pub fn fgd(model: WorkloadModel) -> Self {
+        Self::new(
+            "fgd",
+            vec![
+                (
+                    Box::new(fragmentation::Fgd {
+                        model: Some(model),
+                        scale: fragmentation::FgdScale::KubeSigmoid,
+                    }) as Box<dyn Scorer>,
+                    1.0,
+                ),
+                (Box::new(scores::LeastAllocated), 1.0),
+            ],
+        )
     }
 
-    pub fn score(&self, ctx: &Ctx<'_>, task: &Task, node: NodeIdx, choice: Choice) -> f64 {
-        self.scorers
-            .iter()
-            .map(|(s, w)| w * s.score(ctx, task, node, choice))
-            .sum()
+    /// finpool's placement policy: fragmentation over the workload learned
+    /// online ([`Policy::finpool_workload`]), plus keeping each node's CPU
+    /// and memory in step with its free GPU, with best-fit to break ties.
+    pub fn finpool() -> Self {
+        Self::new(
+            "finpool",
+            vec![
+                (Box::new(scores::TenantAffinity) as Box<dyn Scorer>, 1.0),
+                (
+                    Box::new(fragmentation::Fgd {
+                        model: None,
+                        scale: fragmentation::FgdScale::Raw,
+                    }),
+                    1.0,
+                ),
+                (
+                    Box::new(fragmentation::CpuStranding {
+                        ratio_scale: 1.0,
+                        per_shape: false,
+                    }),
+                    2.0,
+                ),
+                (Box::new(scores::BestFit), 0.001),
+            ],
+        )
+    }
+
+    /// How finpool learns its workload model from arrivals.
+    pub fn finpool_workload() -> fragmentation::OnlineWorkload {
+        fragmentation::OnlineWorkload::new(0.95, fragmentation::Weighting::Demand)
+    }
+
+    /// Whether every scorer's score can be remembered per node.
+    pub fn cacheable(&self) -> bool {
+        self.scorers.iter().all(|(s, _)| s.cacheable())
+    }
+
+    /// The weighted sum of every scorer, for each choice on one node.
+    pub fn score_node(
+        &self,
+        ctx: &Ctx<'_>,
+        task: &Task,
+        node: NodeIdx,
+        choices: &[Choice],
+        out: &mut [f64],
+    ) {
+        out.iter_mut().for_each(|s| *s = 0.0);
+        let mut part = [0.0f64; crate::cluster::MAX_GPUS_PER_NODE];
+        for (scorer, weight) in &self.scorers {
+            scorer.score_node(ctx, task, node, choices, &mut part[..choices.len()]);
+            for (total, p) in out.iter_mut().zip(&part) {
+                *total += weight * p;
+            }
+        }
     }
 }

@@ -32,6 +32,31 @@ impl Scorer for BestFit {
     }
 }
 
+/// The kube-scheduler's default NodeResourcesFit "LeastAllocated" score:
+/// the mean free share of CPU and memory after placement, as an integer
+/// 0..=100. It spreads work towards the emptiest nodes.
+pub struct LeastAllocated;
+
+impl Scorer for LeastAllocated {
+    fn name(&self) -> &'static str {
+        "LeastAllocated"
+    }
+
+    fn score(&self, ctx: &Ctx<'_>, task: &Task, node: NodeIdx, _choice: Choice) -> f64 {
+        let node = &ctx.cluster.nodes[node as usize];
+        let share = |free: u64, taken: u64, capacity: u64| {
+            if capacity == 0 {
+                0.0
+            } else {
+                free.saturating_sub(taken) as f64 / capacity as f64
+            }
+        };
+        let cpu = share(node.free_cpu_milli(), task.cpu_milli, node.cpu_milli);
+        let memory = share(node.free_memory_mib(), task.memory_mib, node.memory_mib);
+        ((cpu + memory) / 2.0 * 100.0).floor()
+    }
+}
+
 /// Pack a tenant's fractional jobs onto cards it already holds, so it
 /// takes (and is charged for) as few cards as possible.
 pub struct TenantAffinity;
@@ -69,6 +94,10 @@ impl RandomFit {
 impl Scorer for RandomFit {
     fn name(&self) -> &'static str {
         "RandomFit"
+    }
+
+    fn cacheable(&self) -> bool {
+        false
     }
 
     fn score(&self, _ctx: &Ctx<'_>, _task: &Task, node: NodeIdx, choice: Choice) -> f64 {

@@ -1,0 +1,115 @@
+//! The engine's cached placement is exactly the exhaustive placement:
+//! same node, same cards, same score, step after step.
+
+use finpool_domain::{GpuRequest, Quota};
+use finpool_scheduler::cluster::ClassInfo;
+use finpool_scheduler::plugins::fragmentation::{OnlineWorkload, Weighting, WorkloadModel};
+use finpool_scheduler::{
+    ClassSet, Cluster, Ctx, Engine, GpuState, NodeState, Policy, QuotaBound, Task, TenantBook,
+};
+use proptest::prelude::*;
+
+fn arb_cluster() -> impl Strategy<Value = Cluster> {
+    prop::collection::vec((0..2u8, 1..=8u32, 4..=64u64), 1..24).prop_map(|nodes| {
+        Cluster::new(
+            vec![
+                ClassInfo {
+                    name: "A".into(),
+                    memory_mib: 40_000,
+                },
+                ClassInfo {
+                    name: "B".into(),
+                    memory_mib: 80_000,
+                },
+            ],
+            nodes
+                .into_iter()
+                .enumerate()
+                .map(|(i, (class, gpus, cores))| {
+                    NodeState::new(
+                        format!("n{i}"),
+                        cores * 1000,
+                        cores * 4096,
+                        (0..gpus)
+                            .map(|g| {
+                                GpuState::new(g, class, if class == 0 { 40_000 } else { 80_000 })
+                            })
+                            .collect(),
+                    )
+                })
+                .collect(),
+        )
+    })
+}
+
+fn arb_task() -> impl Strategy<Value = Task> {
+    (
+        prop_oneof![
+            3 => (1..=4u32).prop_map(|count| GpuRequest::Whole { count }),
+            4 => (prop::sample::select(vec![100u32, 250, 300, 500, 800]), prop::sample::select(vec![0u64, 5_000, 20_000]))
+                .prop_map(|(milli, memory_mib)| GpuRequest::Share { milli, memory_mib }),
+            1 => Just(GpuRequest::None),
+        ],
+        prop::sample::select(vec![1_000u64, 4_000, 12_000]),
+        prop::option::of(0..3u32),
+        prop::sample::select(vec![ClassSet::ALL, ClassSet::single(0), ClassSet::single(1)]),
+    )
+        .prop_map(|(gpu, cpu, tenant, classes)| Task {
+            tenant,
+            gpu,
+            classes,
+            cpu_milli: cpu,
+            memory_mib: cpu * 2,
+            min_gpu_memory_mib: 0,
+        })
+}
+
+fn tenants() -> TenantBook {
+    let mut book = TenantBook::default();
+    for (i, (g, l)) in [(2, 4), (1, 2), (0, 8)].into_iter().enumerate() {
+        book.push(
+            format!("t{i}"),
+            vec![
+                Quota {
+                    guaranteed: g,
+                    limit: l
+                };
+                2
+            ],
+            1,
+        );
+    }
+    book
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn engine_matches_exhaustive_placement(
+        cluster in arb_cluster(),
+        tasks in prop::collection::vec(arb_task(), 1..120),
+        bound in prop::sample::select(vec![QuotaBound::Unbounded, QuotaBound::Limit, QuotaBound::Guaranteed]),
+    ) {
+        let book = tenants();
+        let trace_model = WorkloadModel::from_tasks(&tasks, 0.95, Weighting::Count);
+        for policy in [Policy::finpool(), Policy::best_fit(), Policy::fgd(trace_model)] {
+            let mut online = OnlineWorkload::new(0.95, Weighting::Demand);
+            let mut engine = Engine::new(&policy, cluster.clone());
+            for task in &tasks {
+                online.observe(task);
+                let cached = engine.place(&book, bound, online.model(), online.version(), task);
+                let ctx = Ctx::new(engine.cluster(), &book, bound, online.model());
+                let exhaustive = policy.place(&ctx, task);
+                prop_assert_eq!(
+                    cached.map(|p| (p.node, p.choice, p.score.to_bits())),
+                    exhaustive.map(|p| (p.node, p.choice, p.score.to_bits())),
+                    "{}", policy.name
+                );
+                if let Some(p) = cached {
+                    engine.apply(&p.allocation(task));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! One simulated run (a policy, a seed) and an experiment (a policy over
+//! several seeds), measured as in the FGD paper: allocated GPU as a share of
+//! capacity, each time the requested GPU first reaches another percent of
+//! capacity.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use finpool_scheduler::plugins::fragmentation::WorkloadModel;
+use finpool_scheduler::{Cluster, Engine, QuotaBound, Task, TenantBook};
+use serde::Serialize;
+
+use crate::openb::{self, OpenbNode, OpenbPod};
+pub use crate::policies::PolicyKind;
+use crate::workload;
+
+/// The curve runs from 1% to this many percent of capacity arrived.
+pub const MAX_PERCENT: usize = 130;
+
+/// Where one pod went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacementRow {
+    pub pod: OpenbPod,
+    /// (node, [(gpu index, milli)]) or None when it fit nowhere.
+    pub placed: Option<(String, Vec<(u32, u32)>)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub seed: u64,
+    /// alloc_pct[i]: allocated % of capacity when arrivals first reached i+1 %.
+    pub alloc_pct: Vec<f64>,
+    pub pods: usize,
+    pub failed: usize,
+    /// Allocated % of capacity once every pod has arrived (the same as the
+    /// 130% point unless the trace alone is larger than the tuned load).
+    pub end_pct: f64,
+    pub placements: Option<Vec<PlacementRow>>,
+    pub seconds: f64,
+}
+
+impl RunResult {
+    pub fn final_pct(&self) -> f64 {
+        self.alloc_pct[MAX_PERCENT - 1]
+    }
+}
+
+/// Runs one seed of one policy over the tuned workload.
+pub fn run_once(
+    nodes: &[OpenbNode],
+    pods: &[OpenbPod],
+    kind: PolicyKind,
+    seed: u64,
+    tune: f64,
+    record: bool,
+) -> RunResult {
+    let start = Instant::now();
+    let cluster = openb::cluster(nodes);
+    let capacity = cluster.gpu_capacity_milli();
+    let trace_tasks: Vec<Task> = pods.iter().map(|p| openb::task(&cluster, p)).collect();
+    let trace_model = crate::policies::paper_model(&trace_tasks);
+    let arrivals = workload::tuned(pods, capacity, tune, seed);
+    let (policy, mut online) = kind.build(seed, &trace_model);
+    let tenants = TenantBook::default();
+    let empty = WorkloadModel::default();
+
+    let mut alloc_pct = Vec::with_capacity(MAX_PERCENT);
+    let mut arrived = 0u64;
+    let mut allocated = 0u64;
+    let mut failed = 0;
+    let mut rows = record.then(|| Vec::with_capacity(arrivals.len()));
+    let tasks: Vec<Task> = arrivals.iter().map(|p| openb::task(&cluster, p)).collect();
+    let mut engine = Engine::new(&policy, cluster);
+    for (pod, task) in arrivals.iter().zip(&tasks) {
+        if let Some(online) = online.as_mut() {
+            online.observe(task);
+        }
+        let (model, epoch) = online
+            .as_ref()
+            .map_or((&empty, 0), |o| (o.model(), o.version()));
+        let placed = engine.place(&tenants, QuotaBound::Unbounded, model, epoch, task);
+        arrived += pod.gpu_demand();
+        match placed {
+            Some(p) => {
+                let allocation = p.allocation(task);
+                debug_assert!(engine.cluster().fits(&allocation));
+                engine.apply(&allocation);
+                allocated += pod.gpu_demand();
+                if let Some(rows) = rows.as_mut() {
+                    rows.push(PlacementRow {
+                        pod: pod.clone(),
+                        placed: Some(describe(engine.cluster(), &p)),
+                    });
+                }
+            }
+            None => {
+                failed += 1;
+                if let Some(rows) = rows.as_mut() {
+                    rows.push(PlacementRow {
+                        pod: pod.clone(),
+                        placed: None,
+                    });
+                }
+            }
+        }
+        while alloc_pct.len() < MAX_PERCENT
+            && arrived * 100 >= capacity * (alloc_pct.len() as u64 + 1)
+        {
+            alloc_pct.push(percent(allocated, capacity));
+        }
+    }
+    // Percentages the arrivals never reached read the final state.
+    while alloc_pct.len() < MAX_PERCENT {
+        alloc_pct.push(percent(allocated, capacity));
+    }
+    debug_assert_eq!(allocated, engine.cluster().gpu_allocated_milli());
+    RunResult {
+        seed,
+        alloc_pct,
+        pods: arrivals.len(),
+        failed,
+        end_pct: percent(allocated, capacity),
+        placements: rows,
+        seconds: start.elapsed().as_secs_f64(),
+    }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+fn describe(
+    cluster: &Cluster,
+    p: &finpool_scheduler::placer::Placement,
+) -> (String, Vec<(u32, u32)>) {
+    let node = &cluster.nodes[p.node as usize];
+    (
+        node.name.clone(),
+        p.choice
+            .positions()
+            .map(|i| (node.gpus[i].index, p.choice.milli))
+            .collect(),
+    )
+}
+
+/// A policy over several seeds, as the CLI prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExperimentReport {
+    pub workload: String,
+    pub policy: String,
+    pub seeds: Vec<u64>,
+    /// Mean over seeds, keyed "1" to "130".
+    pub alloc_pct: BTreeMap<String, f64>,
+    /// Each seed's value at 130%.
+    pub per_seed: BTreeMap<String, f64>,
+    /// Mean pods per seed that fit nowhere.
+    pub failed_pods: f64,
+    pub failed_pods_per_seed: BTreeMap<String, usize>,
+    pub pods_per_seed: BTreeMap<String, usize>,
+    pub wall_seconds: f64,
+    pub decisions_per_second: f64,
+}
+
+impl ExperimentReport {
+    pub fn at(&self, percent: usize) -> f64 {
+        self.alloc_pct[&percent.to_string()]
+    }
+}
+
+/// A workload and the protocol's settings, to run policies over.
+#[derive(Debug, Clone, Copy)]
+pub struct Experiment<'a> {
+    pub workload: &'a str,
+    pub nodes: &'a [OpenbNode],
+    pub pods: &'a [OpenbPod],
+    pub seeds: &'a [u64],
+    pub tune: f64,
+    /// Seeds run in parallel.
+    pub threads: usize,
+    /// Keep every pod's placement.
+    pub record: bool,
+}
+
+/// Runs `kind` for every seed of the experiment.
+pub fn run_experiment(e: &Experiment<'_>, kind: PolicyKind) -> (ExperimentReport, Vec<RunResult>) {
+    let start = Instant::now();
+    let mut results: Vec<RunResult> = Vec::with_capacity(e.seeds.len());
+    for batch in e.seeds.chunks(e.threads.max(1)) {
+        let done: Vec<RunResult> = std::thread::scope(|s| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|&seed| {
+                    s.spawn(move || run_once(e.nodes, e.pods, kind, seed, e.tune, e.record))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a simulation thread panicked"))
+                .collect()
+        });
+        results.extend(done);
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let n = results.len().max(1) as f64;
+    let alloc_pct = (0..MAX_PERCENT)
+        .map(|i| {
+            (
+                (i + 1).to_string(),
+                results.iter().map(|r| r.alloc_pct[i]).sum::<f64>() / n,
+            )
+        })
+        .collect();
+    let decisions: usize = results.iter().map(|r| r.pods).sum();
+    let report = ExperimentReport {
+        workload: e.workload.to_owned(),
+        policy: kind.name().to_owned(),
+        seeds: e.seeds.to_vec(),
+        alloc_pct,
+        per_seed: results
+            .iter()
+            .map(|r| (r.seed.to_string(), r.final_pct()))
+            .collect(),
+        failed_pods: results.iter().map(|r| r.failed as f64).sum::<f64>() / n,
+        failed_pods_per_seed: results
+            .iter()
+            .map(|r| (r.seed.to_string(), r.failed))
+            .collect(),
+        pods_per_seed: results
+            .iter()
+            .map(|r| (r.seed.to_string(), r.pods))
+            .collect(),
+        wall_seconds: wall,
+        decisions_per_second: if wall > 0.0 {
+            decisions as f64 / wall
+        } else {
+            0.0
+        },
+    };
+    (report, results)
+}

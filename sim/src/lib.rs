@@ -1,0 +1,23 @@
+//! Simulation drivers for finpool's scheduler. They drive the very same
+//! scheduler code the standalone pool runs (filters, scorers, placement),
+//! through a thin driver that replays a workload.
+//!
+//! - [`openb`]: Alibaba's cluster-trace-gpu-v2023 (the FGD paper's trace),
+//!   read from its CSV files.
+//! - [`workload`]: the paper's protocol for inflating and ordering it.
+//! - [`experiment`]: one run, the allocation curve, and many runs over seeds.
+//! - [`check`]: an independent recount from a placements file.
+//! - [`plot`]: allocation curves as SVG.
+
+pub mod bench;
+pub mod check;
+pub mod experiment;
+pub mod openb;
+pub mod plot;
+pub mod policies;
+pub mod workload;
+
+pub use experiment::{
+    Experiment, ExperimentReport, PolicyKind, RunResult, run_experiment, run_once,
+};
+pub use openb::{OpenbNode, OpenbPod, TraceError};
