@@ -231,7 +231,7 @@ pub struct TenantCreateArgs {
     pub id: String,
     #[arg(long)]
     pub display_name: Option<String>,
-    /// CLASS=GUARANTEED:LIMIT, repeatable (e.g. A100-80G=2:4).
+    /// CLASS=GUARANTEED:LIMIT[:LENDING_LIMIT], repeatable (e.g. A100-80G=2:4).
     #[arg(long = "quota")]
     pub quotas: Vec<String>,
     /// Share of idle capacity relative to other tenants.
@@ -246,10 +246,18 @@ pub struct TenantQuotaArgs {
     pub id: String,
     #[arg(long)]
     pub class: String,
+    /// GPUs always available to the tenant.
     #[arg(long)]
     pub guaranteed: i64,
+    /// The most GPUs it may hold in all.
+    #[arg(long, conflicts_with = "borrowing_limit")]
+    pub limit: Option<i64>,
+    /// How far above its guarantee it may borrow.
     #[arg(long)]
-    pub limit: i64,
+    pub borrowing_limit: Option<i64>,
+    /// The most of its idle guarantee others may borrow (default: all).
+    #[arg(long)]
+    pub lending_limit: Option<i64>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -152,10 +152,7 @@ async fn drive(
     for b in BROKERAGES {
         let mut quotas = HashMap::new();
         for (i, g, l) in b.quotas {
-            let q = quotas.entry(class(*i)).or_insert(pb::Quota {
-                guaranteed: 0,
-                limit: 0,
-            });
+            let q = quotas.entry(class(*i)).or_insert(pb::Quota::default());
             q.guaranteed += g;
             q.limit += l;
         }

@@ -247,6 +247,7 @@ async fn two_brokerages_share_the_pool_safely() {
             quota: Some(pb::Quota {
                 guaranteed: 6,
                 limit: 6,
+                ..Default::default()
             }),
         })
         .await

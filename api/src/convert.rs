@@ -81,11 +81,8 @@ pub fn spec_input(spec: pb::JobSpec) -> Result<d::JobSpecInput, FieldError> {
             memory_mib: resources.memory_mib,
         },
         priority: spec.priority,
-        max_runtime_ms: spec.max_runtime.map(|d| {
-            d.seconds
-                .saturating_mul(1000)
-                .saturating_add(d.nanos as i64 / 1_000_000)
-        }),
+        max_runtime_ms: spec.max_runtime.map(duration_ms),
+        min_runtime_ms: spec.min_runtime.map(duration_ms),
         idempotency_key: spec.idempotency_key,
         labels: spec.labels.into_iter().collect(),
         restart_policy,
@@ -118,10 +115,8 @@ pub fn input_to_pb(input: &d::JobSpecInput) -> pb::JobSpec {
             memory_mib: input.resources.memory_mib,
         }),
         priority: input.priority,
-        max_runtime: input.max_runtime_ms.map(|ms| prost_types::Duration {
-            seconds: ms.div_euclid(1000),
-            nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-        }),
+        max_runtime: input.max_runtime_ms.map(pb_duration),
+        min_runtime: input.min_runtime_ms.map(pb_duration),
         idempotency_key: input.idempotency_key.clone(),
         labels: input.labels.clone().into_iter().collect(),
         restart_policy: match input.restart_policy {
@@ -129,6 +124,19 @@ pub fn input_to_pb(input: &d::JobSpecInput) -> pb::JobSpec {
             Some(d::RestartPolicy::Fail) => pb::RestartPolicy::Fail,
             Some(d::RestartPolicy::Requeue) => pb::RestartPolicy::Requeue,
         } as i32,
+    }
+}
+
+fn duration_ms(d: prost_types::Duration) -> i64 {
+    d.seconds
+        .saturating_mul(1000)
+        .saturating_add(d.nanos as i64 / 1_000_000)
+}
+
+fn pb_duration(ms: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
     }
 }
 
@@ -160,10 +168,8 @@ pub fn spec_to_pb(spec: &d::JobSpec) -> pb::JobSpec {
             memory_mib: spec.resources.memory_mib as i64,
         }),
         priority: spec.priority,
-        max_runtime: spec.max_runtime_ms.map(|ms| prost_types::Duration {
-            seconds: (ms / 1000) as i64,
-            nanos: ((ms % 1000) * 1_000_000) as i32,
-        }),
+        max_runtime: spec.max_runtime_ms.map(|ms| pb_duration(ms as i64)),
+        min_runtime: spec.min_runtime_ms.map(|ms| pb_duration(ms as i64)),
         idempotency_key: spec.idempotency_key.clone().unwrap_or_default(),
         labels: spec.labels.clone().into_iter().collect(),
         restart_policy: match spec.restart_policy {
@@ -194,6 +200,7 @@ pub fn placement_to_pb(p: &d::Placement) -> pb::Placement {
                 gpu_class: g.class.clone(),
                 milli: g.milli,
                 memory_mib: g.memory_mib,
+                mig_slice: g.mig_slice,
             })
             .collect(),
     }
@@ -251,6 +258,8 @@ pub fn tenant_to_pb(t: &d::Tenant) -> pb::Tenant {
                     pb::Quota {
                         guaranteed: q.guaranteed as i64,
                         limit: q.limit as i64,
+                        borrowing_limit: Some(q.borrowing_limit() as i64),
+                        lending_limit: q.lending_limit.map(i64::from),
                     },
                 )
             })
@@ -268,19 +277,21 @@ pub fn tenant_input(r: pb::CreateTenantRequest) -> Result<d::TenantInput, FieldE
         quotas: r
             .quotas
             .into_iter()
-            .map(|(c, q)| {
-                (
-                    c,
-                    d::tenant::QuotaInput {
-                        guaranteed: q.guaranteed,
-                        limit: q.limit,
-                    },
-                )
-            })
+            .map(|(c, q)| (c, quota_input(&q)))
             .collect(),
         weight: r.weight,
         isolation: isolation_from_pb(r.isolation)?,
     })
+}
+
+/// A quota as sent: `limit` 0 with a borrowing limit means "not given".
+pub fn quota_input(q: &pb::Quota) -> d::tenant::QuotaInput {
+    d::tenant::QuotaInput {
+        guaranteed: q.guaranteed,
+        limit: (q.limit != 0 || q.borrowing_limit.is_none()).then_some(q.limit),
+        borrowing_limit: q.borrowing_limit,
+        lending_limit: q.lending_limit,
+    }
 }
 
 pub fn model_to_pb(m: &d::BaseModel) -> pb::Model {

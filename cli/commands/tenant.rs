@@ -16,16 +16,28 @@ pub async fn run(global: &Global, command: TenantCommand) -> anyhow::Result<()> 
             let mut quotas = HashMap::new();
             for q in &args.quotas {
                 let (class, gl) = super::key_value("quota", q)?;
-                let (g, l) = gl
-                    .split_once(':')
-                    .with_context(|| format!("--quota {q:?}: expected CLASS=GUARANTEED:LIMIT"))?;
+                let parts: Vec<&str> = gl.split(':').collect();
+                let number = |s: &str, what: &str| -> anyhow::Result<i64> {
+                    s.parse().with_context(|| format!("--quota {q:?}: {what}"))
+                };
+                let (guaranteed, limit, lending_limit) = match parts.as_slice() {
+                    [g, l] => (number(g, "guaranteed")?, number(l, "limit")?, None),
+                    [g, l, lend] => (
+                        number(g, "guaranteed")?,
+                        number(l, "limit")?,
+                        Some(number(lend, "lending limit")?),
+                    ),
+                    _ => anyhow::bail!(
+                        "--quota {q:?}: expected CLASS=GUARANTEED:LIMIT[:LENDING_LIMIT]"
+                    ),
+                };
                 quotas.insert(
                     class,
                     pb::Quota {
-                        guaranteed: g
-                            .parse()
-                            .with_context(|| format!("--quota {q:?}: guaranteed"))?,
-                        limit: l.parse().with_context(|| format!("--quota {q:?}: limit"))?,
+                        guaranteed,
+                        limit,
+                        borrowing_limit: None,
+                        lending_limit,
                     },
                 );
             }
@@ -60,7 +72,9 @@ pub async fn run(global: &Global, command: TenantCommand) -> anyhow::Result<()> 
                     gpu_class: args.class,
                     quota: Some(pb::Quota {
                         guaranteed: args.guaranteed,
-                        limit: args.limit,
+                        limit: args.limit.unwrap_or(0),
+                        borrowing_limit: args.borrowing_limit,
+                        lending_limit: args.lending_limit,
                     }),
                 })
                 .await?
@@ -100,7 +114,10 @@ pub fn print(global: &Global, tenants: &[pb::Tenant]) {
             let mut quotas: Vec<String> = t
                 .quotas
                 .iter()
-                .map(|(c, q)| format!("{c} {}/{}", q.guaranteed, q.limit))
+                .map(|(c, q)| match q.lending_limit {
+                    Some(lend) => format!("{c} {}/{} (lends {lend})", q.guaranteed, q.limit),
+                    None => format!("{c} {}/{}", q.guaranteed, q.limit),
+                })
                 .collect();
             quotas.sort();
             vec![

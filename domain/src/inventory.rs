@@ -19,6 +19,39 @@ pub struct Gpu {
     pub uuid: String,
     pub class: String,
     pub memory_mib: u64,
+    /// MIG partitions, when the card is in MIG mode: only these run work,
+    /// each isolated in hardware, so each may serve a different tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mig: Vec<MigSlice>,
+}
+
+/// A MIG GPU instance: a hardware-isolated slice of a card.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigSlice {
+    /// The profile, such as `3g.40gb`.
+    pub profile: String,
+    /// The slice's device UUID (`MIG-…`).
+    pub uuid: String,
+    /// Its share of the card's compute, in milli-GPU.
+    pub milli: u32,
+    pub memory_mib: u64,
+}
+
+impl MigSlice {
+    /// The compute and memory of a profile named `<n>g.<m>gb` on a card with
+    /// seven compute slices (A100, H100, H200): n/7 of the card, m GiB.
+    pub fn from_profile(profile: &str, uuid: impl Into<String>) -> Option<Self> {
+        let (g, rest) = profile.split_once("g.")?;
+        let gb = rest.strip_suffix("gb")?;
+        let g: u32 = g.parse().ok().filter(|g| (1..=7).contains(g))?;
+        let gb: u64 = gb.parse().ok().filter(|gb| *gb > 0)?;
+        Some(Self {
+            profile: profile.to_owned(),
+            uuid: uuid.into(),
+            milli: g * crate::MILLI_PER_GPU / 7,
+            memory_mib: gb * 1024,
+        })
+    }
 }
 
 /// A machine in the pool.
@@ -31,6 +64,9 @@ pub struct Node {
     pub cpu_milli: u64,
     pub memory_mib: u64,
     pub gpus: Vec<Gpu>,
+    /// Base models cached on the node's disk.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
 }
 
 /// The label naming a node's physical location.
@@ -43,6 +79,23 @@ impl Node {
 }
 
 /// The pool's hardware at one moment.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mig_profiles_give_compute_and_memory() {
+        let s = MigSlice::from_profile("3g.40gb", "MIG-1").unwrap();
+        assert_eq!((s.milli, s.memory_mib), (428, 40 * 1024));
+        assert_eq!(
+            MigSlice::from_profile("7g.80gb", "MIG-2").unwrap().milli,
+            1000
+        );
+        assert!(MigSlice::from_profile("8g.80gb", "x").is_none());
+        assert!(MigSlice::from_profile("big", "x").is_none());
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
     pub classes: Vec<GpuClass>,

@@ -169,6 +169,10 @@ pub struct JobSpec {
     pub resources: Resources,
     pub priority: i32,
     pub max_runtime_ms: Option<u64>,
+    /// Once started, the job runs at least this long before it may be
+    /// preempted.
+    #[serde(default)]
+    pub min_runtime_ms: Option<u64>,
     pub idempotency_key: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub restart_policy: RestartPolicy,
@@ -184,19 +188,27 @@ pub struct Placement {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuAssignment {
     pub index: u32,
+    /// The card's UUID, or the MIG slice's when `mig_slice` is set.
     pub uuid: String,
     pub class: String,
     /// Milli-GPU of this card given to the job (1000 for a whole card).
     pub milli: u32,
     pub memory_mib: u64,
+    /// The MIG slice of the card, by position, when the job runs on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig_slice: Option<u32>,
 }
 
 impl Placement {
-    /// The comma-separated device indices for `CUDA_VISIBLE_DEVICES`.
+    /// What `CUDA_VISIBLE_DEVICES` names: device indices, or MIG device
+    /// UUIDs for jobs on MIG slices.
     pub fn visible_devices(&self) -> String {
         self.gpus
             .iter()
-            .map(|g| g.index.to_string())
+            .map(|g| match g.mig_slice {
+                Some(_) => g.uuid.clone(),
+                None => g.index.to_string(),
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -294,6 +306,9 @@ pub struct JobSpecInput {
     /// "90s", "10m", "2h" or a number of seconds.
     #[serde(default, rename = "max_runtime", deserialize_with = "duration_ms")]
     pub max_runtime_ms: Option<i64>,
+    /// Protection from preemption once started, like `max_runtime`.
+    #[serde(default, rename = "min_runtime", deserialize_with = "duration_ms")]
+    pub min_runtime_ms: Option<i64>,
     #[serde(default)]
     pub idempotency_key: String,
     #[serde(default)]
@@ -404,6 +419,22 @@ impl JobSpecInput {
             }
             Some(ms) => Some(ms as u64),
         };
+        let min_runtime_ms = match self.min_runtime_ms {
+            None => None,
+            Some(ms) if ms < 0 => {
+                return Err(FieldError::new(
+                    "min_runtime",
+                    format!("must not be negative, got {ms} ms"),
+                ));
+            }
+            Some(ms) if max_runtime_ms.is_some_and(|max| ms as u64 > max) => {
+                return Err(FieldError::new(
+                    "min_runtime",
+                    "must not exceed max_runtime",
+                ));
+            }
+            Some(ms) => Some(ms as u64),
+        };
         let idempotency_key = match self.idempotency_key.as_str() {
             "" => None,
             k if k.len() > MAX_IDEMPOTENCY_KEY || k.chars().any(|c| c.is_control()) => {
@@ -424,6 +455,7 @@ impl JobSpecInput {
             resources,
             priority: self.priority,
             max_runtime_ms,
+            min_runtime_ms,
             idempotency_key,
             labels: self.labels.clone(),
             restart_policy: self.restart_policy.unwrap_or_default(),
@@ -737,6 +769,7 @@ mod tests {
                 Quota {
                     guaranteed: 2,
                     limit: 4,
+                    lending_limit: None,
                 },
             );
             Self {

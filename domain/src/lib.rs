@@ -16,7 +16,7 @@ pub mod time;
 
 pub use error::FieldError;
 pub use ids::{JobId, Name, TenantId};
-pub use inventory::{Gpu, GpuClass, Inventory, Node};
+pub use inventory::{Gpu, GpuClass, Inventory, MigSlice, Node};
 pub use job::{
     GpuAssignment, GpuRequest, Job, JobSpec, JobSpecInput, JobState, Placement, Resources,
     RestartPolicy, Transition,

@@ -43,7 +43,12 @@ impl IsolationLevel {
     }
 }
 
-/// A tenant's quota on one GPU class, in whole GPUs.
+/// A tenant's quota on one GPU class, in GPUs.
+///
+/// The tenant may always have its `guaranteed` GPUs (taking them back from
+/// borrowers if need be), may borrow idle capacity up to `limit` in all
+/// (its borrowing limit is `limit - guaranteed`), and lets others borrow at
+/// most `lending_limit` of its own idle guarantee.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Quota {
@@ -51,10 +56,26 @@ pub struct Quota {
     pub guaranteed: u32,
     /// The most GPUs the tenant may hold at once, borrowing included.
     pub limit: u32,
+    /// The most of its idle guarantee others may borrow; `None`: all of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lending_limit: Option<u32>,
 }
 
 impl Quota {
+    /// A quota with no lending limit.
     pub fn new(field: &str, guaranteed: i64, limit: i64) -> Result<Self, FieldError> {
+        Self::with_limits(field, guaranteed, Some(limit), None, None)
+    }
+
+    /// A quota from its parts: the total `limit`, or the `borrowing` limit
+    /// on top of the guarantee (one of the two), and the `lending` limit.
+    pub fn with_limits(
+        field: &str,
+        guaranteed: i64,
+        limit: Option<i64>,
+        borrowing: Option<i64>,
+        lending: Option<i64>,
+    ) -> Result<Self, FieldError> {
         let count = |name: &str, v: i64| {
             u32::try_from(v).map_err(|_| {
                 FieldError::new(
@@ -64,14 +85,53 @@ impl Quota {
             })
         };
         let guaranteed = count("guaranteed", guaranteed)?;
-        let limit = count("limit", limit)?;
-        if limit < guaranteed {
-            return Err(FieldError::new(
-                format!("{field}.limit"),
-                format!("must be at least guaranteed ({guaranteed}), got {limit}"),
-            ));
-        }
-        Ok(Self { guaranteed, limit })
+        let limit = match (limit, borrowing) {
+            (Some(_), Some(_)) => {
+                return Err(FieldError::new(
+                    format!("{field}.borrowing_limit"),
+                    "give either limit or borrowing_limit, not both",
+                ));
+            }
+            (Some(l), None) => {
+                let l = count("limit", l)?;
+                if l < guaranteed {
+                    return Err(FieldError::new(
+                        format!("{field}.limit"),
+                        format!("must be at least guaranteed ({guaranteed}), got {l}"),
+                    ));
+                }
+                l
+            }
+            (None, Some(b)) => guaranteed
+                .checked_add(count("borrowing_limit", b)?)
+                .ok_or_else(|| {
+                    FieldError::new(format!("{field}.borrowing_limit"), "is too large")
+                })?,
+            (None, None) => guaranteed,
+        };
+        let lending_limit = match lending {
+            None => None,
+            Some(l) => {
+                let l = count("lending_limit", l)?;
+                if l > guaranteed {
+                    return Err(FieldError::new(
+                        format!("{field}.lending_limit"),
+                        format!("can lend at most the guarantee ({guaranteed}), got {l}"),
+                    ));
+                }
+                Some(l)
+            }
+        };
+        Ok(Self {
+            guaranteed,
+            limit,
+            lending_limit,
+        })
+    }
+
+    /// How far above its guarantee the tenant may go.
+    pub fn borrowing_limit(self) -> u32 {
+        self.limit - self.guaranteed
     }
 
     pub fn guaranteed_milli(self) -> u64 {
@@ -121,8 +181,25 @@ pub struct TenantInput {
 pub struct QuotaInput {
     #[serde(default)]
     pub guaranteed: i64,
+    /// The total cap; or give `borrowing_limit` instead.
     #[serde(default)]
-    pub limit: i64,
+    pub limit: Option<i64>,
+    #[serde(default)]
+    pub borrowing_limit: Option<i64>,
+    #[serde(default)]
+    pub lending_limit: Option<i64>,
+}
+
+impl QuotaInput {
+    pub fn validate(&self, field: &str) -> Result<Quota, FieldError> {
+        Quota::with_limits(
+            field,
+            self.guaranteed,
+            self.limit,
+            self.borrowing_limit,
+            self.lending_limit,
+        )
+    }
 }
 
 impl TenantInput {
@@ -144,7 +221,7 @@ impl TenantInput {
         for (class, q) in &self.quotas {
             let field = format!("quotas.{class}");
             check_class(&field, class, known_classes)?;
-            quotas.insert(class.clone(), Quota::new(&field, q.guaranteed, q.limit)?);
+            quotas.insert(class.clone(), q.validate(&field)?);
         }
         // An unset weight means 1: every tenant gets some share of idle capacity.
         let weight = match self.weight {
@@ -201,7 +278,8 @@ mod tests {
             "A100".into(),
             QuotaInput {
                 guaranteed: 4,
-                limit: 2,
+                limit: Some(2),
+                ..Default::default()
             },
         );
         let err = input.validate(&classes(), Timestamp(0)).unwrap_err();
@@ -219,6 +297,31 @@ mod tests {
         assert_eq!(
             input.validate(&classes(), Timestamp(0)).unwrap_err().field,
             "weight"
+        );
+    }
+
+    #[test]
+    fn borrowing_and_lending_limits() {
+        let q = Quota::with_limits("q", 2, None, Some(3), Some(1)).unwrap();
+        assert_eq!(
+            (q.limit, q.borrowing_limit(), q.lending_limit),
+            (5, 3, Some(1))
+        );
+        assert_eq!(
+            Quota::with_limits("q", 2, None, None, None).unwrap().limit,
+            2
+        );
+        assert_eq!(
+            Quota::with_limits("q", 2, Some(4), Some(1), None)
+                .unwrap_err()
+                .field,
+            "q.borrowing_limit"
+        );
+        assert_eq!(
+            Quota::with_limits("q", 2, None, None, Some(3))
+                .unwrap_err()
+                .field,
+            "q.lending_limit"
         );
     }
 

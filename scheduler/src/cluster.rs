@@ -10,6 +10,8 @@ pub type ClassIdx = u8;
 pub type TenantIdx = u32;
 /// Index of a node in [`Cluster::nodes`].
 pub type NodeIdx = u32;
+/// Index of a base model in the snapshot's model list.
+pub type ModelIdx = u32;
 
 /// The most GPU classes one pool may have (a [`ClassSet`] is a bitmask).
 pub const MAX_CLASSES: usize = 64;
@@ -50,6 +52,16 @@ pub struct ClassInfo {
     pub memory_mib: u64,
 }
 
+/// A MIG slice of a card: one job at a time, isolated in hardware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SliceState {
+    pub milli: u32,
+    pub memory_mib: u64,
+    /// The tenant whose job runs on the slice; `Some` while it is taken.
+    pub taken_by: Option<TenantIdx>,
+    pub taken: bool,
+}
+
 /// One GPU and what is allocated on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GpuState {
@@ -64,6 +76,10 @@ pub struct GpuState {
     pub owner: Option<TenantIdx>,
     /// Jobs on the card; the owner is cleared when the last one leaves.
     pub jobs: u32,
+    /// MIG slices when the card is partitioned (then only they run work).
+    pub slices: Vec<SliceState>,
+    /// The base model last loaded on the card, still in its memory.
+    pub resident_model: Option<ModelIdx>,
 }
 
 impl GpuState {
@@ -76,7 +92,27 @@ impl GpuState {
             used_memory_mib: 0,
             owner: None,
             jobs: 0,
+            slices: Vec::new(),
+            resident_model: None,
         }
+    }
+
+    /// A card in MIG mode, cut into slices of (milli, memory).
+    pub fn with_slices(mut self, slices: impl IntoIterator<Item = (u32, u64)>) -> Self {
+        self.slices = slices
+            .into_iter()
+            .map(|(milli, memory_mib)| SliceState {
+                milli,
+                memory_mib,
+                taken_by: None,
+                taken: false,
+            })
+            .collect();
+        self
+    }
+
+    pub fn is_mig(&self) -> bool {
+        !self.slices.is_empty()
     }
 
     pub fn free_milli(&self) -> u32 {
@@ -103,6 +139,8 @@ pub struct NodeState {
     pub gpus: Vec<GpuState>,
     /// Classes of the GPUs on this node.
     pub classes: ClassSet,
+    /// Base models cached on the node's disk, sorted.
+    pub models: Vec<ModelIdx>,
 }
 
 impl NodeState {
@@ -128,6 +166,17 @@ impl NodeState {
             used_memory_mib: 0,
             gpus,
             classes,
+            models: Vec::new(),
+        }
+    }
+
+    pub fn has_model(&self, model: ModelIdx) -> bool {
+        self.models.binary_search(&model).is_ok()
+    }
+
+    fn cache_model(&mut self, model: ModelIdx) {
+        if let Err(at) = self.models.binary_search(&model) {
+            self.models.insert(at, model);
         }
     }
 
@@ -158,6 +207,8 @@ pub struct Choice {
     pub milli: u32,
     /// GPU memory taken on each chosen card; `None` takes the whole card's memory.
     pub memory_mib: Option<u64>,
+    /// The MIG slice taken on the (single) chosen card.
+    pub slice: Option<u8>,
 }
 
 impl Choice {
@@ -165,6 +216,7 @@ impl Choice {
         gpus: 0,
         milli: 0,
         memory_mib: Some(0),
+        slice: None,
     };
 
     pub fn positions(self) -> impl Iterator<Item = usize> {
@@ -196,6 +248,8 @@ pub struct Allocation {
     pub tenant: Option<TenantIdx>,
     pub cpu_milli: u64,
     pub memory_mib: u64,
+    /// The base model the job loads on its cards.
+    pub model: Option<ModelIdx>,
 }
 
 /// The pool as the scheduler sees it.
@@ -203,9 +257,11 @@ pub struct Allocation {
 pub struct Cluster {
     pub classes: Vec<ClassInfo>,
     pub nodes: Vec<NodeState>,
-    /// Cards held per (tenant, class), at `tenant * MAX_CLASSES + class`;
-    /// kept in step by [`Cluster::apply`] and [`Cluster::release`].
-    held: Vec<u32>,
+    /// Milli-GPU held per (tenant, class), at `tenant * MAX_CLASSES + class`:
+    /// 1000 per card holding any of the tenant's time-shared jobs, a slice's
+    /// share per MIG slice. Kept in step by [`Cluster::apply`] and
+    /// [`Cluster::release`].
+    held: Vec<u64>,
 }
 
 impl Cluster {
@@ -217,16 +273,17 @@ impl Cluster {
         }
     }
 
-    /// Cards of `class` holding at least one of `tenant`'s jobs. Nobody else
-    /// may use such a card, so this is what quotas count.
-    pub fn held_gpus(&self, tenant: TenantIdx, class: ClassIdx) -> u32 {
+    /// Milli-GPU of `class` the tenant holds: a card with any of its
+    /// (time-shared) jobs counts whole, since nobody else may use it; a MIG
+    /// slice counts its share. This is what quotas count.
+    pub fn held_milli(&self, tenant: TenantIdx, class: ClassIdx) -> u64 {
         self.held
             .get(tenant as usize * MAX_CLASSES + class as usize)
             .copied()
             .unwrap_or(0)
     }
 
-    fn held_mut(&mut self, tenant: TenantIdx, class: ClassIdx) -> &mut u32 {
+    fn held_mut(&mut self, tenant: TenantIdx, class: ClassIdx) -> &mut u64 {
         let i = tenant as usize * MAX_CLASSES + class as usize;
         if self.held.len() <= i {
             self.held.resize((tenant as usize + 1) * MAX_CLASSES, 0);
@@ -263,14 +320,32 @@ impl Cluster {
         let mut newly_held = ClassCounts::default();
         for i in a.choice.positions() {
             let gpu = &mut node.gpus[i];
+            if let Some(model) = a.model {
+                gpu.resident_model = Some(model);
+            }
+            gpu.jobs += 1;
+            if let Some(s) = a.choice.slice {
+                let slice = &mut gpu.slices[s as usize];
+                debug_assert!(!slice.taken);
+                slice.taken = true;
+                slice.taken_by = a.tenant;
+                gpu.used_milli += slice.milli;
+                gpu.used_memory_mib += slice.memory_mib;
+                newly_held.add(gpu.class, slice.milli as u64);
+                continue;
+            }
             debug_assert!(gpu.owner.is_none() || gpu.owner == a.tenant || a.tenant.is_none());
             gpu.used_milli += a.choice.milli;
             gpu.used_memory_mib += a.choice.memory_on(gpu);
-            gpu.jobs += 1;
             if a.tenant.is_some() && gpu.owner.is_none() {
                 gpu.owner = a.tenant;
-                newly_held.add(gpu.class);
+                newly_held.add(gpu.class, MILLI_PER_GPU as u64);
             }
+        }
+        if let Some(model) = a.model
+            && a.choice.gpus != 0
+        {
+            node.cache_model(model);
         }
         if let Some(t) = a.tenant {
             for (class, n) in newly_held.iter() {
@@ -280,6 +355,7 @@ impl Cluster {
     }
 
     /// Undoes [`Cluster::apply`], for a job that ended or was preempted.
+    /// The model stays resident on the cards and cached on the node.
     pub fn release(&mut self, a: &Allocation) {
         let node = &mut self.nodes[a.node as usize];
         node.used_cpu_milli -= a.cpu_milli;
@@ -287,11 +363,20 @@ impl Cluster {
         let mut freed = ClassCounts::default();
         for i in a.choice.positions() {
             let gpu = &mut node.gpus[i];
+            gpu.jobs -= 1;
+            if let Some(s) = a.choice.slice {
+                let slice = &mut gpu.slices[s as usize];
+                slice.taken = false;
+                slice.taken_by = None;
+                gpu.used_milli -= slice.milli;
+                gpu.used_memory_mib -= slice.memory_mib;
+                freed.add(gpu.class, slice.milli as u64);
+                continue;
+            }
             gpu.used_milli -= a.choice.milli;
             gpu.used_memory_mib -= a.choice.memory_on(gpu);
-            gpu.jobs -= 1;
             if gpu.jobs == 0 && gpu.owner.take().is_some() {
-                freed.add(gpu.class);
+                freed.add(gpu.class, MILLI_PER_GPU as u64);
             }
         }
         if let Some(t) = a.tenant {
@@ -311,38 +396,42 @@ impl Cluster {
             return false;
         }
         a.choice.positions().all(|i| {
-            node.gpus.get(i).is_some_and(|g| {
-                g.free_milli() >= a.choice.milli
-                    && g.free_memory_mib() >= a.choice.memory_on(g)
-                    && (g.owner.is_none() || g.owner == a.tenant)
+            node.gpus.get(i).is_some_and(|g| match a.choice.slice {
+                Some(s) => g.slices.get(s as usize).is_some_and(|slice| !slice.taken),
+                None => {
+                    !g.is_mig()
+                        && g.free_milli() >= a.choice.milli
+                        && g.free_memory_mib() >= a.choice.memory_on(g)
+                        && (g.owner.is_none() || g.owner == a.tenant)
+                }
             })
         })
     }
 }
 
-/// A few (class, count) pairs, without allocating.
+/// A few (class, amount) pairs, without allocating.
 #[derive(Default)]
 struct ClassCounts {
-    entries: [(ClassIdx, u32); 4],
+    entries: [(ClassIdx, u64); 4],
     len: usize,
-    overflow: Vec<(ClassIdx, u32)>,
+    overflow: Vec<(ClassIdx, u64)>,
 }
 
 impl ClassCounts {
-    fn add(&mut self, class: ClassIdx) {
+    fn add(&mut self, class: ClassIdx, amount: u64) {
         if let Some(e) = self.entries[..self.len].iter_mut().find(|e| e.0 == class) {
-            e.1 += 1;
+            e.1 += amount;
         } else if self.len < self.entries.len() {
-            self.entries[self.len] = (class, 1);
+            self.entries[self.len] = (class, amount);
             self.len += 1;
         } else if let Some(e) = self.overflow.iter_mut().find(|e| e.0 == class) {
-            e.1 += 1;
+            e.1 += amount;
         } else {
-            self.overflow.push((class, 1));
+            self.overflow.push((class, amount));
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = (ClassIdx, u32)> + '_ {
+    fn iter(&self) -> impl Iterator<Item = (ClassIdx, u64)> + '_ {
         self.entries[..self.len]
             .iter()
             .chain(&self.overflow)
@@ -379,20 +468,30 @@ mod tests {
                 gpus: 0b0110,
                 milli: 1000,
                 memory_mib: None,
+                slice: None,
             },
             tenant: Some(3),
             cpu_milli: 2000,
             memory_mib: 1000,
+            model: Some(7),
         };
         assert!(c.fits(&a));
         c.apply(&a);
         assert_eq!(c.nodes[0].gpus[1].owner, Some(3));
-        assert_eq!(c.held_gpus(3, 0), 2);
+        assert_eq!(c.held_milli(3, 0), 2000);
+        assert_eq!(c.nodes[0].gpus[1].resident_model, Some(7));
+        assert!(c.nodes[0].has_model(7));
         assert_eq!(c.nodes[0].gpus[2].used_memory_mib, 80_000);
         assert!(!c.fits(&a), "the same GPUs are now taken");
         c.release(&a);
-        assert_eq!(c.held_gpus(3, 0), 0);
-        assert_eq!(c.nodes, before.nodes);
+        assert_eq!(c.held_milli(3, 0), 0);
+        assert_eq!(c.nodes[0].used_cpu_milli, before.nodes[0].used_cpu_milli);
+        assert_eq!(c.nodes[0].gpus[1].owner, None);
+        assert_eq!(
+            c.nodes[0].gpus[1].resident_model,
+            Some(7),
+            "the model stays warm"
+        );
     }
 
     #[test]
@@ -404,16 +503,55 @@ mod tests {
                 gpus: 1,
                 milli: 300,
                 memory_mib: Some(1000),
+                slice: None,
             },
             tenant: Some(tenant),
             cpu_milli: 0,
             memory_mib: 0,
+            model: None,
         };
         c.apply(&share(1));
         c.apply(&share(1));
-        assert_eq!(c.held_gpus(1, 0), 1, "two shares on one card hold one card");
+        assert_eq!(
+            c.held_milli(1, 0),
+            1000,
+            "two shares on one card hold one card"
+        );
         assert!(c.fits(&share(1)));
         assert!(!c.fits(&share(2)));
+    }
+
+    #[test]
+    fn mig_slices_hold_only_their_share_and_isolate_tenants() {
+        let gpu =
+            GpuState::new(0, 0, 80_000).with_slices([(428, 40_960), (285, 20_480), (142, 10_240)]);
+        let mut c = Cluster::new(vec![], vec![NodeState::new("n", 8000, 64_000, vec![gpu])]);
+        let slice = |tenant, s| Allocation {
+            node: 0,
+            choice: Choice {
+                gpus: 1,
+                milli: 0,
+                memory_mib: None,
+                slice: Some(s),
+            },
+            tenant: Some(tenant),
+            cpu_milli: 0,
+            memory_mib: 0,
+            model: None,
+        };
+        c.apply(&slice(1, 0));
+        c.apply(&slice(2, 1));
+        assert_eq!(c.held_milli(1, 0), 428);
+        assert_eq!(c.held_milli(2, 0), 285);
+        assert_eq!(
+            c.nodes[0].gpus[0].owner, None,
+            "a MIG card has no single owner"
+        );
+        assert!(!c.fits(&slice(3, 0)), "a taken slice is taken");
+        assert!(c.fits(&slice(3, 2)));
+        c.release(&slice(1, 0));
+        assert_eq!(c.held_milli(1, 0), 0);
+        assert!(c.fits(&slice(3, 0)));
     }
 
     #[test]
@@ -422,6 +560,7 @@ mod tests {
             gpus: 0b1010_0001,
             milli: 1000,
             memory_mib: None,
+            slice: None,
         };
         assert_eq!(c.positions().collect::<Vec<_>>(), vec![0, 5, 7]);
         assert_eq!(c.gpu_count(), 3);

@@ -15,12 +15,64 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::cluster::{Allocation, Cluster, NodeIdx, NodeState};
+use finpool_domain::GpuRequest;
+
+use crate::cluster::{Allocation, Cluster, NodeIdx, NodeState, TenantIdx};
 use crate::placer::Placement;
 use crate::plugins::fragmentation::WorkloadModel;
 use crate::plugins::{Ctx, Policy, QuotaBound};
 use crate::task::Task;
 use crate::tenants::TenantBook;
+
+/// What a placement may consider besides the task: quotas, the workload.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub tenants: &'a TenantBook,
+    pub bound: QuotaBound,
+    /// Per class, a further cap on what the tenant may hold (milli-GPU).
+    pub caps: Option<&'a [u64]>,
+    /// A node the task may not use (reserved for another job).
+    pub avoid_node: Option<NodeIdx>,
+    pub workload: &'a WorkloadModel,
+    /// Must change whenever `workload` does.
+    pub workload_epoch: u64,
+}
+
+impl<'a> Request<'a> {
+    pub fn new(
+        tenants: &'a TenantBook,
+        bound: QuotaBound,
+        workload: &'a WorkloadModel,
+        workload_epoch: u64,
+    ) -> Self {
+        Self {
+            tenants,
+            bound,
+            caps: None,
+            avoid_node: None,
+            workload,
+            workload_epoch,
+        }
+    }
+
+    fn ctx<'c>(&self, cluster: &'c Cluster) -> Ctx<'c>
+    where
+        'a: 'c,
+    {
+        Ctx {
+            cluster,
+            tenants: self.tenants,
+            bound: self.bound,
+            caps: self.caps,
+            avoid_node: self.avoid_node,
+            workload: self.workload,
+        }
+    }
+}
+
+/// Stands for "some tenant that holds nothing" in index keys, so that the
+/// many tenants asking for the same shape share one index.
+const ANY_TENANT: TenantIdx = TenantIdx::MAX;
 
 /// A cluster plus the per-shape score indexes over its node classes.
 pub struct Engine<'p> {
@@ -37,14 +89,19 @@ pub struct Engine<'p> {
     shapes: HashMap<Task, ShapeIndex>,
     /// Identifies the workload model the indexes were scored with.
     workload_epoch: u64,
+    /// Per tenant, the nodes where it holds a (time-shared) card.
+    owned: HashMap<TenantIdx, BTreeSet<NodeIdx>>,
+    /// Per node, the tenants holding its cards.
+    owners: Vec<Vec<TenantIdx>>,
 }
 
 impl<'p> Engine<'p> {
     pub fn new(policy: &'p Policy, cluster: Cluster) -> Self {
         let classes = NodeClasses::new(&cluster.nodes);
         let slots = classes.slots.len();
-        Self {
+        let mut engine = Self {
             policy,
+            owners: vec![Vec::new(); cluster.nodes.len()],
             cluster,
             classes,
             log: Vec::new(),
@@ -52,11 +109,20 @@ impl<'p> Engine<'p> {
             created_at: vec![0; slots],
             shapes: HashMap::new(),
             workload_epoch: 0,
+            owned: HashMap::new(),
+        };
+        for n in 0..engine.cluster.nodes.len() {
+            engine.track_owners(n as NodeIdx);
         }
+        engine
     }
 
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
+    }
+
+    pub fn policy(&self) -> &'p Policy {
+        self.policy
     }
 
     pub fn into_cluster(self) -> Cluster {
@@ -98,28 +164,57 @@ impl<'p> Engine<'p> {
             self.last_change[slot as usize] = self.log.len();
             self.log.push(slot);
         }
+        self.track_owners(node);
+    }
+
+    fn track_owners(&mut self, node: NodeIdx) {
+        let mut now: Vec<TenantIdx> = self.cluster.nodes[node as usize]
+            .gpus
+            .iter()
+            .filter_map(|g| g.owner)
+            .collect();
+        now.sort_unstable();
+        now.dedup();
+        let before = std::mem::replace(&mut self.owners[node as usize], now.clone());
+        for t in before.iter().filter(|t| !now.contains(t)) {
+            if let Some(set) = self.owned.get_mut(t) {
+                set.remove(&node);
+            }
+        }
+        for t in now.iter().filter(|t| !before.contains(t)) {
+            self.owned.entry(*t).or_default().insert(node);
+        }
     }
 
     /// The best placement for `task`, exactly as [`Policy::place`] would
-    /// choose it. `workload_epoch` must change whenever `workload` does.
-    pub fn place(
-        &mut self,
-        tenants: &TenantBook,
-        bound: QuotaBound,
-        workload: &WorkloadModel,
-        workload_epoch: u64,
-        task: &Task,
-    ) -> Option<Placement> {
-        if workload_epoch != self.workload_epoch {
+    /// choose it.
+    pub fn place(&mut self, request: &Request<'_>, task: &Task) -> Option<Placement> {
+        if request.workload_epoch != self.workload_epoch {
             self.shapes.clear();
-            self.workload_epoch = workload_epoch;
+            self.workload_epoch = request.workload_epoch;
         }
-        let ctx = Ctx::new(&self.cluster, tenants, bound, workload);
-        if !self.policy.cacheable() || quota_may_bind(&ctx, task) {
+        let ctx = request.ctx(&self.cluster);
+        if !self.policy.cacheable() || ctx.avoid_node.is_some() || quota_may_bind(&ctx, task) {
             return self.policy.place(&ctx, task);
         }
-        // Quota cannot bind for this task: index scores without it.
-        let free_ctx = Ctx::new(&self.cluster, tenants, QuotaBound::Unbounded, workload);
+        // Quota cannot bind for this task: index scores without it, under a
+        // key shared by every tenant asking for the same shape. For whole
+        // GPUs, CPU-only work and MIG slices a tenant's identity changes a
+        // score by a constant at most; a time-shared fraction may also go
+        // on a card its tenant already holds, which the nodes it holds
+        // cover.
+        let key = match task.tenant {
+            Some(_) => Task {
+                tenant: Some(ANY_TENANT),
+                ..*task
+            },
+            None => *task,
+        };
+        let free_ctx = Ctx {
+            bound: QuotaBound::Unbounded,
+            caps: None,
+            ..ctx
+        };
         let policy = self.policy;
         let classes = &self.classes;
         let score = |slot: u32| -> (f64, u32) {
@@ -127,7 +222,7 @@ impl<'p> Engine<'p> {
                 None => (f64::NEG_INFINITY, u32::MAX),
                 Some(node) => (
                     policy
-                        .best_on_node(&free_ctx, task, node)
+                        .best_on_node(&free_ctx, &key, node)
                         .map_or(f64::NEG_INFINITY, |p| p.score),
                     node,
                 ),
@@ -137,7 +232,7 @@ impl<'p> Engine<'p> {
         let slots = classes.slots.len();
         let index = self
             .shapes
-            .entry(*task)
+            .entry(key)
             .or_insert_with(|| ShapeIndex::new(slots, &score));
         index.catch_up(
             slots,
@@ -147,8 +242,21 @@ impl<'p> Engine<'p> {
             &score,
             &representative,
         );
-        let node = index.best()?;
-        policy.best_on_node(&free_ctx, task, node)
+        let mut candidates: Vec<NodeIdx> = index.best().into_iter().collect();
+        if let (Some(t), GpuRequest::Share { .. }, false) = (task.tenant, task.gpu, task.mig)
+            && let Some(nodes) = self.owned.get(&t)
+        {
+            candidates.extend(nodes.iter().copied());
+        }
+        let mut best: Option<Placement> = None;
+        for node in candidates {
+            if let Some(p) = policy.best_on_node(&ctx, task, node)
+                && best.is_none_or(|b| p.score > b.score || (p.score == b.score && p.node < b.node))
+            {
+                best = Some(p);
+            }
+        }
+        best
     }
 }
 
@@ -170,12 +278,9 @@ fn quota_may_bind(ctx: &Ctx<'_>, task: &Task) -> bool {
         if !task.classes.contains(c) {
             return false;
         }
-        let quota = ctx.tenants.quota(tenant, c);
-        let bound = match ctx.bound {
-            QuotaBound::Guaranteed => quota.guaranteed,
-            _ => quota.limit,
-        };
-        ctx.cluster.held_gpus(tenant, c) + need > bound
+        let bound = ctx.quota_bound_milli(tenant, c).unwrap_or(u64::MAX);
+        ctx.cluster.held_milli(tenant, c) + need as u64 * finpool_domain::MILLI_PER_GPU as u64
+            > bound
     })
 }
 
@@ -193,7 +298,18 @@ fn state_key(node: &NodeState) -> Vec<u64> {
         key.push((g.class as u64) << 32 | g.used_milli as u64);
         key.push(g.memory_mib << 32 | g.used_memory_mib);
         key.push((g.owner.map_or(0, |o| o as u64 + 1)) << 32 | g.jobs as u64);
+        key.push(g.resident_model.map_or(0, |m| m as u64 + 1) << 32 | g.slices.len() as u64);
+        for s in &g.slices {
+            key.push(
+                (s.milli as u64) << 48
+                    | (s.taken as u64) << 40
+                    | s.taken_by.map_or(0, |t| t as u64 + 1),
+            );
+            key.push(s.memory_mib);
+        }
     }
+    key.push(u64::MAX);
+    key.extend(node.models.iter().map(|m| *m as u64));
     key
 }
 

@@ -19,9 +19,9 @@ pub mod task;
 pub mod tenants;
 
 pub use cluster::{Allocation, Choice, ClassSet, Cluster, GpuState, NodeState};
-pub use decide::{Admission, Outcome, Waiting, decide};
-pub use engine::Engine;
+pub use decide::{Admission, Outcome, Preemption, Reservation, Waiting, decide};
+pub use engine::{Engine, Request};
 pub use plugins::{Ctx, Filter, Policy, QuotaBound, Scorer};
-pub use snapshot::{QueuedJob, RunningJob, Snapshot, SnapshotError};
+pub use snapshot::{Held, QueuedJob, RunningJob, Snapshot, SnapshotError};
 pub use task::Task;
 pub use tenants::TenantBook;

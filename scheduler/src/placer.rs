@@ -28,6 +28,7 @@ impl Placement {
             tenant: task.tenant,
             cpu_milli: task.cpu_milli,
             memory_mib: task.memory_mib,
+            model: task.model,
         }
     }
 }
@@ -131,13 +132,14 @@ impl Policy {
                         gpus: mask,
                         milli,
                         memory_mib: memory,
+                        slice: None,
                     };
                     if found == count && choice_ok(class, choice) {
                         visit(Some(class), choice);
                     }
                 }
             }
-            GpuRequest::Share { .. } => {
+            GpuRequest::Share { memory_mib, .. } => {
                 for (i, gpu) in node.gpus.iter().enumerate() {
                     if node.gpus[..i]
                         .iter()
@@ -146,10 +148,32 @@ impl Policy {
                     {
                         continue;
                     }
-                    let choice = Choice {
-                        gpus: 1 << i,
-                        milli,
-                        memory_mib: memory,
+                    let choice = if task.mig {
+                        // The smallest free slice that holds the share.
+                        let Some((s, slice)) = gpu
+                            .slices
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, sl)| {
+                                !sl.taken && sl.milli >= milli && sl.memory_mib >= memory_mib
+                            })
+                            .min_by_key(|(s, sl)| (sl.milli, sl.memory_mib, *s))
+                        else {
+                            continue;
+                        };
+                        Choice {
+                            gpus: 1 << i,
+                            milli: slice.milli,
+                            memory_mib: Some(slice.memory_mib),
+                            slice: Some(s as u8),
+                        }
+                    } else {
+                        Choice {
+                            gpus: 1 << i,
+                            milli,
+                            memory_mib: memory,
+                            slice: None,
+                        }
                     };
                     if choice_ok(gpu.class, choice) {
                         visit(Some(gpu.class), choice);
@@ -168,4 +192,6 @@ fn same_state(a: &GpuState, b: &GpuState) -> bool {
         && a.used_memory_mib == b.used_memory_mib
         && a.owner == b.owner
         && a.jobs == b.jobs
+        && a.slices == b.slices
+        && a.resident_model == b.resident_model
 }

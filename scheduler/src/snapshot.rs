@@ -1,17 +1,20 @@
-//! What a driver hands the scheduler: the pool, the tenants and the jobs
-//! holding resources, in domain terms. [`Snapshot::build`] turns it into the
-//! indexed [`Cluster`] the plugins work on.
+//! What a driver hands the scheduler: the pool, the tenants, the base
+//! models and the jobs holding resources, in domain terms.
+//! [`Snapshot::build`] turns it into the indexed [`Cluster`] the plugins
+//! work on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use finpool_domain::{
-    BaseModel, GpuClass, JobId, Name, Node, Placement, Resources, Tenant, TenantId, Timestamp,
+    BaseModel, GpuClass, IsolationLevel, JobId, Name, Node, Placement, Resources, Tenant, TenantId,
+    Timestamp,
 };
 
 use crate::cluster::{
     Allocation, Choice, ClassInfo, ClassSet, Cluster, GpuState, MAX_CLASSES, MAX_GPUS_PER_NODE,
-    NodeState,
+    ModelIdx, NodeState, TenantIdx,
 };
+use crate::plugins::fragmentation::WorkloadModel;
 use crate::task::Task;
 use crate::tenants::TenantBook;
 
@@ -23,10 +26,23 @@ pub struct Snapshot {
     pub nodes: Vec<Node>,
     pub tenants: Vec<Tenant>,
     pub models: Vec<BaseModel>,
-    /// Jobs that hold resources (admitted or running).
+    /// Jobs that hold resources (admitted or running), less those being
+    /// preempted (their resources are as good as free).
     pub running: Vec<RunningJob>,
-    /// The workload seen recently, for fragmentation-aware scoring.
-    pub workload: Option<crate::plugins::fragmentation::WorkloadModel>,
+    /// The base model in each card's memory: (node, GPU index) to model.
+    pub resident: BTreeMap<(String, u32), Name>,
+    /// Per tenant and class, recent borrowing: the tenant's use above its
+    /// guarantee, in milli-GPU, averaged with exponential decay. Fair share
+    /// of idle capacity favours tenants that borrowed least lately.
+    pub usage: BTreeMap<TenantId, BTreeMap<String, f64>>,
+    /// The workload seen recently, for fragmentation-aware scoring; learned
+    /// from the queue when absent.
+    pub workload: Option<WorkloadModel>,
+    /// The runtime assumed for jobs that set no max runtime, when working
+    /// out when resources free up (for reservations).
+    pub default_max_runtime_ms: u64,
+    /// The reservation the previous cycle made, kept while its job waits.
+    pub reservation: Option<crate::decide::Reservation>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +52,15 @@ pub struct RunningJob {
     pub placement: Placement,
     pub cpu_milli: u64,
     pub memory_mib: u64,
+    pub priority: i32,
+    /// When it started; `None` while admitted but not yet running.
+    pub started_at: Option<Timestamp>,
+    /// It may not be preempted before it has run this long.
+    pub min_runtime_ms: u64,
+    pub max_runtime_ms: Option<u64>,
+    pub model: Option<Name>,
+    /// Jobs it was started by preempting; none of them may preempt it back.
+    pub displaced: Vec<JobId>,
 }
 
 /// A job waiting to be admitted.
@@ -47,6 +72,7 @@ pub struct QueuedJob {
     pub submitted_at: Timestamp,
     pub resources: Resources,
     pub model: Option<Name>,
+    pub max_runtime_ms: Option<u64>,
 }
 
 /// A snapshot the scheduler cannot work with.
@@ -75,18 +101,43 @@ impl std::fmt::Display for SnapshotError {
 
 impl std::error::Error for SnapshotError {}
 
+/// A running job in the scheduler's terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    pub id: JobId,
+    pub tenant: Option<TenantIdx>,
+    /// What it holds, card by card (the first carries its CPU and memory).
+    pub pieces: Vec<Allocation>,
+    pub node: u32,
+    pub priority: i32,
+    pub started_at: Option<Timestamp>,
+    pub min_runtime_ms: u64,
+    /// When it will have ended at the latest, by its max runtime.
+    pub ends_by: Timestamp,
+    /// Jobs it preempted to start, which may not preempt it back.
+    pub displaced: Vec<JobId>,
+}
+
 /// A snapshot in the scheduler's indexed terms.
 #[derive(Debug, Clone)]
 pub struct Built {
     pub cluster: Cluster,
     pub tenants: TenantBook,
+    pub held: Vec<Held>,
     /// Running jobs whose placement no longer matches the inventory.
     pub warnings: Vec<String>,
     node_index: HashMap<String, u32>,
+    model_index: HashMap<String, ModelIdx>,
 }
 
 impl Snapshot {
     pub fn build(&self) -> Result<Built, SnapshotError> {
+        let model_index: HashMap<String, ModelIdx> = self
+            .models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.to_string(), i as ModelIdx))
+            .collect();
         let mut classes: Vec<ClassInfo> = self
             .classes
             .iter()
@@ -118,19 +169,30 @@ impl Snapshot {
                 if classes.len() > MAX_CLASSES {
                     return Err(SnapshotError::TooManyClasses(classes.len()));
                 }
-                gpus.push(GpuState::new(g.index, class as u8, g.memory_mib));
+                let mut gpu = GpuState::new(g.index, class as u8, g.memory_mib)
+                    .with_slices(g.mig.iter().map(|s| (s.milli, s.memory_mib)));
+                gpu.resident_model = self
+                    .resident
+                    .get(&(n.name.clone(), g.index))
+                    .and_then(|m| model_index.get(m.as_str()).copied());
+                gpus.push(gpu);
             }
-            nodes.push(NodeState::new(
-                n.name.clone(),
-                n.cpu_milli,
-                n.memory_mib,
-                gpus,
-            ));
+            let mut node = NodeState::new(n.name.clone(), n.cpu_milli, n.memory_mib, gpus);
+            let mut models: Vec<ModelIdx> = n
+                .models
+                .iter()
+                .filter_map(|m| model_index.get(m).copied())
+                .collect();
+            models.sort_unstable();
+            models.dedup();
+            node.models = models;
+            nodes.push(node);
         }
         let mut tenants = TenantBook::default();
         for t in &self.tenants {
             let quotas = classes.iter().map(|c| t.quota(&c.name)).collect();
-            tenants.push(t.id.as_str(), quotas, t.weight);
+            let idx = tenants.push(t.id.as_str(), quotas, t.weight);
+            tenants.set_mig(idx, t.isolation == IsolationLevel::Mig);
         }
         let node_index = nodes
             .iter()
@@ -140,11 +202,13 @@ impl Snapshot {
         let mut built = Built {
             cluster: Cluster::new(classes, nodes),
             tenants,
+            held: Vec::new(),
             warnings: Vec::new(),
             node_index,
+            model_index,
         };
         for job in &self.running {
-            built.apply_running(job);
+            built.apply_running(job, self.now, self.default_max_runtime_ms);
         }
         Ok(built)
     }
@@ -155,8 +219,12 @@ impl Built {
         self.node_index.get(name).copied()
     }
 
+    pub fn model_index(&self, name: &Name) -> Option<ModelIdx> {
+        self.model_index.get(name.as_str()).copied()
+    }
+
     /// Charges a running job's resources to the cluster, card by card.
-    fn apply_running(&mut self, job: &RunningJob) {
+    fn apply_running(&mut self, job: &RunningJob, now: Timestamp, default_max_runtime_ms: u64) {
         let Some(node) = self.node_index(&job.placement.node) else {
             self.warnings.push(format!(
                 "job {} runs on node {} which is not in the inventory",
@@ -165,6 +233,7 @@ impl Built {
             return;
         };
         let tenant = self.tenants.index_of(job.tenant.as_str());
+        let model = job.model.as_ref().and_then(|m| self.model_index(m));
         let mut pieces = Vec::with_capacity(job.placement.gpus.len().max(1));
         for a in &job.placement.gpus {
             let gpus = &self.cluster.nodes[node as usize].gpus;
@@ -175,25 +244,61 @@ impl Built {
                 ));
                 continue;
             };
+            let slice = match a.mig_slice {
+                Some(s) if (s as usize) < gpus[pos].slices.len() => Some(s as u8),
+                Some(s) => {
+                    self.warnings.push(format!(
+                        "job {} holds MIG slice {s} of GPU {} which is not in the inventory",
+                        job.id, a.index
+                    ));
+                    continue;
+                }
+                None => None,
+            };
             pieces.push(Choice {
                 gpus: 1 << pos,
                 milli: a.milli,
                 memory_mib: Some(a.memory_mib),
+                slice,
             });
         }
         if pieces.is_empty() {
             pieces.push(Choice::NO_GPU);
         }
-        for (i, choice) in pieces.into_iter().enumerate() {
-            let first = i == 0;
-            self.cluster.apply(&Allocation {
+        let allocations: Vec<Allocation> = pieces
+            .into_iter()
+            .enumerate()
+            .map(|(i, choice)| Allocation {
                 node,
                 choice,
                 tenant,
-                cpu_milli: if first { job.cpu_milli } else { 0 },
-                memory_mib: if first { job.memory_mib } else { 0 },
-            });
+                cpu_milli: if i == 0 { job.cpu_milli } else { 0 },
+                memory_mib: if i == 0 { job.memory_mib } else { 0 },
+                model,
+            })
+            .collect();
+        for a in &allocations {
+            if !self.cluster.fits(a) {
+                self.warnings.push(format!(
+                    "job {} overlaps another job on node {}",
+                    job.id, job.placement.node
+                ));
+            }
+            self.cluster.apply(a);
         }
+        let started = job.started_at.unwrap_or(now);
+        let runtime = job.max_runtime_ms.unwrap_or(default_max_runtime_ms);
+        self.held.push(Held {
+            id: job.id,
+            tenant,
+            pieces: allocations,
+            node,
+            priority: job.priority,
+            started_at: job.started_at,
+            min_runtime_ms: job.min_runtime_ms,
+            ends_by: Timestamp(started.0.saturating_add(runtime as i64)),
+            displaced: job.displaced.clone(),
+        });
     }
 
     /// The placement request for a queued job, or why it has none.
@@ -225,12 +330,14 @@ impl Built {
             cpu_milli: job.resources.cpu_milli,
             memory_mib: job.resources.memory_mib,
             min_gpu_memory_mib,
+            model: job.model.as_ref().and_then(|m| self.model_index(m)),
+            mig: self.tenants.is_mig(tenant),
         })
     }
 
     /// The domain placement for an indexed one on `cluster` (this
     /// snapshot's). `inventory` is the node list it was built from (for
-    /// card UUIDs).
+    /// card and slice UUIDs).
     pub fn to_domain(
         &self,
         cluster: &Cluster,
@@ -246,12 +353,17 @@ impl Built {
                 .positions()
                 .map(|i| {
                     let g = &node.gpus[i];
+                    let uuid = match p.choice.slice {
+                        Some(s) => source.gpus[i].mig[s as usize].uuid.clone(),
+                        None => source.gpus[i].uuid.clone(),
+                    };
                     finpool_domain::GpuAssignment {
                         index: g.index,
-                        uuid: source.gpus[i].uuid.clone(),
+                        uuid,
                         class: cluster.classes[g.class as usize].name.clone(),
                         milli: p.choice.milli,
                         memory_mib: p.choice.memory_mib.unwrap_or(g.memory_mib),
+                        mig_slice: p.choice.slice.map(u32::from),
                     }
                 })
                 .collect(),

@@ -2,7 +2,7 @@
 
 use finpool_domain::GpuRequest;
 
-use crate::cluster::{ClassSet, TenantIdx};
+use crate::cluster::{ClassSet, ModelIdx, TenantIdx};
 
 /// What one job (or one simulated pod) needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -16,6 +16,10 @@ pub struct Task {
     pub memory_mib: u64,
     /// The least memory a card needs (for the job's base model).
     pub min_gpu_memory_mib: u64,
+    /// The base model the job runs.
+    pub model: Option<ModelIdx>,
+    /// The tenant isolates shares in hardware: shares go on MIG slices.
+    pub mig: bool,
 }
 
 impl Task {
@@ -28,6 +32,8 @@ impl Task {
             cpu_milli,
             memory_mib,
             min_gpu_memory_mib: 0,
+            model: None,
+            mig: false,
         }
     }
 

@@ -1,24 +1,44 @@
 //! Quotas per tenant and GPU class, as the scheduler reads them.
 
-use finpool_domain::Quota;
+use std::collections::HashMap;
 
-use crate::cluster::{ClassIdx, TenantIdx};
+use finpool_domain::{MILLI_PER_GPU, Quota};
 
-/// Tenants by index: names, quotas per class and weights.
+use crate::cluster::{ClassIdx, Cluster, TenantIdx};
+
+/// Tenants by index: names, quotas per class, weights, and whether their
+/// shares go on MIG slices.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TenantBook {
     pub names: Vec<String>,
+    index: HashMap<String, TenantIdx>,
     quotas: Vec<Vec<Quota>>,
     weights: Vec<u32>,
+    mig: Vec<bool>,
 }
 
 impl TenantBook {
     /// Adds a tenant with its quota per class index, and returns its index.
     pub fn push(&mut self, name: impl Into<String>, quotas: Vec<Quota>, weight: u32) -> TenantIdx {
-        self.names.push(name.into());
+        let name = name.into();
+        let idx = self.names.len() as TenantIdx;
+        self.index.insert(name.clone(), idx);
+        self.names.push(name);
         self.quotas.push(quotas);
         self.weights.push(weight.max(1));
-        (self.names.len() - 1) as TenantIdx
+        self.mig.push(false);
+        idx
+    }
+
+    /// Marks a tenant as isolating its shares in hardware (MIG).
+    pub fn set_mig(&mut self, tenant: TenantIdx, mig: bool) {
+        if let Some(m) = self.mig.get_mut(tenant as usize) {
+            *m = mig;
+        }
+    }
+
+    pub fn is_mig(&self, tenant: TenantIdx) -> bool {
+        self.mig.get(tenant as usize).copied().unwrap_or(false)
     }
 
     pub fn len(&self) -> usize {
@@ -30,10 +50,7 @@ impl TenantBook {
     }
 
     pub fn index_of(&self, name: &str) -> Option<TenantIdx> {
-        self.names
-            .iter()
-            .position(|n| n == name)
-            .map(|i| i as TenantIdx)
+        self.index.get(name).copied()
     }
 
     pub fn quota(&self, tenant: TenantIdx, class: ClassIdx) -> Quota {
@@ -47,4 +64,62 @@ impl TenantBook {
     pub fn weight(&self, tenant: TenantIdx) -> u32 {
         self.weights.get(tenant as usize).copied().unwrap_or(1)
     }
+}
+
+/// The pool-wide borrowing budget of one class, in milli-GPU.
+///
+/// Tenants borrow (hold more than their guarantee) from capacity nobody is
+/// guaranteed, then from other tenants' idle guarantees, each lender giving
+/// at most its lending limit. A borrowing admission must keep
+/// `borrowed <= lendable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Budget {
+    /// Sum over tenants of what they hold above their guarantee.
+    pub borrowed: u64,
+    /// Unguaranteed capacity plus each tenant's lendable idle guarantee.
+    pub lendable: u64,
+}
+
+/// One tenant's part in a class's budget when it holds `held`: (borrowed, lent out at most).
+pub fn budget_part(quota: Quota, held: u64) -> (u64, u64) {
+    let guaranteed = quota.guaranteed as u64 * MILLI_PER_GPU as u64;
+    let borrowed = held.saturating_sub(guaranteed);
+    let idle = guaranteed.saturating_sub(held);
+    let lendable = match quota.lending_limit {
+        Some(l) => idle.min(l as u64 * MILLI_PER_GPU as u64),
+        None => idle,
+    };
+    (borrowed, lendable)
+}
+
+/// Every class's budget on `cluster`.
+pub fn budgets(cluster: &Cluster, tenants: &TenantBook) -> Vec<Budget> {
+    (0..cluster.classes.len())
+        .map(|c| {
+            let c = c as ClassIdx;
+            let capacity: u64 = cluster
+                .nodes
+                .iter()
+                .flat_map(|n| &n.gpus)
+                .filter(|g| g.class == c)
+                .count() as u64
+                * MILLI_PER_GPU as u64;
+            let guaranteed: u64 = (0..tenants.len())
+                .map(|t| tenants.quota(t as TenantIdx, c).guaranteed as u64 * MILLI_PER_GPU as u64)
+                .sum();
+            let mut budget = Budget {
+                borrowed: 0,
+                lendable: capacity.saturating_sub(guaranteed),
+            };
+            for t in 0..tenants.len() {
+                let (b, l) = budget_part(
+                    tenants.quota(t as TenantIdx, c),
+                    cluster.held_milli(t as TenantIdx, c),
+                );
+                budget.borrowed += b;
+                budget.lendable += l;
+            }
+            budget
+        })
+        .collect()
 }

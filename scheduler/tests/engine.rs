@@ -1,16 +1,18 @@
 //! The engine's cached placement is exactly the exhaustive placement:
-//! same node, same cards, same score, step after step.
+//! same node, same cards, same score, step after step, with tenants, MIG
+//! slices, base models and quotas in play.
 
 use finpool_domain::{GpuRequest, Quota};
 use finpool_scheduler::cluster::ClassInfo;
 use finpool_scheduler::plugins::fragmentation::{OnlineWorkload, Weighting, WorkloadModel};
 use finpool_scheduler::{
-    ClassSet, Cluster, Ctx, Engine, GpuState, NodeState, Policy, QuotaBound, Task, TenantBook,
+    ClassSet, Cluster, Ctx, Engine, GpuState, NodeState, Policy, QuotaBound, Request, Task,
+    TenantBook,
 };
 use proptest::prelude::*;
 
 fn arb_cluster() -> impl Strategy<Value = Cluster> {
-    prop::collection::vec((0..2u8, 1..=8u32, 4..=64u64), 1..24).prop_map(|nodes| {
+    prop::collection::vec((0..2u8, 1..=8u32, 4..=64u64, any::<bool>()), 1..24).prop_map(|nodes| {
         Cluster::new(
             vec![
                 ClassInfo {
@@ -25,14 +27,21 @@ fn arb_cluster() -> impl Strategy<Value = Cluster> {
             nodes
                 .into_iter()
                 .enumerate()
-                .map(|(i, (class, gpus, cores))| {
+                .map(|(i, (class, gpus, cores, mig))| {
+                    let memory = if class == 0 { 40_000 } else { 80_000 };
                     NodeState::new(
                         format!("n{i}"),
                         cores * 1000,
                         cores * 4096,
                         (0..gpus)
                             .map(|g| {
-                                GpuState::new(g, class, if class == 0 { 40_000 } else { 80_000 })
+                                let gpu = GpuState::new(g, class, memory);
+                                // Some nodes have their first card in MIG mode.
+                                if mig && g == 0 {
+                                    gpu.with_slices([(428, 20_000), (285, 10_000), (142, 5_000)])
+                                } else {
+                                    gpu
+                                }
                             })
                             .collect(),
                     )
@@ -51,33 +60,39 @@ fn arb_task() -> impl Strategy<Value = Task> {
             1 => Just(GpuRequest::None),
         ],
         prop::sample::select(vec![1_000u64, 4_000, 12_000]),
-        prop::option::of(0..3u32),
+        prop::option::of(0..4u32),
         prop::sample::select(vec![ClassSet::ALL, ClassSet::single(0), ClassSet::single(1)]),
+        prop::option::of(0..3u32),
     )
-        .prop_map(|(gpu, cpu, tenant, classes)| Task {
+        .prop_map(|(gpu, cpu, tenant, classes, model)| Task {
             tenant,
             gpu,
             classes,
             cpu_milli: cpu,
             memory_mib: cpu * 2,
             min_gpu_memory_mib: 0,
+            model,
+            // Tenant 3 isolates its shares on MIG slices.
+            mig: tenant == Some(3),
         })
 }
 
 fn tenants() -> TenantBook {
     let mut book = TenantBook::default();
-    for (i, (g, l)) in [(2, 4), (1, 2), (0, 8)].into_iter().enumerate() {
-        book.push(
+    for (i, (g, l)) in [(2, 4), (1, 2), (0, 8), (1, 3)].into_iter().enumerate() {
+        let t = book.push(
             format!("t{i}"),
             vec![
                 Quota {
                     guaranteed: g,
-                    limit: l
+                    limit: l,
+                    lending_limit: None
                 };
                 2
             ],
             1,
         );
+        book.set_mig(t, i == 3);
     }
     book
 }
@@ -98,7 +113,8 @@ proptest! {
             let mut engine = Engine::new(&policy, cluster.clone());
             for task in &tasks {
                 online.observe(task);
-                let cached = engine.place(&book, bound, online.model(), online.version(), task);
+                let request = Request::new(&book, bound, online.model(), online.version());
+                let cached = engine.place(&request, task);
                 let ctx = Ctx::new(engine.cluster(), &book, bound, online.model());
                 let exhaustive = policy.place(&ctx, task);
                 prop_assert_eq!(
@@ -107,7 +123,9 @@ proptest! {
                     "{}", policy.name
                 );
                 if let Some(p) = cached {
-                    engine.apply(&p.allocation(task));
+                    let allocation = p.allocation(task);
+                    prop_assert!(engine.cluster().fits(&allocation));
+                    engine.apply(&allocation);
                 }
             }
         }

@@ -7,7 +7,9 @@ use std::time::Instant;
 use finpool_domain::GpuRequest;
 use finpool_scheduler::cluster::ClassInfo;
 use finpool_scheduler::plugins::fragmentation::WorkloadModel;
-use finpool_scheduler::{Cluster, Engine, GpuState, NodeState, QuotaBound, Task, TenantBook};
+use finpool_scheduler::{
+    Cluster, Engine, GpuState, NodeState, QuotaBound, Request, Task, TenantBook,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -148,7 +150,10 @@ pub fn run(config: &BenchConfig, kind: PolicyKind, tasks: &[Task]) -> BenchResul
         let (model, epoch) = online
             .as_ref()
             .map_or((&empty, 0), |o| (o.model(), o.version()));
-        if let Some(p) = engine.place(&tenants, QuotaBound::Unbounded, model, epoch, task) {
+        if let Some(p) = engine.place(
+            &Request::new(&tenants, QuotaBound::Unbounded, model, epoch),
+            task,
+        ) {
             engine.apply(&p.allocation(task));
             placed += 1;
         }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use finpool_scheduler::plugins::fragmentation::WorkloadModel;
-use finpool_scheduler::{Cluster, Engine, QuotaBound, Task, TenantBook};
+use finpool_scheduler::{Cluster, Engine, QuotaBound, Request, Task, TenantBook};
 use serde::Serialize;
 
 use crate::openb::{self, OpenbNode, OpenbPod};
@@ -78,7 +78,10 @@ pub fn run_once(
         let (model, epoch) = online
             .as_ref()
             .map_or((&empty, 0), |o| (o.model(), o.version()));
-        let placed = engine.place(&tenants, QuotaBound::Unbounded, model, epoch, task);
+        let placed = engine.place(
+            &Request::new(&tenants, QuotaBound::Unbounded, model, epoch),
+            task,
+        );
         arrived += pod.gpu_demand();
         match placed {
             Some(p) => {

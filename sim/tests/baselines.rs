@@ -39,10 +39,12 @@ fn cluster(nodes: &[&[u32]]) -> Cluster {
                         gpus: 1 << g,
                         milli: *used,
                         memory_mib: Some(0),
+                        slice: None,
                     },
                     tenant: None,
                     cpu_milli: 0,
                     memory_mib: 0,
+                    model: None,
                 });
             }
         }

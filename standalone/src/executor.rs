@@ -81,6 +81,7 @@ impl Executor {
             store,
             config,
             running: HashMap::new(),
+            holding: HashMap::new(),
             tx: tx.clone(),
             watchers: JoinSet::new(),
         };
@@ -118,6 +119,9 @@ struct Actor {
     store: Store,
     config: ExecutorConfig,
     running: HashMap<JobId, mpsc::Sender<StopOrder>>,
+    /// What each running job holds, so a job is never started on cards a
+    /// stopping job (say, a preempted one in its grace period) still uses.
+    holding: HashMap<JobId, (finpool_domain::TenantId, Placement)>,
     tx: mpsc::Sender<Command>,
     watchers: JoinSet<()>,
 }
@@ -130,7 +134,10 @@ impl Actor {
                 command = rx.recv() => match command {
                     Some(Command::Start(job)) => self.start(*job).await,
                     Some(Command::Stop { job, kind, reason }) => self.stop(job, kind, reason).await,
-                    Some(Command::Finished(job)) => { self.running.remove(&job); }
+                    Some(Command::Finished(job)) => {
+                        self.running.remove(&job);
+                        self.holding.remove(&job);
+                    }
                     Some(Command::Shutdown(done)) => {
                         let ids: Vec<JobId> = self.running.keys().copied().collect();
                         for id in ids {
@@ -181,6 +188,10 @@ impl Actor {
             tracing::error!(job = %job.id, "admitted job has no placement");
             return;
         };
+        if let Some(busy) = self.conflict(&job.tenant_id, &placement) {
+            tracing::debug!(job = %job.id, %busy, "cards still in use; starting once they are free");
+            return;
+        }
         let now = Timestamp::now();
         let started = Change::new(
             JobState::Running,
@@ -223,6 +234,8 @@ impl Actor {
             gpus = %placement.visible_devices(), pid = child.id(), "job started");
         let (stop_tx, stop_rx) = mpsc::channel(4);
         self.running.insert(job.id, stop_tx);
+        self.holding
+            .insert(job.id, (job.tenant_id.clone(), placement.clone()));
         let max_runtime = job
             .spec
             .max_runtime_ms
@@ -237,6 +250,22 @@ impl Actor {
             done: self.tx.clone(),
         };
         self.watchers.spawn(watcher.watch(child, stop_rx));
+    }
+
+    /// A running job whose cards `placement` may not share: the same card
+    /// (or MIG slice) held by another tenant, or held whole by anyone.
+    fn conflict(&self, tenant: &finpool_domain::TenantId, placement: &Placement) -> Option<JobId> {
+        self.holding.iter().find_map(|(id, (owner, held))| {
+            let clash = held.node == placement.node
+                && held.gpus.iter().any(|h| {
+                    placement.gpus.iter().any(|p| {
+                        h.index == p.index
+                            && h.mig_slice == p.mig_slice
+                            && (owner != tenant || h.milli >= 1000 || p.milli >= 1000)
+                    })
+                });
+            clash.then_some(*id)
+        })
     }
 
     fn spawn_process(&self, job: &Job, placement: &Placement) -> std::io::Result<Child> {

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::driver::Driver;
+use crate::driver::{Driver, DriverConfig};
 use crate::executor::{Executor, ExecutorConfig};
 use crate::inventory::{self, Origin, PoolFileError};
 use crate::logs::FileLogs;
@@ -37,6 +37,8 @@ pub struct StandaloneConfig {
     pub default_max_runtime: Duration,
     /// The longest max runtime a job may ask for.
     pub max_runtime_cap: Duration,
+    /// How fast past borrowing is forgotten in the fair-share order.
+    pub fair_share_half_life: Duration,
 }
 
 impl StandaloneConfig {
@@ -49,6 +51,7 @@ impl StandaloneConfig {
             stop_grace: Duration::from_secs(10),
             default_max_runtime: Duration::from_secs(24 * 3600),
             max_runtime_cap: Duration::from_secs(7 * 24 * 3600),
+            fair_share_half_life: Duration::from_secs(3600),
         }
     }
 
@@ -131,12 +134,16 @@ pub async fn start(config: StandaloneConfig) -> Result<RunningPool, StartError> 
     let executor_config = config.executor_config();
     let executor = Executor::spawn(store.clone(), executor_config.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let driver = Driver {
-        store: store.clone(),
-        inventory: inventory.clone(),
-        executor: executor.clone(),
-        policy: Arc::new(Policy::finpool()),
-    };
+    let driver = Driver::new(
+        store.clone(),
+        inventory.clone(),
+        executor.clone(),
+        Arc::new(Policy::finpool()),
+        DriverConfig {
+            default_max_runtime: config.default_max_runtime,
+            fair_share_half_life: config.fair_share_half_life,
+        },
+    );
     let driver = tokio::spawn(driver.run(shutdown_rx.clone()));
 
     let listener = TcpListener::bind(config.listen)

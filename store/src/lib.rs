@@ -23,7 +23,7 @@ pub use backend::StoreConfig;
 pub use error::StoreError;
 pub use events::JobEvent;
 pub use jobs::{Change, JobFilter, JobPage};
-pub use usage::{ClassUsage, TenantUsage};
+pub use usage::{ClassUsage, RunRecord, TenantUsage};
 
 use std::sync::Arc;
 

@@ -97,3 +97,47 @@ impl Store {
         Ok(usage)
     }
 }
+
+/// One run of a job: what it held, from when to when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    pub tenant: TenantId,
+    pub placement: Placement,
+    pub started_at: Timestamp,
+    pub ended_at: Option<Timestamp>,
+}
+
+#[derive(sqlx::FromRow)]
+struct RunRecordRow {
+    tenant_id: String,
+    placement: String,
+    started_at: i64,
+    ended_at: Option<i64>,
+}
+
+impl Store {
+    /// Runs still going, or that ended after `since`.
+    pub async fn runs_since(&self, since: Timestamp) -> Result<Vec<RunRecord>, StoreError> {
+        let rows: Vec<RunRecordRow> = with_read_pool!(self.backend(), pool => {
+            sqlx::query_as(
+                "SELECT tenant_id, placement, started_at, ended_at FROM job_runs \
+                 WHERE ended_at IS NULL OR ended_at >= $1",
+            )
+            .bind(since.0)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter()
+            .map(|r| {
+                Ok(RunRecord {
+                    tenant: finpool_domain::Name::parse("tenant_id", &r.tenant_id)
+                        .map_err(|e| corrupt("run tenant", e))?,
+                    placement: serde_json::from_str(&r.placement)
+                        .map_err(|e| corrupt("run placement", e))?,
+                    started_at: Timestamp(r.started_at),
+                    ended_at: r.ended_at.map(Timestamp),
+                })
+            })
+            .collect()
+    }
+}

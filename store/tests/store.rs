@@ -57,6 +57,7 @@ fn tenant(id: &str) -> Tenant {
             Quota {
                 guaranteed: 1,
                 limit: 2,
+                lending_limit: None,
             },
         )]
         .into(),
@@ -81,6 +82,7 @@ fn spec(n: &str, key: Option<&str>) -> JobSpec {
         },
         priority: 0,
         max_runtime_ms: None,
+        min_runtime_ms: None,
         idempotency_key: key.map(str::to_owned),
         labels: BTreeMap::new(),
         restart_policy: RestartPolicy::Fail,
@@ -100,6 +102,7 @@ fn placement() -> Placement {
             class: "A100".into(),
             milli: 1000,
             memory_mib: 81920,
+            mig_slice: None,
         }],
     }
 }
@@ -132,6 +135,7 @@ async fn tenants_and_models() {
                 Quota {
                     guaranteed: 0,
                     limit: 4,
+                    lending_limit: None,
                 },
                 Timestamp(2_000),
             )

@@ -169,7 +169,15 @@ pub async fn create_tenant(op: &mut Clients, id: &str, guaranteed: i64, limit: i
         .create_tenant(pb::CreateTenantRequest {
             id: id.into(),
             display_name: id.into(),
-            quotas: [("A100".to_owned(), pb::Quota { guaranteed, limit })].into(),
+            quotas: [(
+                "A100".to_owned(),
+                pb::Quota {
+                    guaranteed,
+                    limit,
+                    ..Default::default()
+                },
+            )]
+            .into(),
             weight: 1,
             isolation: 0,
         })

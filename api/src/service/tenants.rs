@@ -2,7 +2,7 @@
 //! models and metered usage.
 
 use finpool_domain::tenant::check_class;
-use finpool_domain::{BaseModelInput, Name, Quota, Timestamp};
+use finpool_domain::{BaseModelInput, Name, Timestamp};
 use finpool_proto::v1 as pb;
 use finpool_proto::v1::model_service_server::ModelService;
 use finpool_proto::v1::tenant_service_server::TenantService;
@@ -124,7 +124,9 @@ impl TenantService for Tenants {
         let q = r
             .quota
             .ok_or_else(|| Status::invalid_argument("quota: required"))?;
-        let quota = Quota::new("quota", q.guaranteed, q.limit).map_err(error::invalid)?;
+        let quota = convert::quota_input(&q)
+            .validate("quota")
+            .map_err(error::invalid)?;
         let tenant = self
             .state
             .store

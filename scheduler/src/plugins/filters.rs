@@ -1,8 +1,8 @@
 //! Filters every policy shares. Each checks one rule.
 
-use finpool_domain::GpuRequest;
+use finpool_domain::{GpuRequest, MILLI_PER_GPU};
 
-use super::{Ctx, Filter, QuotaBound};
+use super::{Ctx, Filter};
 use crate::cluster::{Choice, ClassIdx, GpuState, NodeState};
 use crate::task::Task;
 
@@ -38,8 +38,9 @@ impl Filter for GpuClassAllowed {
     }
 }
 
-/// The card has room: idle for a whole-GPU task; enough free milli and
-/// memory for a share.
+/// The card has room: idle (and not in MIG mode) for a whole-GPU task;
+/// enough free milli and memory for a share; a free slice big enough for
+/// a share of a tenant that isolates in hardware (MIG).
 pub struct GpuCapacity;
 
 impl Filter for GpuCapacity {
@@ -50,15 +51,20 @@ impl Filter for GpuCapacity {
     fn gpu(&self, _ctx: &Ctx<'_>, task: &Task, _node: &NodeState, gpu: &GpuState) -> bool {
         match task.gpu {
             GpuRequest::None => false,
-            GpuRequest::Whole { .. } => gpu.is_idle(),
+            GpuRequest::Whole { .. } => !gpu.is_mig() && gpu.is_idle(),
+            GpuRequest::Share { milli, memory_mib } if task.mig => gpu
+                .slices
+                .iter()
+                .any(|s| !s.taken && s.milli >= milli && s.memory_mib >= memory_mib),
             GpuRequest::Share { milli, memory_mib } => {
-                gpu.free_milli() >= milli && gpu.free_memory_mib() >= memory_mib
+                !gpu.is_mig() && gpu.free_milli() >= milli && gpu.free_memory_mib() >= memory_mib
             }
         }
     }
 }
 
-/// Never time-slice a card between two tenants.
+/// Never time-slice a card between two tenants. MIG slices are isolated in
+/// hardware, so a MIG card may serve several tenants, one per slice.
 pub struct TenantIsolation;
 
 impl Filter for TenantIsolation {
@@ -67,7 +73,7 @@ impl Filter for TenantIsolation {
     }
 
     fn gpu(&self, _ctx: &Ctx<'_>, task: &Task, _node: &NodeState, gpu: &GpuState) -> bool {
-        gpu.owner.is_none() || gpu.owner == task.tenant
+        gpu.is_mig() || gpu.owner.is_none() || gpu.owner == task.tenant
     }
 }
 
@@ -76,12 +82,17 @@ impl Filter for TenantIsolation {
 pub struct QuotaLimit;
 
 impl QuotaLimit {
-    /// Cards this choice would newly take for the tenant.
-    pub fn newly_held(node: &NodeState, choice: Choice) -> u32 {
+    /// Milli-GPU this choice would newly take for the tenant: whole cards it
+    /// does not hold yet, or the MIG slice's share.
+    pub fn newly_held(node: &NodeState, choice: Choice) -> u64 {
         choice
             .positions()
-            .filter(|&i| node.gpus[i].owner.is_none())
-            .count() as u32
+            .map(|i| match choice.slice {
+                Some(s) => node.gpus[i].slices[s as usize].milli as u64,
+                None if node.gpus[i].owner.is_none() => MILLI_PER_GPU as u64,
+                None => 0,
+            })
+            .sum()
     }
 }
 
@@ -104,12 +115,31 @@ impl Filter for QuotaLimit {
         if choice.gpus == 0 {
             return true;
         }
-        let quota = ctx.tenants.quota(tenant, class);
-        let bound = match ctx.bound {
-            QuotaBound::Unbounded => return true,
-            QuotaBound::Guaranteed => quota.guaranteed,
-            QuotaBound::Limit => quota.limit,
+        let Some(bound) = ctx.quota_bound_milli(tenant, class) else {
+            return true;
         };
-        ctx.cluster.held_gpus(tenant, class) + Self::newly_held(node, choice) <= bound
+        ctx.cluster.held_milli(tenant, class) + Self::newly_held(node, choice) <= bound
+    }
+}
+
+/// Keep off a node reserved for a job waiting for it (gang scheduling with
+/// backfill): the driver sets the node in the context for tasks that would
+/// still run when the reservation begins.
+pub struct Reserved;
+
+impl Filter for Reserved {
+    fn name(&self) -> &'static str {
+        "Reserved"
+    }
+
+    fn node(&self, ctx: &Ctx<'_>, _task: &Task, node: &NodeState) -> bool {
+        match ctx.avoid_node {
+            Some(n) => ctx
+                .cluster
+                .nodes
+                .get(n as usize)
+                .is_none_or(|reserved| !std::ptr::eq(reserved, node)),
+            None => true,
+        }
     }
 }

@@ -799,6 +799,7 @@ mod tests {
                 gpus: 0b0001,
                 milli: 700,
                 memory_mib: Some(0),
+                slice: None,
             },
             1000,
             0,

@@ -29,12 +29,38 @@ pub struct Ctx<'a> {
     pub cluster: &'a Cluster,
     pub tenants: &'a TenantBook,
     pub bound: QuotaBound,
+    /// Per class, a further cap on what the task's tenant may hold (in
+    /// milli-GPU): the pool's borrowing budget.
+    pub caps: Option<&'a [u64]>,
+    /// A node reserved for another job, which this task may not use.
+    pub avoid_node: Option<NodeIdx>,
     /// The workload the driver has seen arrive (for fragmentation-aware
     /// scorers); empty when it has none.
     pub workload: &'a WorkloadModel,
 }
 
 impl<'a> Ctx<'a> {
+    /// The most milli-GPU of `class` the tenant may hold under this
+    /// context's bound and caps; `None` when quotas are not checked.
+    pub fn quota_bound_milli(
+        &self,
+        tenant: crate::cluster::TenantIdx,
+        class: ClassIdx,
+    ) -> Option<u64> {
+        let quota = self.tenants.quota(tenant, class);
+        let gpus = match self.bound {
+            QuotaBound::Unbounded => None,
+            QuotaBound::Guaranteed => Some(quota.guaranteed),
+            QuotaBound::Limit => Some(quota.limit),
+        };
+        let bound = gpus.map(|g| g as u64 * finpool_domain::MILLI_PER_GPU as u64);
+        let cap = self.caps.and_then(|c| c.get(class as usize).copied());
+        match (bound, cap) {
+            (None, None) => None,
+            (b, c) => Some(b.unwrap_or(u64::MAX).min(c.unwrap_or(u64::MAX))),
+        }
+    }
+
     pub fn new(
         cluster: &'a Cluster,
         tenants: &'a TenantBook,
@@ -45,6 +71,8 @@ impl<'a> Ctx<'a> {
             cluster,
             tenants,
             bound,
+            caps: None,
+            avoid_node: None,
             workload,
         }
     }
@@ -147,6 +175,7 @@ impl Policy {
             Box::new(filters::GpuCapacity),
             Box::new(filters::TenantIsolation),
             Box::new(filters::QuotaLimit),
+            Box::new(filters::Reserved),
         ]
     }
 

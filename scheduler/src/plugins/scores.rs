@@ -71,7 +71,39 @@ impl Scorer for TenantAffinity {
             return 0.0;
         }
         let node = &ctx.cluster.nodes[node as usize];
-        -(QuotaLimit::newly_held(node, choice) as f64) * 1000.0
+        -(QuotaLimit::newly_held(node, choice) as f64)
+    }
+}
+
+/// Run a job where its base model already is: resident in the chosen
+/// cards' memory is best, cached on the node's disk next, else it must be
+/// fetched. Scores in milli-GPU, per card, so that locality weighs against
+/// fragmentation in the same unit.
+pub struct ModelLocality {
+    /// Worth of each chosen card that already holds the model.
+    pub resident: f64,
+    /// Worth of the node having the model on disk.
+    pub cached: f64,
+}
+
+impl Scorer for ModelLocality {
+    fn name(&self) -> &'static str {
+        "ModelLocality"
+    }
+
+    fn score(&self, ctx: &Ctx<'_>, task: &Task, node: NodeIdx, choice: Choice) -> f64 {
+        let Some(model) = task.model else { return 0.0 };
+        let node = &ctx.cluster.nodes[node as usize];
+        let resident = choice
+            .positions()
+            .filter(|&i| node.gpus[i].resident_model == Some(model))
+            .count() as f64;
+        let cached = if node.has_model(model) {
+            self.cached
+        } else {
+            0.0
+        };
+        resident * self.resident + cached
     }
 }
 

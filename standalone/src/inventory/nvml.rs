@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use finpool_domain::{Gpu, GpuClass, Inventory, Node};
+use finpool_domain::{Gpu, GpuClass, Inventory, MigSlice, Node};
 use nvml_wrapper::Nvml;
 
 /// This machine as a one-node inventory. Fails cleanly (with the reason)
@@ -31,6 +31,7 @@ pub fn detect() -> Result<Inventory, String> {
             uuid,
             class,
             memory_mib,
+            mig: mig_slices(&device, memory_mib),
         });
     }
     let node = Node {
@@ -39,6 +40,7 @@ pub fn detect() -> Result<Inventory, String> {
         cpu_milli: std::thread::available_parallelism().map_or(1, |n| n.get()) as u64 * 1000,
         memory_mib: total_memory_mib().unwrap_or(0),
         gpus,
+        models: Vec::new(),
     };
     Ok(Inventory {
         classes: classes
@@ -47,6 +49,34 @@ pub fn detect() -> Result<Inventory, String> {
             .collect(),
         nodes: vec![node],
     })
+}
+
+/// The card's MIG devices when it is in MIG mode; none otherwise. A slice's
+/// compute comes from its profile in the device name (`… MIG 3g.40gb`),
+/// else from its share of the card's memory.
+fn mig_slices(device: &nvml_wrapper::Device<'_>, card_memory_mib: u64) -> Vec<MigSlice> {
+    match device.mig_mode() {
+        Ok(mode) if mode.current == 1 => {}
+        _ => return Vec::new(),
+    }
+    let count = device.mig_device_count().unwrap_or(0);
+    (0..count)
+        .filter_map(|i| {
+            let mig = device.mig_device_by_index(i).ok()?;
+            let uuid = mig.uuid().ok()?;
+            let name = mig.name().unwrap_or_default();
+            let memory_mib = mig.memory_info().ok()?.total / (1024 * 1024);
+            let by_profile = name
+                .split_whitespace()
+                .find_map(|w| MigSlice::from_profile(w, uuid.clone()));
+            Some(by_profile.unwrap_or_else(|| MigSlice {
+                profile: String::new(),
+                uuid,
+                milli: (memory_mib * 1000 / card_memory_mib.max(1)) as u32,
+                memory_mib,
+            }))
+        })
+        .collect()
 }
 
 /// "NVIDIA H200" becomes "H200"; spaces become dashes.

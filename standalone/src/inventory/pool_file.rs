@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use finpool_domain::{Gpu, GpuClass, Inventory, Node};
+use finpool_domain::{Gpu, GpuClass, Inventory, MigSlice, Node};
 use serde::Deserialize;
 
 pub const EXAMPLE_POOL: &str = include_str!("example-pool.toml");
@@ -43,13 +43,22 @@ struct NodeEntry {
     #[serde(default)]
     labels: BTreeMap<String, String>,
     gpus: GpuEntry,
+    /// Base models cached on the node's disk.
+    #[serde(default)]
+    models: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum GpuEntry {
-    /// `{ class = "A100-80G", count = 8 }`
-    Uniform { class: String, count: u32 },
+    /// `{ class = "A100-80G", count = 8 }`, optionally with every card cut
+    /// into the same MIG slices: `mig = ["3g.40gb", "3g.40gb"]`.
+    Uniform {
+        class: String,
+        count: u32,
+        #[serde(default)]
+        mig: Vec<String>,
+    },
     /// `[ { class = "A100-80G" }, … ]`, one entry per card.
     List(Vec<GpuListEntry>),
 }
@@ -59,6 +68,9 @@ enum GpuEntry {
 struct GpuListEntry {
     class: String,
     uuid: Option<String>,
+    /// MIG slice profiles, such as `["3g.40gb", "2g.20gb"]`.
+    #[serde(default)]
+    mig: Vec<String>,
 }
 
 /// Parses and checks a pool file.
@@ -103,13 +115,13 @@ pub fn parse_pool_file(text: &str) -> Result<Inventory, PoolFileError> {
         let field = format!("nodes[{i}]");
         finpool_domain::Name::parse(&format!("{field}.name"), &entry.name)
             .map_err(|e| err(e.field, e.reason))?;
-        let classes: Vec<(String, Option<String>)> = match &entry.gpus {
-            GpuEntry::Uniform { class, count } => {
-                (0..*count).map(|_| (class.clone(), None)).collect()
-            }
+        let classes: Vec<(String, Option<String>, Vec<String>)> = match &entry.gpus {
+            GpuEntry::Uniform { class, count, mig } => (0..*count)
+                .map(|_| (class.clone(), None, mig.clone()))
+                .collect(),
             GpuEntry::List(list) => list
                 .iter()
-                .map(|g| (g.class.clone(), g.uuid.clone()))
+                .map(|g| (g.class.clone(), g.uuid.clone(), g.mig.clone()))
                 .collect(),
         };
         if classes.len() as u32 > MAX_GPUS_PER_NODE {
@@ -121,13 +133,35 @@ pub fn parse_pool_file(text: &str) -> Result<Inventory, PoolFileError> {
                 ),
             ));
         }
-        for (class, _) in &classes {
-            if memory_of(class).is_none() {
+        for (class, _, mig) in &classes {
+            let Some(memory) = memory_of(class) else {
                 return Err(err(
                     format!("{field}.gpus"),
                     format!("class {class:?} is not among gpu_classes"),
                 ));
+            };
+            let mut compute = 0;
+            let mut used_memory = 0;
+            for profile in mig {
+                let slice = MigSlice::from_profile(profile, "").ok_or_else(|| {
+                    err(
+                        format!("{field}.gpus.mig"),
+                        format!("{profile:?} is not a MIG profile like \"3g.40gb\""),
+                    )
+                })?;
+                compute += slice.milli;
+                used_memory += slice.memory_mib;
             }
+            if compute > 1000 || used_memory > memory {
+                return Err(err(
+                    format!("{field}.gpus.mig"),
+                    format!("the slices {mig:?} do not fit on one {class} card"),
+                ));
+            }
+        }
+        for (i, model) in entry.models.iter().enumerate() {
+            finpool_domain::Name::parse(&format!("{field}.models[{i}]"), model)
+                .map_err(|e| err(e.field, e.reason))?;
         }
         let count = entry.count.unwrap_or(1);
         if count == 0 {
@@ -147,13 +181,23 @@ pub fn parse_pool_file(text: &str) -> Result<Inventory, PoolFileError> {
             let gpus = classes
                 .iter()
                 .enumerate()
-                .map(|(index, (class, uuid))| Gpu {
-                    index: index as u32,
-                    uuid: uuid
+                .map(|(index, (class, uuid, mig))| {
+                    let uuid = uuid
                         .clone()
-                        .unwrap_or_else(|| format!("GPU-sim-{name}-{index}")),
-                    class: class.clone(),
-                    memory_mib: memory_of(class).expect("checked above"),
+                        .unwrap_or_else(|| format!("GPU-sim-{name}-{index}"));
+                    Gpu {
+                        index: index as u32,
+                        mig: mig
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(s, p)| {
+                                MigSlice::from_profile(p, format!("MIG-{uuid}-{s}"))
+                            })
+                            .collect(),
+                        uuid,
+                        class: class.clone(),
+                        memory_mib: memory_of(class).expect("checked above"),
+                    }
                 })
                 .collect();
             nodes.push(Node {
@@ -162,6 +206,7 @@ pub fn parse_pool_file(text: &str) -> Result<Inventory, PoolFileError> {
                 cpu_milli: entry.cpu_milli,
                 memory_mib: entry.memory_mib,
                 gpus,
+                models: entry.models.clone(),
             });
         }
     }
@@ -187,6 +232,29 @@ mod tests {
         assert_eq!(inv.gpu_count(), 12);
         assert_eq!(inv.nodes[2].location(), Some("cn-shenzhen-1"));
         assert_eq!(inv.max_gpus_per_node()["A100-80G"], 4);
+    }
+
+    #[test]
+    fn mig_slices_and_cached_models() {
+        let pool = r#"
+            gpu_classes = [{ name = "H100", memory_mib = 81920 }]
+            [[nodes]]
+            name = "n"
+            cpu_milli = 1000
+            memory_mib = 1000
+            models = ["qwen2-7b"]
+            gpus = { class = "H100", count = 2, mig = ["3g.40gb", "2g.20gb", "1g.10gb"] }
+        "#;
+        let inv = parse_pool_file(pool).unwrap();
+        let gpu = &inv.nodes[0].gpus[1];
+        assert_eq!(gpu.mig.len(), 3);
+        assert_eq!(gpu.mig[0].uuid, "MIG-GPU-sim-n-1-0");
+        assert_eq!(inv.nodes[0].models, vec!["qwen2-7b"]);
+        let too_big = pool.replace("\"1g.10gb\"", "\"4g.40gb\"");
+        assert_eq!(
+            parse_pool_file(&too_big).unwrap_err().field,
+            "nodes[0].gpus.mig"
+        );
     }
 
     #[test]
