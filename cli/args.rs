@@ -96,6 +96,11 @@ pub struct BenchSchedulerArgs {
     /// Draw the queue from this openb pod list instead of the built-in mix.
     #[arg(long, env = "FINPOOL_OPENB_PODS")]
     pub pods: Option<PathBuf>,
+    /// Spread the queue over this many tenants, each with a guarantee
+    /// and a limit, so that quotas and isolation are checked on every
+    /// decision; 0 places tenant-less work.
+    #[arg(long, default_value_t = 0)]
+    pub tenants: usize,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -108,6 +113,45 @@ pub enum SimulateCommand {
     Openb(SimulateOpenbArgs),
     /// Recount a --placements file independently of the simulator.
     Check(SimulateCheckArgs),
+    /// Alibaba's GenAI LoRA inference trace: base-model locality and fairness.
+    Genai(SimulateGenaiArgs),
+    /// Tenants with weights and guarantees competing over time (a scenario file).
+    Fairness(SimulateFairnessArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateGenaiArgs {
+    /// lora_request_trace.csv
+    #[arg(long, env = "FINPOOL_GENAI_TRACE")]
+    pub trace: PathBuf,
+    /// basemodel_update_latency_anon.csv
+    #[arg(long, env = "FINPOOL_GENAI_LOAD_LATENCY")]
+    pub load_latency: PathBuf,
+    /// The pool (a pool file, as for `finpool up --pool`).
+    #[arg(long)]
+    pub pool: PathBuf,
+    /// Offered load(s), comma-separated (e.g. 0.5,0.7,0.9).
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.7,0.9")]
+    pub load: Vec<f64>,
+    /// Policies (comma-separated); both by default.
+    #[arg(long, value_delimiter = ',', default_value = "finpool,least-loaded")]
+    pub policy: Vec<String>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// finpool's fair-share half-life in seconds (the platform default).
+    #[arg(long, default_value_t = finpool_scheduler::tenants::DEFAULT_FAIR_SHARE_HALF_LIFE_S as f64)]
+    pub half_life_s: f64,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateFairnessArgs {
+    /// A scenario file (TOML); see examples/fairness-scenario.toml.
+    #[arg(long)]
+    pub scenario: PathBuf,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
 }
 
 #[derive(Debug, Args)]

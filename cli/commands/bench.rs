@@ -15,6 +15,8 @@ struct Report {
     gpus: u64,
     pending: usize,
     queue: String,
+    /// Tenants the queue is spread over (0: tenant-less).
+    tenants: usize,
     seed: u64,
     results: Vec<bench::BenchResult>,
     /// finpool's decisions per second ÷ best-fit's, measured in this run.
@@ -60,6 +62,7 @@ fn scheduler(args: BenchSchedulerArgs) -> anyhow::Result<()> {
         pending: args.pending,
         seed: args.seed,
         pods,
+        tenants: args.tenants,
     };
     let tasks = bench::queue(&config);
     let results: Vec<_> = [PolicyKind::Finpool, PolicyKind::BestFit]
@@ -71,6 +74,7 @@ fn scheduler(args: BenchSchedulerArgs) -> anyhow::Result<()> {
         gpus: args.nodes as u64 * args.gpus_per_node as u64,
         pending: args.pending,
         queue,
+        tenants: args.tenants,
         seed: args.seed,
         finpool_to_bestfit_speed: results[0].decisions_per_second / results[1].decisions_per_second,
         results,
@@ -79,8 +83,15 @@ fn scheduler(args: BenchSchedulerArgs) -> anyhow::Result<()> {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Format::Table => {
             println!(
-                "{} nodes, {} GPUs, {} tasks placed one by one ({})",
-                report.nodes, report.gpus, report.pending, report.queue
+                "{} nodes, {} GPUs, {} tasks placed one by one ({}{})",
+                report.nodes,
+                report.gpus,
+                report.pending,
+                report.queue,
+                match report.tenants {
+                    0 => String::new(),
+                    n => format!(", {n} tenants within their limits"),
+                }
             );
             let rows = report
                 .results

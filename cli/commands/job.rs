@@ -263,6 +263,15 @@ fn print_job(global: &Global, job: &pb::Job) {
         println!("exit code  {code}");
     }
     println!("attempts   {}", job.attempts);
+    // The latest preemption stays in view while the job waits to rerun.
+    if let Some(t) = job
+        .history
+        .iter()
+        .rev()
+        .find(|t| t.to == pb::JobState::Preempted as i32)
+    {
+        println!("preempted  {} ({})", output::timestamp(&t.at), t.reason);
+    }
     let rows = job
         .history
         .iter()

@@ -7,14 +7,167 @@ use anyhow::Context;
 use finpool_sim::experiment::{ExperimentReport, MAX_PERCENT};
 use finpool_sim::{Experiment, PolicyKind, check, openb, plot, run_experiment};
 
-use crate::args::{Format, SimulateCheckArgs, SimulateCommand, SimulateOpenbArgs};
+use crate::args::{
+    Format, SimulateCheckArgs, SimulateCommand, SimulateFairnessArgs, SimulateGenaiArgs,
+    SimulateOpenbArgs,
+};
 use crate::output;
 
 pub fn run(command: SimulateCommand) -> anyhow::Result<()> {
     match command {
         SimulateCommand::Openb(args) => openb_experiment(args),
         SimulateCommand::Check(args) => check_placements(args),
+        SimulateCommand::Genai(args) => genai(args),
+        SimulateCommand::Fairness(args) => fairness(args),
     }
+}
+
+fn genai(args: SimulateGenaiArgs) -> anyhow::Result<()> {
+    use finpool_sim::genai::{self, GenaiPolicy};
+    let policies = args
+        .policy
+        .iter()
+        .map(|p| {
+            GenaiPolicy::parse(p)
+                .with_context(|| format!("--policy {p:?}: finpool or least-loaded"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for load in &args.load {
+        if !(*load > 0.0 && *load < 1.5) {
+            anyhow::bail!("--load {load}: must be in (0, 1.5)");
+        }
+    }
+    if !(args.half_life_s.is_finite() && args.half_life_s > 0.0) {
+        anyhow::bail!(
+            "--half-life-s {}: must be a positive number of seconds",
+            args.half_life_s
+        );
+    }
+    let requests = genai::read_requests(&args.trace.display().to_string(), open(&args.trace)?)?;
+    let latencies = genai::read_latencies(
+        &args.load_latency.display().to_string(),
+        open(&args.load_latency)?,
+    )?;
+    let text = std::fs::read_to_string(&args.pool)
+        .with_context(|| format!("reading {}", args.pool.display()))?;
+    let inventory = finpool_standalone::inventory::parse_pool_file(&text)?;
+    let mut reports = Vec::new();
+    for &load in &args.load {
+        for &policy in &policies {
+            let settings = genai::GenaiSettings {
+                load,
+                seed: args.seed,
+                fair_share_half_life_s: args.half_life_s,
+            };
+            reports.push(genai::run(
+                &inventory, &requests, &latencies, policy, &settings,
+            ));
+        }
+    }
+    match args.format {
+        Format::Json if reports.len() == 1 => {
+            println!("{}", serde_json::to_string_pretty(&reports[0])?)
+        }
+        Format::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
+        Format::Table => {
+            println!(
+                "GenAI trace: {} requests on {} GPUs ({})",
+                requests.len(),
+                inventory.gpu_count(),
+                args.pool.display()
+            );
+            let rows = reports
+                .iter()
+                .map(|r| {
+                    vec![
+                        format!("{:.1}", r.load),
+                        r.policy.clone(),
+                        r.model_loads.to_string(),
+                        format!("{:.1}", r.wait_p50_s),
+                        format!("{:.1}", r.wait_p95_s),
+                        format!("{:.1}", r.wait_p99_s),
+                        format!("{:.3}", r.utilization),
+                        format!("{:.2}", r.tenant_fairness),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                output::table(
+                    &[
+                        "LOAD",
+                        "POLICY",
+                        "MODEL LOADS",
+                        "WAIT P50 s",
+                        "WAIT P95 s",
+                        "WAIT P99 s",
+                        "UTILIZATION",
+                        "TENANT FAIRNESS"
+                    ],
+                    rows
+                )
+            );
+        }
+    }
+    Ok(())
+}
+
+fn fairness(args: SimulateFairnessArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.scenario)
+        .with_context(|| format!("reading {}", args.scenario.display()))?;
+    let scenario = finpool_sim::fairness::Scenario::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.scenario.display()))?;
+    let report = finpool_sim::fairness::run(&scenario);
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Table => {
+            println!(
+                "{}: {} GPUs, {} tenants, {} s, cycle {} s, grace {} s; {} preemptions",
+                args.scenario.display(),
+                report.gpus,
+                report.tenants.len(),
+                report.duration_s,
+                report.cycle_s,
+                report.grace_s,
+                report.preemptions
+            );
+            let rows = report
+                .tenants
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.tenant.clone(),
+                        t.weight.to_string(),
+                        t.guaranteed.to_string(),
+                        format!("{:.3}", t.target_share),
+                        format!("{:.3}", t.long_run_share),
+                        format!("{:+.1}%", t.relative_error * 100.0),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                output::table(
+                    &[
+                        "TENANT",
+                        "WEIGHT",
+                        "GUARANTEED",
+                        "TARGET SHARE",
+                        "LONG-RUN SHARE",
+                        "ERROR"
+                    ],
+                    rows
+                )
+            );
+            for r in &report.reclaims {
+                println!(
+                    "reclaim: {} asked for its guarantee at {} s and had it back after {} s",
+                    r.tenant, r.at_s, r.took_s
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// "42..51" (inclusive) or "42,43,50".

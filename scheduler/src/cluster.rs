@@ -262,6 +262,18 @@ pub struct Cluster {
     /// share per MIG slice. Kept in step by [`Cluster::apply`] and
     /// [`Cluster::release`].
     held: Vec<u64>,
+    /// Demand for each base model as the cycle began (fixed for the cycle,
+    /// so that scores stay a function of the node they are for).
+    pub model_demand: Vec<ModelDemand>,
+}
+
+/// How much a base model is wanted, per [`ModelIdx`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelDemand {
+    /// Queued jobs that run it.
+    pub queued: u32,
+    /// Cards holding it in memory.
+    pub resident: u32,
 }
 
 impl Cluster {
@@ -270,7 +282,21 @@ impl Cluster {
             classes,
             nodes,
             held: Vec::new(),
+            model_demand: Vec::new(),
         }
+    }
+
+    /// Cards holding each model, counted now (indexed by [`ModelIdx`]).
+    pub fn resident_counts(&self, models: usize) -> Vec<u32> {
+        let mut counts = vec![0; models];
+        for g in self.nodes.iter().flat_map(|n| &n.gpus) {
+            if let Some(m) = g.resident_model
+                && let Some(c) = counts.get_mut(m as usize)
+            {
+                *c += 1;
+            }
+        }
+        counts
     }
 
     /// Milli-GPU of `class` the tenant holds: a card with any of its

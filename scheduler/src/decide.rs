@@ -25,16 +25,16 @@
 //! a higher-priority job of its own tenant cannot preempt that job back.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use finpool_domain::{GpuRequest, JobId, MILLI_PER_GPU, Placement, Timestamp};
 
-use crate::cluster::{ClassIdx, Cluster, NodeIdx, TenantIdx};
+use crate::cluster::{ClassIdx, Cluster, ModelDemand, NodeIdx, TenantIdx};
 use crate::engine::{Engine, Request};
 use crate::plugins::fragmentation::{Weighting, WorkloadModel};
 use crate::plugins::{Policy, QuotaBound};
 use crate::snapshot::{Built, Held, QueuedJob, Snapshot, SnapshotError};
-use crate::task::Task;
+use crate::task::{ModelFit, Task};
 use crate::tenants::{Budget, TenantBook, budget_part, budgets};
 
 /// A job the cycle admitted, and where it goes.
@@ -110,6 +110,7 @@ pub fn decide(
             }),
         }
     }
+    mark_model_waits(snapshot, policy, &mut built, &mut jobs);
     // Within a tenant: priority, then age (then id, for a total order).
     jobs.sort_by(|(a, _), (b, _)| {
         b.priority
@@ -134,6 +135,65 @@ pub fn decide(
     Ok(planner.finish())
 }
 
+/// Base-model demand for the cycle, and delay scheduling: a job whose
+/// model is resident on some card holds out for such a card for the
+/// policy's warm wait, then loads it only where that balances models'
+/// demand, until its balance wait ends too.
+fn mark_model_waits(
+    snapshot: &Snapshot,
+    policy: &Policy,
+    built: &mut Built,
+    jobs: &mut [(&QueuedJob, Task)],
+) {
+    let mut demand: Vec<ModelDemand> = built
+        .cluster
+        .resident_counts(snapshot.models.len())
+        .into_iter()
+        .map(|resident| ModelDemand {
+            queued: 0,
+            resident,
+        })
+        .collect();
+    for (_, task) in jobs.iter() {
+        if let Some(d) = task.model.and_then(|m| demand.get_mut(m as usize)) {
+            d.queued += 1;
+        }
+    }
+    // Oldest first, each job's place among those waiting for its model.
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&i| (jobs[i].0.submitted_at, jobs[i].0.id));
+    let mut ahead = vec![0u32; demand.len()];
+    for i in order {
+        let (job, task) = &mut jobs[i];
+        let Some(m) = task.model.filter(|m| (*m as usize) < demand.len()) else {
+            continue;
+        };
+        let model = demand[m as usize];
+        let rank = ahead[m as usize];
+        ahead[m as usize] += 1;
+        let waited = snapshot.now.0.saturating_sub(job.submitted_at.0);
+        task.model_fit = if task.gpu == GpuRequest::None {
+            ModelFit::Any
+        } else if model.resident > 0
+            && (waited < policy.warm_wait_ms as i64 || rank < model.resident)
+        {
+            // A warm card is coming soon: one is due to it, or it has not
+            // yet waited as long as a load would take.
+            ModelFit::Warm
+        } else if model.resident > 0 || waited < policy.balance_wait_ms as i64 {
+            ModelFit::Balanced
+        } else {
+            ModelFit::Any
+        };
+    }
+    built.cluster.model_demand = demand;
+}
+
+/// Identifies placement attempts that must fail alike within a cycle: the
+/// same task (tenant included) and priority under the same bound and
+/// reservation. See [`Planner::admit`].
+type AttemptKey = (Task, i32, Option<NodeIdx>);
+
 struct Planner<'a> {
     snapshot: &'a Snapshot,
     built: &'a Built,
@@ -153,6 +213,10 @@ struct Planner<'a> {
     reservation: Option<(JobId, NodeIdx, Timestamp)>,
     outcome: Outcome,
     now: Timestamp,
+    /// Borrowing attempts that failed since the last preemption.
+    failed: HashSet<AttemptKey>,
+    /// Jobs some held job displaced (they may not preempt it back).
+    displacers: HashSet<JobId>,
 }
 
 impl<'a> Planner<'a> {
@@ -194,6 +258,10 @@ impl<'a> Planner<'a> {
             })
             .collect();
         let n = held.len();
+        let displacers = held
+            .iter()
+            .flat_map(|h| h.displaced.iter().copied())
+            .collect();
         Self {
             snapshot,
             built,
@@ -209,6 +277,8 @@ impl<'a> Planner<'a> {
             reservation: None,
             outcome,
             now: snapshot.now,
+            failed: HashSet::new(),
+            displacers,
         }
     }
 
@@ -232,12 +302,18 @@ impl<'a> Planner<'a> {
             let t = task.tenant.expect("queued jobs have tenants");
             queues.entry(t).or_default().push_back((job, task));
         }
-        let mut heap: BinaryHeap<(Reverse<Share>, Reverse<TenantIdx>)> = queues
-            .keys()
-            .map(|&t| (Reverse(self.share(t)), Reverse(t)))
+        // Equal shares go oldest head job first (then tenant, for a total
+        // order), so that tenants borrowing nothing yet are served FIFO.
+        let head_age = |q: &std::collections::VecDeque<(&QueuedJob, Task)>| {
+            q.front()
+                .map_or(Timestamp(i64::MAX), |(j, _)| j.submitted_at)
+        };
+        let mut heap: BinaryHeap<(Reverse<Share>, Reverse<Timestamp>, Reverse<TenantIdx>)> = queues
+            .iter()
+            .map(|(&t, q)| (Reverse(self.share(t)), Reverse(head_age(q)), Reverse(t)))
             .collect();
         let mut waiting = Vec::new();
-        while let Some((_, Reverse(t))) = heap.pop() {
+        while let Some((_, _, Reverse(t))) = heap.pop() {
             let Some(queue) = queues.get_mut(&t) else {
                 continue;
             };
@@ -248,7 +324,11 @@ impl<'a> Planner<'a> {
                 waiting.push((job, task));
             }
             if !queues[&t].is_empty() {
-                heap.push((Reverse(self.share(t)), Reverse(t)));
+                heap.push((
+                    Reverse(self.share(t)),
+                    Reverse(head_age(&queues[&t])),
+                    Reverse(t),
+                ));
             }
         }
         for (i, (job, task)) in waiting.into_iter().enumerate() {
@@ -278,7 +358,7 @@ impl<'a> Planner<'a> {
     }
 
     /// Weighted dominant share of borrowing: recent plus current, per
-    /// class capacity, divided by weight.
+    /// class capacity, divided by weight (see [`Share`]).
     fn share(&self, t: TenantIdx) -> Share {
         let mut dominant: f64 = 0.0;
         for (c, capacity) in self.capacity.iter().enumerate() {
@@ -297,7 +377,7 @@ impl<'a> Planner<'a> {
                 .unwrap_or(0.0);
             dominant = dominant.max((recent + borrowed as f64) / *capacity as f64);
         }
-        Share(dominant / self.tenants.weight(t) as f64)
+        Share((dominant * 1000.0 / self.tenants.weight(t).max(1) as f64) as u64)
     }
 
     /// Per class, the most the tenant may hold under the borrowing budget.
@@ -360,14 +440,53 @@ impl<'a> Planner<'a> {
     /// Tries to admit one job under `bound`: placement, then preemption
     /// (reclaim within guarantees, or within the tenant by priority), then
     /// a reservation if it is a gang that must wait.
+    ///
+    /// Within a cycle the pool only fills up, caps only tighten and victims
+    /// only become fewer, until a preemption frees something. So while
+    /// borrowing, an attempt that failed fails again for the same task,
+    /// priority and reservation: long queues of alike jobs cost one
+    /// attempt, not one each. (Reclaim is left out: a victim's tenant may
+    /// gain work during the cycle, which can make the victim eligible.)
     fn admit(&mut self, job: &QueuedJob, task: &Task, bound: QuotaBound) -> bool {
         let t = task.tenant.expect("queued jobs have tenants");
         let caps = (bound == QuotaBound::Limit).then(|| self.caps(t));
         let avoid = self.avoid_for(job);
+        let key = (bound == QuotaBound::Limit && !self.displacers.contains(&job.id)).then_some((
+            *task,
+            job.priority,
+            avoid,
+        ));
+        if key.as_ref().is_some_and(|k| self.failed.contains(k)) {
+            return false;
+        }
+        let admitted = self.try_admit(job, task, bound, caps.as_deref(), avoid);
+        let preempted = admitted
+            && self
+                .outcome
+                .admitted
+                .last()
+                .is_some_and(|a| !a.waits_for.is_empty());
+        if preempted {
+            self.failed.clear();
+        } else if !admitted && let Some(key) = key {
+            self.failed.insert(key);
+        }
+        admitted
+    }
+
+    fn try_admit(
+        &mut self,
+        job: &QueuedJob,
+        task: &Task,
+        bound: QuotaBound,
+        caps: Option<&[u64]>,
+        avoid: Option<NodeIdx>,
+    ) -> bool {
+        let t = task.tenant.expect("queued jobs have tenants");
         let request = Request {
             tenants: &self.tenants,
             bound,
-            caps: caps.as_deref(),
+            caps,
             avoid_node: avoid,
             workload: self.workload,
             workload_epoch: 0,
@@ -379,6 +498,20 @@ impl<'a> Planner<'a> {
             }
             return true;
         }
+        // A job holding out for its model waits while it could run
+        // elsewhere; otherwise it is like any other job from here on.
+        let task = &if task.model_fit != ModelFit::Any {
+            let any_card = Task {
+                model_fit: ModelFit::Any,
+                ..*task
+            };
+            if self.engine.place(&request, &any_card).is_some() {
+                return false;
+            }
+            any_card
+        } else {
+            *task
+        };
         // Reclaim is for GPU guarantees: CPU-only work never triggers it.
         let gpu_job = task.gpu != GpuRequest::None;
         let victims_ok = |planner: &Self, v: &Held| -> bool {
@@ -394,8 +527,7 @@ impl<'a> Planner<'a> {
             };
             kind && planner.preemptible(v) && !v.displaced.contains(&job.id)
         };
-        if let Some(done) = self.preempt_for(job, task, bound, caps.as_deref(), avoid, &victims_ok)
-        {
+        if let Some(done) = self.preempt_for(job, task, bound, caps, avoid, &victims_ok) {
             return done;
         }
         // Same-tenant priority preemption also applies inside guarantees.
@@ -694,7 +826,17 @@ impl<'a> Planner<'a> {
             return "queued".to_owned();
         }
         let request = Request::new(&self.tenants, QuotaBound::Unbounded, self.workload, 0);
-        if self.engine.place(&request, task).is_some() {
+        let any_card = Task {
+            model_fit: ModelFit::Any,
+            ..*task
+        };
+        if task.model_fit != ModelFit::Any && self.engine.place(&request, &any_card).is_some() {
+            return format!(
+                "waiting up to {} s for a card that holds its model, or whose model is less in demand",
+                self.engine_policy().balance_wait_ms / 1000
+            );
+        }
+        if self.engine.place(&request, &any_card).is_some() {
             "waiting: tenant quota limit or borrowing budget reached".to_owned()
         } else {
             "waiting: no node has room".to_owned()
@@ -711,23 +853,13 @@ impl<'a> Planner<'a> {
     }
 }
 
-/// A weighted dominant share; ordered, NaN-free.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Share(f64);
-
-impl Eq for Share {}
-
-impl PartialOrd for Share {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Share {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&other.0)
-    }
-}
+/// A weighted dominant share, in whole thousandths of the pool per unit
+/// of weight. Coarse on purpose (as Kueue's): tenants whose borrowing
+/// differs by less than a thousandth of the pool are equals, served by the
+/// age of their work, so a trace of past usage does not push a light
+/// tenant behind every newcomer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Share(u64);
 
 #[cfg(test)]
 mod tests {

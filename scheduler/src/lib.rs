@@ -23,5 +23,5 @@ pub use decide::{Admission, Outcome, Preemption, Reservation, Waiting, decide};
 pub use engine::{Engine, Request};
 pub use plugins::{Ctx, Filter, Policy, QuotaBound, Scorer};
 pub use snapshot::{Held, QueuedJob, RunningJob, Snapshot, SnapshotError};
-pub use task::Task;
+pub use task::{ModelFit, Task};
 pub use tenants::TenantBook;

@@ -87,8 +87,9 @@ impl Policy {
     }
 
     /// Calls `visit` with every choice of cards on `node` that passes the
-    /// filters. Whole-GPU tasks get one choice per class (the lowest idle
-    /// cards: idle cards of a class are interchangeable); a share gets one
+    /// filters. Whole-GPU tasks get one choice per class (idle cards of a
+    /// class are interchangeable but for the model they hold: those with
+    /// the task's model first, then the lowest); a share gets one
     /// choice per card with room, skipping cards identical to one already
     /// offered (they would score the same, and the lower index wins ties).
     pub fn for_each_choice(
@@ -117,14 +118,20 @@ impl Policy {
                     classes &= classes - 1;
                     let mut mask = 0u64;
                     let mut found = 0;
-                    for (i, gpu) in node.gpus.iter().enumerate() {
-                        if gpu.class == class
-                            && self.filters.iter().all(|f| f.gpu(ctx, task, node, gpu))
-                        {
-                            mask |= 1 << i;
-                            found += 1;
-                            if found == count {
-                                break;
+                    // Cards already holding the task's model first (they
+                    // skip a load), then the lowest.
+                    let holds_model =
+                        |gpu: &GpuState| task.model.is_some() && gpu.resident_model == task.model;
+                    for warm in [true, false] {
+                        for (i, gpu) in node.gpus.iter().enumerate() {
+                            if found < count
+                                && gpu.class == class
+                                && holds_model(gpu) == warm
+                                && (task.model.is_some() || !warm)
+                                && self.filters.iter().all(|f| f.gpu(ctx, task, node, gpu))
+                            {
+                                mask |= 1 << i;
+                                found += 1;
                             }
                         }
                     }

@@ -332,6 +332,7 @@ impl Built {
             min_gpu_memory_mib,
             model: job.model.as_ref().and_then(|m| self.model_index(m)),
             mig: self.tenants.is_mig(tenant),
+            model_fit: crate::task::ModelFit::Any,
         })
     }
 

@@ -20,6 +20,24 @@ pub struct Task {
     pub model: Option<ModelIdx>,
     /// The tenant isolates shares in hardware: shares go on MIG slices.
     pub mig: bool,
+    /// Which cards the task may load its base model on.
+    pub model_fit: ModelFit,
+}
+
+/// Which cards a task with a base model may take, given that a card holds
+/// one model in memory and loading another evicts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ModelFit {
+    /// Any card.
+    #[default]
+    Any,
+    /// Only cards already holding the model (delay scheduling: the job
+    /// waits a while for one rather than pay a load).
+    Warm,
+    /// Cards holding the model, empty cards, and cards whose model is less
+    /// in demand than this one's would be after taking the card: models
+    /// trade cards only towards balance, so loads do not churn.
+    Balanced,
 }
 
 impl Task {
@@ -34,6 +52,7 @@ impl Task {
             min_gpu_memory_mib: 0,
             model: None,
             mig: false,
+            model_fit: ModelFit::Any,
         }
     }
 

@@ -6,6 +6,12 @@ use finpool_domain::{MILLI_PER_GPU, Quota};
 
 use crate::cluster::{ClassIdx, Cluster, TenantIdx};
 
+/// How fast fair share forgets a tenant's past borrowing, by default.
+/// Hours rather than minutes: a tenant whose bursts are spaced wider than
+/// the half-life would otherwise look new at every burst and crowd out
+/// steadier tenants (measured on the GenAI trace; see the README).
+pub const DEFAULT_FAIR_SHARE_HALF_LIFE_S: u64 = 3 * 3600;
+
 /// Tenants by index: names, quotas per class, weights, and whether their
 /// shares go on MIG slices.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

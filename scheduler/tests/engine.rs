@@ -6,8 +6,8 @@ use finpool_domain::{GpuRequest, Quota};
 use finpool_scheduler::cluster::ClassInfo;
 use finpool_scheduler::plugins::fragmentation::{OnlineWorkload, Weighting, WorkloadModel};
 use finpool_scheduler::{
-    ClassSet, Cluster, Ctx, Engine, GpuState, NodeState, Policy, QuotaBound, Request, Task,
-    TenantBook,
+    ClassSet, Cluster, Ctx, Engine, GpuState, ModelFit, NodeState, Policy, QuotaBound, Request,
+    Task, TenantBook,
 };
 use proptest::prelude::*;
 
@@ -63,8 +63,9 @@ fn arb_task() -> impl Strategy<Value = Task> {
         prop::option::of(0..4u32),
         prop::sample::select(vec![ClassSet::ALL, ClassSet::single(0), ClassSet::single(1)]),
         prop::option::of(0..3u32),
+        prop::sample::select(vec![ModelFit::Any, ModelFit::Warm, ModelFit::Balanced]),
     )
-        .prop_map(|(gpu, cpu, tenant, classes, model)| Task {
+        .prop_map(|(gpu, cpu, tenant, classes, model, model_fit)| Task {
             tenant,
             gpu,
             classes,
@@ -74,6 +75,9 @@ fn arb_task() -> impl Strategy<Value = Task> {
             model,
             // Tenant 3 isolates its shares on MIG slices.
             mig: tenant == Some(3),
+            // Some wait for a card already holding their model, or for
+            // balance between models.
+            model_fit,
         })
 }
 

@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
-use finpool_domain::GpuRequest;
-use finpool_scheduler::cluster::ClassInfo;
+use finpool_domain::{GpuRequest, Quota};
+use finpool_scheduler::cluster::{ClassInfo, TenantIdx};
 use finpool_scheduler::plugins::fragmentation::WorkloadModel;
 use finpool_scheduler::{
     Cluster, Engine, GpuState, NodeState, QuotaBound, Request, Task, TenantBook,
@@ -43,6 +43,8 @@ pub struct BenchConfig {
     pub seed: u64,
     /// Sample the queue from these pods instead of the built-in mix.
     pub pods: Option<Vec<OpenbPod>>,
+    /// Tenants the queue is spread over (0: tenant-less work).
+    pub tenants: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,6 +89,36 @@ pub fn pool(nodes: usize, gpus_per_node: u32) -> Cluster {
 pub fn queue(config: &BenchConfig) -> Vec<Task> {
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let max_gpus = config.gpus_per_node;
+    let mut tasks = draw(config, &mut rng, max_gpus);
+    if config.tenants > 0 {
+        for task in &mut tasks {
+            task.tenant = Some(rng.random_range(0..config.tenants) as TenantIdx);
+        }
+    }
+    tasks
+}
+
+/// Each of `count` tenants guarantees 60% of an even split of the pool
+/// and may borrow up to 150% of it, so limits bind as the pool fills.
+pub fn tenant_book(config: &BenchConfig) -> TenantBook {
+    let mut book = TenantBook::default();
+    let cards = config.nodes as u64 * config.gpus_per_node as u64;
+    let even = cards as f64 / config.tenants.max(1) as f64;
+    for t in 0..config.tenants {
+        book.push(
+            format!("tenant-{t}"),
+            vec![Quota {
+                guaranteed: (even * 0.6).floor() as u32,
+                limit: (even * 1.5).ceil() as u32,
+                lending_limit: None,
+            }],
+            1,
+        );
+    }
+    book
+}
+
+fn draw(config: &BenchConfig, rng: &mut ChaCha8Rng, max_gpus: u32) -> Vec<Task> {
     match &config.pods {
         Some(pods) if !pods.is_empty() => (0..config.pending)
             .map(|_| {
@@ -136,7 +168,12 @@ pub fn queue(config: &BenchConfig) -> Vec<Task> {
 /// Places every task of the queue in order with `kind`, timing each decision.
 pub fn run(config: &BenchConfig, kind: PolicyKind, tasks: &[Task]) -> BenchResult {
     let (policy, mut online) = kind.build(config.seed, &WorkloadModel::default());
-    let tenants = TenantBook::default();
+    let tenants = tenant_book(config);
+    let bound = if config.tenants > 0 {
+        QuotaBound::Limit
+    } else {
+        QuotaBound::Unbounded
+    };
     let empty = WorkloadModel::default();
     let mut engine = Engine::new(&policy, pool(config.nodes, config.gpus_per_node));
     let mut latencies = Vec::with_capacity(tasks.len());
@@ -150,10 +187,7 @@ pub fn run(config: &BenchConfig, kind: PolicyKind, tasks: &[Task]) -> BenchResul
         let (model, epoch) = online
             .as_ref()
             .map_or((&empty, 0), |o| (o.model(), o.version()));
-        if let Some(p) = engine.place(
-            &Request::new(&tenants, QuotaBound::Unbounded, model, epoch),
-            task,
-        ) {
+        if let Some(p) = engine.place(&Request::new(&tenants, bound, model, epoch), task) {
             engine.apply(&p.allocation(task));
             placed += 1;
         }

@@ -12,6 +12,8 @@
 pub mod bench;
 pub mod check;
 pub mod experiment;
+pub mod fairness;
+pub mod genai;
 pub mod openb;
 pub mod plot;
 pub mod policies;

@@ -31,7 +31,9 @@ impl Default for DriverConfig {
     fn default() -> Self {
         Self {
             default_max_runtime: Duration::from_secs(24 * 3600),
-            fair_share_half_life: Duration::from_secs(3600),
+            fair_share_half_life: Duration::from_secs(
+                finpool_scheduler::tenants::DEFAULT_FAIR_SHARE_HALF_LIFE_S,
+            ),
         }
     }
 }

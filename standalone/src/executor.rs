@@ -377,7 +377,8 @@ impl Watcher {
         }
         let now = Timestamp::now();
         let exit_code = |s: &Option<ExitStatus>| s.as_ref().and_then(|s| s.code());
-        let mut then_requeue = false;
+        // Why a requeued job is back in the queue (its Pending reason).
+        let mut then_requeue: Option<String> = None;
         let change = match end {
             End::Exited(status) => {
                 let mut c = match status.code() {
@@ -392,7 +393,7 @@ impl Watcher {
                 let to = match (&order.kind, self.restart_policy) {
                     (StopKind::Cancel, _) => JobState::Cancelled,
                     (StopKind::Preempt, _) | (StopKind::Shutdown, RestartPolicy::Requeue) => {
-                        then_requeue = true;
+                        then_requeue = Some(format!("requeued: {}", order.reason));
                         JobState::Preempted
                     }
                     (StopKind::Shutdown, RestartPolicy::Fail) => JobState::Failed,
@@ -413,11 +414,11 @@ impl Watcher {
         };
         tracing::info!(job = %self.job_id, state = %change.to, reason = %change.reason, "job ended");
         record(&self.store, self.job_id, change).await;
-        if then_requeue {
+        if let Some(reason) = then_requeue {
             record(
                 &self.store,
                 self.job_id,
-                Change::new(JobState::Pending, "requeued", Timestamp::now()),
+                Change::new(JobState::Pending, reason, Timestamp::now()),
             )
             .await;
         }

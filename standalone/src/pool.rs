@@ -51,7 +51,9 @@ impl StandaloneConfig {
             stop_grace: Duration::from_secs(10),
             default_max_runtime: Duration::from_secs(24 * 3600),
             max_runtime_cap: Duration::from_secs(7 * 24 * 3600),
-            fair_share_half_life: Duration::from_secs(3600),
+            fair_share_half_life: Duration::from_secs(
+                finpool_scheduler::tenants::DEFAULT_FAIR_SHARE_HALF_LIFE_S,
+            ),
         }
     }
 

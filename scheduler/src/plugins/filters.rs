@@ -3,8 +3,8 @@
 use finpool_domain::{GpuRequest, MILLI_PER_GPU};
 
 use super::{Ctx, Filter};
-use crate::cluster::{Choice, ClassIdx, GpuState, NodeState};
-use crate::task::Task;
+use crate::cluster::{Choice, ClassIdx, GpuState, ModelDemand, ModelIdx, NodeState};
+use crate::task::{ModelFit, Task};
 
 /// The node has the CPU and memory the task asks for, and enough GPUs.
 pub struct NodeResources;
@@ -140,6 +140,63 @@ impl Filter for Reserved {
                 .get(n as usize)
                 .is_none_or(|reserved| !std::ptr::eq(reserved, node)),
             None => true,
+        }
+    }
+}
+
+/// Base models and cards: see [`ModelFit`]. Balance compares the models'
+/// queued jobs per resident card, as the cycle began.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelPlacement {
+    /// How many times more queued jobs per card a model needs than the
+    /// resident one before it may evict it. Above 1, so that two models
+    /// near balance do not trade cards back and forth (each trade is two
+    /// loads).
+    pub balance_margin: u64,
+}
+
+/// The default [`ModelPlacement::balance_margin`], chosen on the GenAI
+/// trace (see the README).
+pub const DEFAULT_BALANCE_MARGIN: u64 = 4;
+
+impl Default for ModelPlacement {
+    fn default() -> Self {
+        Self {
+            balance_margin: DEFAULT_BALANCE_MARGIN,
+        }
+    }
+}
+
+impl ModelPlacement {
+    /// May a job of `model` evict `other` from one card? Only if `model`,
+    /// with that card, would still have `balance_margin` times as many
+    /// queued jobs per card as `other` has now.
+    pub fn may_evict(&self, demand: &[ModelDemand], model: ModelIdx, other: ModelIdx) -> bool {
+        let (Some(m), Some(o)) = (demand.get(model as usize), demand.get(other as usize)) else {
+            return true;
+        };
+        m.queued as u64 * o.resident.max(1) as u64
+            >= self.balance_margin * o.queued as u64 * (m.resident as u64 + 1)
+    }
+}
+
+impl Filter for ModelPlacement {
+    fn name(&self) -> &'static str {
+        "ModelPlacement"
+    }
+
+    fn gpu(&self, ctx: &Ctx<'_>, task: &Task, _node: &NodeState, gpu: &GpuState) -> bool {
+        let Some(model) = task.model else {
+            return true;
+        };
+        match (task.model_fit, gpu.resident_model) {
+            (ModelFit::Any, _) => true,
+            (_, Some(m)) if m == model => true,
+            (ModelFit::Warm, _) => false,
+            (ModelFit::Balanced, None) => true,
+            (ModelFit::Balanced, Some(other)) => {
+                self.may_evict(&ctx.cluster.model_demand, model, other)
+            }
         }
     }
 }

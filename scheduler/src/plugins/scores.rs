@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::filters::QuotaLimit;
 use super::{Ctx, Scorer};
-use crate::cluster::{Choice, NodeIdx};
+use crate::cluster::{Choice, ModelDemand, ModelIdx, NodeIdx};
 use crate::task::Task;
 
 /// Best-fit: leave the chosen node, then the chosen card, with as little
@@ -57,6 +57,21 @@ impl Scorer for LeastAllocated {
     }
 }
 
+/// Least-loaded: the node with the most free GPU (then CPU) left.
+pub struct LeastLoaded;
+
+impl Scorer for LeastLoaded {
+    fn name(&self) -> &'static str {
+        "LeastLoaded"
+    }
+
+    fn score(&self, ctx: &Ctx<'_>, _task: &Task, node: NodeIdx, _choice: Choice) -> f64 {
+        let node = &ctx.cluster.nodes[node as usize];
+        node.free_gpu_milli() as f64 / 1000.0
+            + node.free_cpu_milli() as f64 / node.cpu_milli.max(1) as f64 / 1000.0
+    }
+}
+
 /// Pack a tenant's fractional jobs onto cards it already holds, so it
 /// takes (and is charged for) as few cards as possible.
 pub struct TenantAffinity;
@@ -77,13 +92,34 @@ impl Scorer for TenantAffinity {
 
 /// Run a job where its base model already is: resident in the chosen
 /// cards' memory is best, cached on the node's disk next, else it must be
-/// fetched. Scores in milli-GPU, per card, so that locality weighs against
-/// fragmentation in the same unit.
+/// fetched. A card that must load the model evicts the one it holds, so
+/// among those, prefer cards whose model is least wanted: empty ones, then
+/// models with other copies and no queue. Scores in milli-GPU, per card,
+/// so that locality weighs against fragmentation in the same unit.
 pub struct ModelLocality {
     /// Worth of each chosen card that already holds the model.
     pub resident: f64,
     /// Worth of the node having the model on disk.
     pub cached: f64,
+    /// Cost of evicting a model that queued jobs wait for, per card (less
+    /// as the model has more copies).
+    pub evict: f64,
+}
+
+impl ModelLocality {
+    /// What losing one resident copy of `model` costs, 0..=1: the queued
+    /// jobs per copy (up to one), halved unless it is the last copy.
+    pub fn eviction_cost(demand: &[ModelDemand], model: ModelIdx) -> f64 {
+        let Some(d) = demand.get(model as usize) else {
+            return 0.0;
+        };
+        let per_copy = (d.queued as f64 / d.resident.max(1) as f64).min(1.0);
+        if d.resident <= 1 {
+            per_copy
+        } else {
+            per_copy / 2.0
+        }
+    }
 }
 
 impl Scorer for ModelLocality {
@@ -94,16 +130,20 @@ impl Scorer for ModelLocality {
     fn score(&self, ctx: &Ctx<'_>, task: &Task, node: NodeIdx, choice: Choice) -> f64 {
         let Some(model) = task.model else { return 0.0 };
         let node = &ctx.cluster.nodes[node as usize];
-        let resident = choice
-            .positions()
-            .filter(|&i| node.gpus[i].resident_model == Some(model))
-            .count() as f64;
-        let cached = if node.has_model(model) {
-            self.cached
-        } else {
-            0.0
-        };
-        resident * self.resident + cached
+        let mut score = 0.0;
+        for i in choice.positions() {
+            match node.gpus[i].resident_model {
+                Some(m) if m == model => score += self.resident,
+                Some(other) => {
+                    score -= self.evict * Self::eviction_cost(&ctx.cluster.model_demand, other)
+                }
+                None => {}
+            }
+        }
+        if node.has_model(model) {
+            score += self.cached;
+        }
+        score
     }
 }
 

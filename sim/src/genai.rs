@@ -1,0 +1,746 @@
+//! `finpool simulate genai`: Alibaba's GenAI LoRA request trace
+//! (cluster-trace-v2026-GenAI) replayed on a pool, to measure base-model
+//! locality and fairness.
+//!
+//! Each request is a 1-GPU job: it arrives at `gmt_create`, runs for
+//! `exec_time_seconds`, belongs to tenant `groupId` and needs base model
+//! `checkpoint_model_version_id`. A card holds one resident model; starting
+//! a job on a card without its model first loads it, taking a latency drawn
+//! from the trace's measured load latencies. Arrival times are compressed
+//! so that the offered load (work ÷ (span × GPUs)) equals the target.
+//!
+//! finpool runs through the real `decide` (fair share across tenants,
+//! placement scored with model locality); the baseline is first-come,
+//! first-served onto the least-loaded node.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::io::Read;
+use std::time::Instant;
+
+use finpool_domain::{
+    BaseModel, GpuAssignment, GpuRequest, Inventory, IsolationLevel, JobId, Name, Placement, Quota,
+    Resources, Tenant, Timestamp,
+};
+use finpool_scheduler::{Policy, QueuedJob, RunningJob, Snapshot, decide};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::openb::TraceError;
+
+/// One inference request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Seconds since the Unix epoch (the trace's times, read as UTC).
+    pub arrival_s: f64,
+    pub duration_ms: u64,
+    pub tenant: String,
+    /// None for the few requests that name no base model.
+    pub model: Option<String>,
+}
+
+fn field_error(file: &str, line: u64, field: &str, reason: String) -> TraceError {
+    TraceError::Field {
+        file: file.into(),
+        line,
+        field: field.into(),
+        reason,
+    }
+}
+
+/// "2024-11-15 16:57:50" as seconds since the epoch (UTC).
+fn parse_time(s: &str) -> Option<f64> {
+    let (date, time) = s.trim().split_once(' ')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':').map(|p| p.parse::<f64>());
+    let (h, min, sec) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86_400.0 + h * 3600.0 + min * 60.0 + sec)
+}
+
+pub fn read_requests(file: &str, input: impl Read) -> Result<Vec<Request>, TraceError> {
+    let mut r = csv::ReaderBuilder::new().from_reader(input);
+    let headers = r
+        .headers()
+        .map_err(|e| TraceError::Format {
+            file: file.into(),
+            reason: e.to_string(),
+        })?
+        .clone();
+    let col = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| TraceError::Format {
+                file: file.into(),
+                reason: format!("no {name:?} column"),
+            })
+    };
+    let (at, exec, group, model) = (
+        col("gmt_create")?,
+        col("exec_time_seconds")?,
+        col("groupId")?,
+        col("checkpoint_model_version_id")?,
+    );
+    let mut out = Vec::new();
+    for record in r.records() {
+        let record = record.map_err(|e| TraceError::Format {
+            file: file.into(),
+            reason: e.to_string(),
+        })?;
+        let line = record.position().map_or(0, |p| p.line());
+        let arrival_s = parse_time(&record[at]).ok_or_else(|| {
+            field_error(
+                file,
+                line,
+                "gmt_create",
+                format!("{:?} is not a time", &record[at]),
+            )
+        })?;
+        let seconds: f64 = record[exec]
+            .trim()
+            .parse()
+            .ok()
+            .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+            .ok_or_else(|| {
+                field_error(
+                    file,
+                    line,
+                    "exec_time_seconds",
+                    format!("{:?} is not a duration", &record[exec]),
+                )
+            })?;
+        out.push(Request {
+            arrival_s,
+            duration_ms: (seconds * 1000.0).round() as u64,
+            tenant: record[group].to_owned(),
+            model: Some(record[model].trim().to_owned()).filter(|m| !m.is_empty()),
+        });
+    }
+    Ok(out)
+}
+
+/// Model load latencies (the `value` column, milliseconds).
+pub fn read_latencies(file: &str, input: impl Read) -> Result<Vec<u64>, TraceError> {
+    let mut r = csv::ReaderBuilder::new().from_reader(input);
+    let headers = r
+        .headers()
+        .map_err(|e| TraceError::Format {
+            file: file.into(),
+            reason: e.to_string(),
+        })?
+        .clone();
+    let value = headers
+        .iter()
+        .position(|h| h == "value")
+        .ok_or_else(|| TraceError::Format {
+            file: file.into(),
+            reason: "no \"value\" column".into(),
+        })?;
+    let mut out = Vec::new();
+    for record in r.records() {
+        let record = record.map_err(|e| TraceError::Format {
+            file: file.into(),
+            reason: e.to_string(),
+        })?;
+        let line = record.position().map_or(0, |p| p.line());
+        let ms: f64 = record[value]
+            .trim()
+            .parse()
+            .ok()
+            .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| {
+                field_error(
+                    file,
+                    line,
+                    "value",
+                    format!("{:?} is not a latency", &record[value]),
+                )
+            })?;
+        out.push(ms.round() as u64);
+    }
+    if out.is_empty() {
+        return Err(TraceError::Format {
+            file: file.into(),
+            reason: "no latencies".into(),
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenaiPolicy {
+    Finpool,
+    LeastLoaded,
+}
+
+impl GenaiPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Finpool => "finpool",
+            Self::LeastLoaded => "least-loaded",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [Self::Finpool, Self::LeastLoaded]
+            .into_iter()
+            .find(|p| p.name() == value)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GenaiReport {
+    pub policy: String,
+    pub load: f64,
+    pub requests: usize,
+    pub gpus: usize,
+    pub model_loads: u64,
+    pub wait_p50_s: f64,
+    pub wait_p95_s: f64,
+    pub wait_p99_s: f64,
+    pub mean_wait_s: f64,
+    /// Work executed ÷ (GPUs × time from the first arrival to the last end).
+    pub utilization: f64,
+    /// The worst tenant's mean slowdown ÷ the median tenant's.
+    pub tenant_fairness: f64,
+    pub wall_seconds: f64,
+}
+
+struct Card {
+    node: String,
+    index: u32,
+    busy_until: i64,
+    resident: Option<u32>,
+}
+
+struct Job {
+    arrival: i64,
+    duration: i64,
+    tenant: u32,
+    model: Option<u32>,
+    start: Option<i64>,
+}
+
+/// Slowdown is (wait + run) ÷ run, with runs shorter than this counted as
+/// this long, so that a sub-second job waiting a second is not "3×
+/// slower" (the usual bounded-slowdown floor).
+const SLOWDOWN_FLOOR_MS: f64 = 1000.0;
+
+/// One replay's knobs.
+#[derive(Debug, Clone, Copy)]
+pub struct GenaiSettings {
+    /// Offered load: total work ÷ (span × GPUs) after compressing time.
+    pub load: f64,
+    pub seed: u64,
+    /// finpool's fair-share half-life (the platform default unless set).
+    pub fair_share_half_life_s: f64,
+}
+
+/// Replays `requests` on `inventory` (every card runs one job at a time).
+pub fn run(
+    inventory: &Inventory,
+    requests: &[Request],
+    latencies: &[u64],
+    policy: GenaiPolicy,
+    settings: &GenaiSettings,
+) -> GenaiReport {
+    let GenaiSettings {
+        load,
+        seed,
+        fair_share_half_life_s,
+    } = *settings;
+    let started = Instant::now();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut cards: Vec<Card> = inventory
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            n.gpus.iter().map(|g| Card {
+                node: n.name.clone(),
+                index: g.index,
+                busy_until: 0,
+                resident: None,
+            })
+        })
+        .collect();
+    let gpus = cards.len().max(1);
+    // Interned tenants and models, in order of appearance.
+    let mut tenant_ids: HashMap<&str, u32> = HashMap::new();
+    let mut model_ids: HashMap<&str, u32> = HashMap::new();
+    let mut sorted: Vec<&Request> = requests.iter().collect();
+    sorted.sort_by(|a, b| a.arrival_s.total_cmp(&b.arrival_s));
+    let first = sorted.first().map_or(0.0, |r| r.arrival_s);
+    let span = sorted.last().map_or(1.0, |r| r.arrival_s) - first;
+    let work: f64 = sorted.iter().map(|r| r.duration_ms as f64 / 1000.0).sum();
+    // Compress arrivals so that work ÷ (span × GPUs) = load.
+    let scale = if span > 0.0 {
+        work / (gpus as f64 * load) / span
+    } else {
+        1.0
+    };
+    let mut jobs: Vec<Job> = sorted
+        .iter()
+        .map(|r| {
+            let n = tenant_ids.len() as u32;
+            let tenant = *tenant_ids.entry(r.tenant.as_str()).or_insert(n);
+            let n = model_ids.len() as u32;
+            let model = r.model.as_deref().map(|m| *model_ids.entry(m).or_insert(n));
+            Job {
+                arrival: ((r.arrival_s - first) * scale * 1000.0).round() as i64,
+                duration: r.duration_ms as i64,
+                tenant,
+                model,
+                start: None,
+            }
+        })
+        .collect();
+    let model_names: Vec<String> = {
+        let mut v: Vec<(&str, u32)> = model_ids.iter().map(|(k, v)| (*k, *v)).collect();
+        v.sort_by_key(|x| x.1);
+        v.into_iter().map(|(k, _)| model_name(k)).collect()
+    };
+    let tenant_names: Vec<String> = {
+        let mut v: Vec<(&str, u32)> = tenant_ids.iter().map(|(k, v)| (*k, *v)).collect();
+        v.sort_by_key(|x| x.1);
+        v.into_iter().map(|(k, _)| model_name(k)).collect()
+    };
+    let mut state = Sim {
+        cards: &mut cards,
+        jobs: &mut jobs,
+        latencies,
+        loads: 0,
+        running: Vec::new(),
+        queue: Vec::new(),
+        fair: FairShare::new(tenant_names.len(), fair_share_half_life_s),
+        tenant_names: &tenant_names,
+        model_names: &model_names,
+        inventory,
+        finpool: {
+            // Hold out for a warm card about as long as a typical load.
+            let mut policy = Policy::finpool();
+            let mut sorted = latencies.to_vec();
+            sorted.sort_unstable();
+            policy.warm_wait_ms = sorted[sorted.len() / 2];
+            policy.balance_wait_ms =
+                finpool_scheduler::plugins::BALANCE_WAIT_IN_WARM_WAITS * policy.warm_wait_ms;
+            policy
+        },
+    };
+    // Events: arrivals (by index) and ends (by time), in time order.
+    let mut ends: BinaryHeap<Reverse<(i64, usize)>> = BinaryHeap::new();
+    let mut next_arrival = 0;
+    loop {
+        let arrival_at = state.jobs.get(next_arrival).map(|j| j.arrival);
+        let end_at = ends.peek().map(|Reverse((t, _))| *t);
+        let now = match (arrival_at, end_at) {
+            (None, None) => break,
+            (Some(a), Some(e)) => a.min(e),
+            (Some(a), None) => a,
+            (None, Some(e)) => e,
+        };
+        while let Some(Reverse((t, job))) = ends.peek().copied() {
+            if t > now {
+                break;
+            }
+            ends.pop();
+            state.finish(job, t);
+        }
+        while next_arrival < state.jobs.len() && state.jobs[next_arrival].arrival <= now {
+            state.queue.push(next_arrival);
+            next_arrival += 1;
+        }
+        for (job, end) in state.schedule(now, policy, &mut rng) {
+            ends.push(Reverse((end, job)));
+        }
+    }
+    state.report(policy, load, gpus, started.elapsed().as_secs_f64())
+}
+
+/// Base-model and tenant names as finpool names (lowercase labels).
+fn model_name(id: &str) -> String {
+    id.to_ascii_lowercase()
+}
+
+/// Per tenant, held GPUs averaged with exponential decay: the recent
+/// usage that weighted fair share orders tenants by.
+struct FairShare {
+    held: Vec<f64>,
+    average: Vec<f64>,
+    updated: Vec<i64>,
+    lambda_per_ms: f64,
+}
+
+impl FairShare {
+    fn new(tenants: usize, half_life_s: f64) -> Self {
+        Self {
+            held: vec![0.0; tenants],
+            average: vec![0.0; tenants],
+            updated: vec![0; tenants],
+            lambda_per_ms: std::f64::consts::LN_2 / (half_life_s * 1000.0),
+        }
+    }
+
+    fn at(&self, t: usize, now: i64) -> f64 {
+        let decay = (-(self.lambda_per_ms * (now - self.updated[t]) as f64)).exp();
+        self.held[t] + (self.average[t] - self.held[t]) * decay
+    }
+
+    fn change(&mut self, t: usize, now: i64, delta: f64) {
+        self.average[t] = self.at(t, now);
+        self.updated[t] = now;
+        self.held[t] += delta;
+    }
+}
+
+struct Sim<'a> {
+    cards: &'a mut [Card],
+    jobs: &'a mut [Job],
+    latencies: &'a [u64],
+    loads: u64,
+    /// (job, card) running or loading.
+    running: Vec<(usize, usize)>,
+    queue: Vec<usize>,
+    fair: FairShare,
+    tenant_names: &'a [String],
+    model_names: &'a [String],
+    inventory: &'a Inventory,
+    finpool: Policy,
+}
+
+impl Sim<'_> {
+    fn finish(&mut self, job: usize, now: i64) {
+        if let Some(i) = self.running.iter().position(|(j, _)| *j == job) {
+            self.running.swap_remove(i);
+            let tenant = self.jobs[job].tenant as usize;
+            self.fair.change(tenant, now, -1000.0);
+        }
+    }
+
+    /// Starts what can start now; returns (job, end time) for each.
+    fn schedule(
+        &mut self,
+        now: i64,
+        policy: GenaiPolicy,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<(usize, i64)> {
+        if self.queue.is_empty() || self.running.len() == self.cards.len() {
+            return Vec::new();
+        }
+        let chosen: Vec<(usize, usize)> = match policy {
+            GenaiPolicy::LeastLoaded => self.least_loaded(),
+            GenaiPolicy::Finpool => self.finpool(now),
+        };
+        let mut started = Vec::with_capacity(chosen.len());
+        for (job, card) in chosen {
+            let model = self.jobs[job].model;
+            let load = match model {
+                Some(m) if self.cards[card].resident != Some(m) => {
+                    self.loads += 1;
+                    self.latencies[rng.random_range(0..self.latencies.len())] as i64
+                }
+                _ => 0,
+            };
+            let end = now + load + self.jobs[job].duration;
+            if model.is_some() {
+                self.cards[card].resident = model;
+            }
+            self.cards[card].busy_until = end;
+            self.jobs[job].start = Some(now + load);
+            self.running.push((job, card));
+            let tenant = self.jobs[job].tenant as usize;
+            self.fair.change(tenant, now, 1000.0);
+            self.queue.retain(|j| *j != job);
+            started.push((job, end));
+        }
+        started
+    }
+
+    fn free_cards(&self) -> Vec<usize> {
+        let busy: std::collections::HashSet<usize> = self.running.iter().map(|(_, c)| *c).collect();
+        (0..self.cards.len())
+            .filter(|c| !busy.contains(c))
+            .collect()
+    }
+
+    /// First come, first served, onto the node with the most free cards.
+    fn least_loaded(&mut self) -> Vec<(usize, usize)> {
+        let mut free = self.free_cards();
+        let mut out = Vec::new();
+        for &job in &self.queue {
+            if free.is_empty() {
+                break;
+            }
+            let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+            for &c in &free {
+                *per_node.entry(self.cards[c].node.as_str()).or_default() += 1;
+            }
+            let best = free
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, c)| (per_node[self.cards[**c].node.as_str()], Reverse(**c)))
+                .map(|(i, _)| i)
+                .expect("free is not empty");
+            out.push((job, free.swap_remove(best)));
+        }
+        out
+    }
+
+    /// The real scheduler: a snapshot of the pool, the queue and the
+    /// tenants involved, through `decide`.
+    fn finpool(&mut self, now: i64) -> Vec<(usize, usize)> {
+        let card_of: HashMap<(&str, u32), usize> = self
+            .cards
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ((c.node.as_str(), c.index), i))
+            .collect();
+        let job_id = |j: usize| JobId(uuid::Uuid::from_u128(j as u128 + 1));
+        let mut involved: Vec<u32> = self
+            .queue
+            .iter()
+            .chain(self.running.iter().map(|(j, _)| j))
+            .map(|&j| self.jobs[j].tenant)
+            .collect();
+        involved.sort_unstable();
+        involved.dedup();
+        let name = |s: &str| Name::parse("name", s).expect("trace ids are valid names");
+        let all_gpus = self.cards.len() as u32;
+        let tenants: Vec<Tenant> = involved
+            .iter()
+            .map(|&t| Tenant {
+                id: name(&self.tenant_names[t as usize]),
+                display_name: String::new(),
+                quotas: self
+                    .inventory
+                    .classes
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.name.clone(),
+                            Quota {
+                                guaranteed: 0,
+                                limit: all_gpus,
+                                lending_limit: None,
+                            },
+                        )
+                    })
+                    .collect(),
+                weight: 1,
+                isolation: IsolationLevel::SharedWithinTenant,
+                created_at: Timestamp(0),
+            })
+            .collect();
+        let usage = involved
+            .iter()
+            .map(|&t| {
+                let recent = self.fair.at(t as usize, now);
+                let per_class = self
+                    .inventory
+                    .classes
+                    .iter()
+                    .map(|c| (c.name.clone(), recent))
+                    .collect();
+                (name(&self.tenant_names[t as usize]), per_class)
+            })
+            .collect();
+        let card = |c: usize| -> GpuAssignment {
+            let gpu = self
+                .inventory
+                .nodes
+                .iter()
+                .find(|n| n.name == self.cards[c].node)
+                .and_then(|n| n.gpus.iter().find(|g| g.index == self.cards[c].index))
+                .expect("cards come from the inventory");
+            GpuAssignment {
+                index: gpu.index,
+                uuid: gpu.uuid.clone(),
+                class: gpu.class.clone(),
+                milli: 1000,
+                memory_mib: gpu.memory_mib,
+                mig_slice: None,
+            }
+        };
+        let running = self
+            .running
+            .iter()
+            .map(|&(j, c)| RunningJob {
+                id: job_id(j),
+                tenant: name(&self.tenant_names[self.jobs[j].tenant as usize]),
+                placement: Placement {
+                    node: self.cards[c].node.clone(),
+                    gpus: vec![card(c)],
+                },
+                cpu_milli: 0,
+                memory_mib: 0,
+                priority: 0,
+                started_at: self.jobs[j].start.map(Timestamp),
+                min_runtime_ms: 0,
+                max_runtime_ms: None,
+                model: self.jobs[j]
+                    .model
+                    .map(|m| name(&self.model_names[m as usize])),
+                displaced: vec![],
+            })
+            .collect();
+        let resident = self
+            .cards
+            .iter()
+            .filter_map(|c| {
+                Some((
+                    (c.node.clone(), c.index),
+                    name(&self.model_names[c.resident? as usize]),
+                ))
+            })
+            .collect();
+        let queue: Vec<QueuedJob> = self
+            .queue
+            .iter()
+            .map(|&j| QueuedJob {
+                id: job_id(j),
+                tenant: name(&self.tenant_names[self.jobs[j].tenant as usize]),
+                priority: 0,
+                submitted_at: Timestamp(self.jobs[j].arrival),
+                resources: Resources {
+                    gpu: GpuRequest::Whole { count: 1 },
+                    gpu_classes: vec![],
+                    cpu_milli: 0,
+                    memory_mib: 0,
+                },
+                model: self.jobs[j]
+                    .model
+                    .map(|m| name(&self.model_names[m as usize])),
+                max_runtime_ms: Some(self.jobs[j].duration as u64),
+            })
+            .collect();
+        let snapshot = Snapshot {
+            now: Timestamp(now),
+            classes: self.inventory.classes.clone(),
+            nodes: self.inventory.nodes.clone(),
+            tenants,
+            models: self
+                .model_names
+                .iter()
+                .map(|m| BaseModel {
+                    name: name(m),
+                    size_mib: 1,
+                    min_gpu_memory_mib: 0,
+                    registered_at: Timestamp(0),
+                })
+                .collect(),
+            running,
+            resident,
+            usage,
+            default_max_runtime_ms: 3_600_000,
+            ..Default::default()
+        };
+        let outcome = decide(&snapshot, &queue, &self.finpool).expect("the pool file was checked");
+        outcome
+            .admitted
+            .iter()
+            .map(|a| {
+                let job = a.job.0.as_u128() as usize - 1;
+                let g = &a.placement.gpus[0];
+                (job, card_of[&(a.placement.node.as_str(), g.index)])
+            })
+            .collect()
+    }
+
+    fn report(
+        &self,
+        policy: GenaiPolicy,
+        load: f64,
+        gpus: usize,
+        wall_seconds: f64,
+    ) -> GenaiReport {
+        let mut waits: Vec<f64> = self
+            .jobs
+            .iter()
+            .filter_map(|j| j.start.map(|s| (s - j.arrival) as f64 / 1000.0))
+            .collect();
+        waits.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            waits
+                .get(((waits.len() as f64 * q) as usize).min(waits.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        let first = self.jobs.iter().map(|j| j.arrival).min().unwrap_or(0);
+        let last = self
+            .jobs
+            .iter()
+            .filter_map(|j| j.start.map(|s| s + j.duration))
+            .max()
+            .unwrap_or(first);
+        let work: f64 = self.jobs.iter().map(|j| j.duration as f64).sum();
+        let mut slowdown: BTreeMap<u32, (f64, u32)> = BTreeMap::new();
+        for j in self.jobs.iter() {
+            if let Some(s) = j.start {
+                let d = (j.duration as f64).max(SLOWDOWN_FLOOR_MS);
+                let e = slowdown.entry(j.tenant).or_default();
+                e.0 += ((s - j.arrival) as f64 + d) / d;
+                e.1 += 1;
+            }
+        }
+        let mut means: Vec<f64> = slowdown.values().map(|(sum, n)| sum / *n as f64).collect();
+        means.sort_by(f64::total_cmp);
+        let median = means.get(means.len() / 2).copied().unwrap_or(1.0);
+        GenaiReport {
+            policy: policy.name().to_owned(),
+            load,
+            requests: self.jobs.len(),
+            gpus,
+            model_loads: self.loads,
+            wait_p50_s: at(0.50),
+            wait_p95_s: at(0.95),
+            wait_p99_s: at(0.99),
+            mean_wait_s: if waits.is_empty() {
+                0.0
+            } else {
+                waits.iter().sum::<f64>() / waits.len() as f64
+            },
+            utilization: if last > first {
+                work / (gpus as f64 * (last - first) as f64)
+            } else {
+                0.0
+            },
+            tenant_fairness: means.last().copied().unwrap_or(1.0) / median,
+            wall_seconds,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_times_are_utc_seconds() {
+        assert_eq!(parse_time("1970-01-01 00:00:00"), Some(0.0));
+        assert_eq!(parse_time("2024-11-15 16:57:50"), Some(1_731_689_870.0));
+        assert_eq!(parse_time("2024-13-01 00:00:00"), None);
+        assert_eq!(parse_time("yesterday"), None);
+    }
+
+    #[test]
+    fn bad_rows_name_their_line_and_field() {
+        let csv = "gmt_create,exec_time_seconds,groupId,checkpoint_model_version_id\n2024-11-15 16:57:50,abc,G1,M1\n";
+        let err = read_requests("r.csv", csv.as_bytes()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "r.csv line 2: exec_time_seconds: \"abc\" is not a duration"
+        );
+    }
+}
