@@ -73,9 +73,11 @@ pub enum Command {
     /// Replay public traces through the scheduler.
     #[command(subcommand)]
     Simulate(SimulateCommand),
-    /// Measure the scheduler's speed.
+    /// Measure the scheduler's and the API's speed.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Print the REST API's OpenAPI 3 document (also served at /openapi.json).
+    Openapi,
 }
 
 #[derive(Debug, Subcommand)]
@@ -223,6 +225,23 @@ pub struct UpArgs {
     /// Max runtime for jobs that set none.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub default_max_runtime: Duration,
+    /// Requests per second each tenant (or operator/regulator) may make,
+    /// sustained; 0 turns the limit off.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate_limit: f64,
+    /// Requests a caller may make in a burst above the sustained rate.
+    #[arg(long, default_value_t = 400.0)]
+    pub rate_burst: f64,
+    /// The most jobs one tenant may have pending.
+    #[arg(long, default_value_t = finpool_api::state::DEFAULT_PENDING_CAP)]
+    pub pending_cap: u32,
+    /// A JWKS file with more token keys (an external OIDC issuer's), named
+    /// by `kid`; tokens signed with them must carry --jwks-issuer.
+    #[arg(long, requires = "jwks_issuer")]
+    pub jwks: Option<PathBuf>,
+    /// The `iss` of tokens signed with the --jwks keys.
+    #[arg(long)]
+    pub jwks_issuer: Option<String>,
 }
 
 #[derive(Debug, Args)]

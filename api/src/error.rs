@@ -13,6 +13,7 @@ pub fn store(e: StoreError) -> Status {
         StoreError::NotFound(what) => Status::not_found(format!("{what} not found")),
         StoreError::AlreadyExists(what) => Status::already_exists(format!("{what} already exists")),
         StoreError::Conflict(m) => Status::failed_precondition(m),
+        StoreError::LimitExceeded(m) => Status::resource_exhausted(m),
         StoreError::InvalidArgument { field, reason } => {
             Status::invalid_argument(format!("{field}: {reason}"))
         }

@@ -6,9 +6,10 @@
 pub mod auth;
 pub mod convert;
 pub mod error;
+pub mod rest;
 pub mod server;
 pub mod service;
 pub mod state;
 
 pub use auth::{Principal, Role, SigningKey, Verifier};
-pub use state::{ApiConfig, ApiState, InventorySource, LogSource};
+pub use state::{ApiConfig, ApiState, InventorySource, LogSource, RateLimit};

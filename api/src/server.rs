@@ -11,8 +11,11 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
+use tower::{Layer, ServiceExt};
+
 use crate::auth::Verifier;
 use crate::auth::layer::AuthLayer;
+use crate::auth::limit::RateLimiter;
 use crate::service::jobs::Jobs;
 use crate::service::nodes::Nodes;
 use crate::service::tenants::{Models, Tenants, Usage};
@@ -35,12 +38,50 @@ pub fn grpc_routes(state: ApiState) -> Routes {
         JobServiceServer::new(Jobs::new(state.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES),
     )
-    .add_service(TenantServiceServer::new(Tenants::new(state.clone())))
-    .add_service(ModelServiceServer::new(Models::new(state.clone())))
-    .add_service(NodeServiceServer::new(Nodes::new(state.clone())))
-    .add_service(UsageServiceServer::new(Usage::new(state)))
+    .add_service(
+        TenantServiceServer::new(Tenants::new(state.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
+    .add_service(
+        ModelServiceServer::new(Models::new(state.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
+    .add_service(
+        NodeServiceServer::new(Nodes::new(state.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
+    .add_service(
+        UsageServiceServer::new(Usage::new(state)).max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
     .add_service(reflection_v1)
     .add_service(reflection_v1alpha)
+}
+
+/// The whole API on one port: gRPC (HTTP/2) behind authentication and
+/// rate limits, and REST/JSON (HTTP/1.1 or 2), whose routes call the same
+/// authenticated gRPC stack.
+pub fn router(state: ApiState, verifier: Verifier) -> axum::Router {
+    let limiter = RateLimiter::new(state.config.rate_limit);
+    let grpc = AuthLayer::new(verifier, limiter).layer(grpc_routes(state).prepare());
+    let fallback = grpc.clone();
+    crate::rest::router(grpc).fallback_service(tower::service_fn(
+        move |request: http::Request<axum::body::Body>| {
+            let grpc = fallback.clone();
+            async move {
+                let is_grpc = request
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("application/grpc"));
+                if is_grpc {
+                    let response = grpc.oneshot(request).await?;
+                    Ok::<_, std::convert::Infallible>(response.map(axum::body::Body::new))
+                } else {
+                    Ok(crate::rest::not_found().await)
+                }
+            }
+        },
+    ))
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
@@ -51,8 +92,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
-        .layer(AuthLayer::new(verifier))
-        .add_routes(grpc_routes(state))
+        .accept_http1(true)
+        .add_routes(Routes::from(router(state, verifier)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use finpool_domain::{Inventory, Job};
 use finpool_store::Store;
+
+pub use crate::auth::limit::RateLimit;
 use futures::stream::BoxStream;
 use tonic::Status;
 
@@ -35,12 +37,22 @@ pub trait LogSource: Send + Sync + 'static {
 pub struct ApiConfig {
     /// The longest max runtime a job may ask for.
     pub max_runtime_cap: Duration,
+    /// Requests per caller (tenant, or operator/regulator subject); `None`:
+    /// unlimited.
+    pub rate_limit: Option<RateLimit>,
+    /// The most jobs a tenant may have pending at once.
+    pub pending_cap: u32,
 }
+
+/// The default cap on a tenant's pending jobs.
+pub const DEFAULT_PENDING_CAP: u32 = 10_000;
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             max_runtime_cap: Duration::from_secs(7 * 24 * 3600),
+            rate_limit: Some(RateLimit::default()),
+            pending_cap: DEFAULT_PENDING_CAP,
         }
     }
 }

@@ -11,6 +11,23 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.database_url = args.database_url;
     config.stop_grace = args.stop_grace;
     config.default_max_runtime = args.default_max_runtime;
+    config.pending_cap = args.pending_cap;
+    config.rate_limit = match (args.rate_limit, args.rate_burst) {
+        (0.0, _) => None,
+        (r, b) if r.is_finite() && r > 0.0 && b.is_finite() && b >= 1.0 => {
+            Some(finpool_api::RateLimit {
+                per_second: r,
+                burst: b,
+            })
+        }
+        (r, b) => anyhow::bail!(
+            "--rate-limit {r} / --rate-burst {b}: the rate must be positive (or 0 for none) and the burst at least 1"
+        ),
+    };
+    if args.pending_cap == 0 {
+        anyhow::bail!("--pending-cap 0: a tenant must be able to queue at least one job");
+    }
+    config.jwks = args.jwks.zip(args.jwks_issuer);
     let pool = finpool_standalone::start(config)
         .await
         .context("starting the pool")?;

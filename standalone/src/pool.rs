@@ -39,6 +39,12 @@ pub struct StandaloneConfig {
     pub max_runtime_cap: Duration,
     /// How fast past borrowing is forgotten in the fair-share order.
     pub fair_share_half_life: Duration,
+    /// Per-caller request rate; `None`: unlimited.
+    pub rate_limit: Option<finpool_api::RateLimit>,
+    /// The most jobs a tenant may have pending.
+    pub pending_cap: u32,
+    /// Extra token keys (a JWKS file) and the issuer their tokens carry.
+    pub jwks: Option<(PathBuf, String)>,
 }
 
 impl StandaloneConfig {
@@ -54,6 +60,9 @@ impl StandaloneConfig {
             fair_share_half_life: Duration::from_secs(
                 finpool_scheduler::tenants::DEFAULT_FAIR_SHARE_HALF_LIFE_S,
             ),
+            rate_limit: Some(finpool_api::RateLimit::default()),
+            pending_cap: finpool_api::state::DEFAULT_PENDING_CAP,
+            jwks: None,
         }
     }
 
@@ -83,6 +92,11 @@ pub enum StartError {
     },
     #[error(transparent)]
     Key(#[from] finpool_api::auth::AuthError),
+    #[error("reading the JWKS file {path}: {source}")]
+    Jwks {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -119,6 +133,15 @@ pub async fn start(config: StandaloneConfig) -> Result<RunningPool, StartError> 
         source,
     })?;
     let key = SigningKey::load_or_create(&config.data_dir)?;
+    let mut verifier = key.verifier();
+    if let Some((path, issuer)) = &config.jwks {
+        let text = std::fs::read_to_string(path).map_err(|source| StartError::Jwks {
+            path: path.clone(),
+            source,
+        })?;
+        let keys = verifier.add_jwks(&text, issuer)?;
+        tracing::info!(keys, path = %path.display(), issuer, "JWKS keys loaded");
+    }
     let store = Store::open(&config.store_config()).await?;
     let (inventory, origin) = inventory::discover(config.pool_file.as_deref())?;
     let inventory = Arc::new(inventory);
@@ -167,13 +190,15 @@ pub async fn start(config: StandaloneConfig) -> Result<RunningPool, StartError> 
         }),
         config: ApiConfig {
             max_runtime_cap: config.max_runtime_cap,
+            rate_limit: config.rate_limit,
+            pending_cap: config.pending_cap,
         },
     };
     let mut stop = shutdown_rx;
     let server = tokio::spawn(finpool_api::server::serve(
         listener,
         state,
-        key.verifier(),
+        verifier,
         async move {
             let _ = stop.changed().await;
         },

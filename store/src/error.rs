@@ -10,6 +10,9 @@ pub enum StoreError {
     /// transition expected).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A per-tenant limit (such as the pending-job cap) would be exceeded.
+    #[error("{0}")]
+    LimitExceeded(String),
     #[error("{field}: {reason}")]
     InvalidArgument { field: String, reason: String },
     /// The database cannot be reached or refused the work; try again later.

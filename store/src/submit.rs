@@ -16,6 +16,8 @@ const MAX_BATCH: usize = 512;
 
 pub(crate) struct Request {
     job: Job,
+    /// The most pending jobs its tenant may have, this one included.
+    pending_cap: Option<u32>,
     reply: oneshot::Sender<Result<(Job, bool), StoreError>>,
 }
 
@@ -52,7 +54,23 @@ macro_rules! insert_fn {
         async fn $name(
             conn: &mut $conn,
             job: &Job,
+            at_cap: bool,
         ) -> Result<Inserted, StoreError> {
+            if at_cap {
+                // Only a replay of an existing job may pass a full queue.
+                let existing: Option<JobRow> =
+                    sqlx::query_as(concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1"))
+                        .bind(job.id.to_string())
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                return match existing {
+                    Some(row) => same_job(row.into_job(Vec::new())?, job),
+                    None => Err(StoreError::LimitExceeded(format!(
+                        "pending jobs: tenant {} is at its cap; wait for some to start",
+                        job.tenant_id
+                    ))),
+                };
+            }
             let done = sqlx::query(
                 "INSERT INTO jobs (id, tenant_id, name, idempotency_key, spec, state, reason, priority, \
                  created_at, updated_at, attempts, cancel_requested) \
@@ -87,15 +105,19 @@ macro_rules! insert_fn {
                     .bind(job.id.to_string())
                     .fetch_one(&mut *conn)
                     .await?;
-            let existing = existing.into_job(Vec::new())?;
-            if existing.tenant_id != job.tenant_id || existing.spec != job.spec {
-                return Err(StoreError::Conflict(
-                    "idempotency_key: already used for a different job spec".into(),
-                ));
-            }
-            Ok(Inserted::Existing(existing))
+            same_job(existing.into_job(Vec::new())?, job)
         }
     };
+}
+
+/// An idempotent replay must carry the same spec.
+fn same_job(existing: Job, job: &Job) -> Result<Inserted, StoreError> {
+    if existing.tenant_id != job.tenant_id || existing.spec != job.spec {
+        return Err(StoreError::Conflict(
+            "idempotency_key: already used for a different job spec".into(),
+        ));
+    }
+    Ok(Inserted::Existing(existing))
 }
 
 insert_fn!(insert_sqlite, sqlx::SqliteConnection);
@@ -105,11 +127,27 @@ impl Store {
     /// Stores a new Pending job, durably. Returns the stored job and whether
     /// it was created (`false`: the idempotency key named an existing job).
     pub async fn submit(&self, job: Job) -> Result<(Job, bool), StoreError> {
+        self.submit_capped(job, None).await
+    }
+
+    /// As [`Store::submit`], refusing with [`StoreError::LimitExceeded`] a
+    /// new job whose tenant already has `pending_cap` jobs pending. The
+    /// check and the insert share the writer's transaction, so concurrent
+    /// submits cannot overshoot the cap.
+    pub async fn submit_capped(
+        &self,
+        job: Job,
+        pending_cap: Option<u32>,
+    ) -> Result<(Job, bool), StoreError> {
         debug_assert_eq!(job.state, JobState::Pending);
         let (reply, answer) = oneshot::channel();
         self.inner
             .submits
-            .send(Request { job, reply })
+            .send(Request {
+                job,
+                pending_cap,
+                reply,
+            })
             .await
             .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
         answer
@@ -118,7 +156,8 @@ impl Store {
     }
 
     async fn write_batch(&self, batch: &mut Vec<Request>) {
-        let jobs: Vec<&Job> = batch.iter().map(|r| &r.job).collect();
+        let jobs: Vec<(&Job, Option<u32>)> =
+            batch.iter().map(|r| (&r.job, r.pending_cap)).collect();
         let results = match self.insert_all(&jobs).await {
             Ok(results) => results,
             // One bad row (or the batch's size) failed the transaction:
@@ -169,15 +208,45 @@ impl Store {
     /// all (nothing was committed); inner results are per job.
     async fn insert_all(
         &self,
-        jobs: &[&Job],
+        jobs: &[(&Job, Option<u32>)],
     ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
         macro_rules! run {
             ($pool:expr, $f:ident) => {{
                 let mut tx = $pool.begin().await?;
                 let mut results = Vec::with_capacity(jobs.len());
-                for job in jobs {
-                    match $f(&mut tx, job).await {
-                        Err(e @ StoreError::Conflict(_)) => results.push(Err(e)),
+                // Pending jobs per capped tenant, counted once per batch.
+                let mut pending: std::collections::HashMap<&str, i64> = Default::default();
+                for (job, cap) in jobs {
+                    let tenant = job.tenant_id.as_str();
+                    let at_cap = match cap {
+                        None => false,
+                        Some(cap) => {
+                            let n = match pending.get(tenant) {
+                                Some(n) => *n,
+                                None => {
+                                    let n: i64 = sqlx::query_scalar(
+                                        "SELECT COUNT(*) FROM jobs WHERE tenant_id = $1 AND state = 'pending'",
+                                    )
+                                    .bind(tenant)
+                                    .fetch_one(&mut *tx)
+                                    .await?;
+                                    pending.insert(tenant, n);
+                                    n
+                                }
+                            };
+                            n >= i64::from(*cap)
+                        }
+                    };
+                    match $f(&mut tx, job, at_cap).await {
+                        Err(e @ (StoreError::Conflict(_) | StoreError::LimitExceeded(_))) => {
+                            results.push(Err(e))
+                        }
+                        Ok(Inserted::Created(j)) => {
+                            if let Some(n) = pending.get_mut(tenant) {
+                                *n += 1;
+                            }
+                            results.push(Ok(Inserted::Created(j)))
+                        }
                         other => results.push(Ok(other?)),
                     }
                 }
@@ -195,6 +264,7 @@ impl Store {
 fn clone_error(e: &StoreError) -> StoreError {
     match e {
         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::LimitExceeded(m) => StoreError::LimitExceeded(m.clone()),
         other => StoreError::Database(other.to_string()),
     }
 }

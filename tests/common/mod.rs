@@ -58,6 +58,11 @@ impl Server {
     /// Starts `finpool up` on `data_dir` (with [`TEST_POOL`]) and waits
     /// until it listens.
     pub fn start(data_dir: &Path) -> Server {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// As [`Server::start`], with more `finpool up` arguments.
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Server {
         let pool = data_dir.join("pool.toml");
         if !pool.exists() {
             std::fs::create_dir_all(data_dir).unwrap();
@@ -75,6 +80,7 @@ impl Server {
             .arg(data_dir)
             .arg("--pool")
             .arg(&pool)
+            .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("FINPOOL_DATABASE_URL")
             .stdout(Stdio::null())
@@ -137,6 +143,20 @@ impl Server {
         self.client(&self.token(Role::Tenant, Some(id))).await
     }
 
+    /// A REST request to `path` with `token` (if any).
+    pub fn rest(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let r = http_client().request(method, format!("{}{path}", self.addr));
+        match token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
     pub fn logs(&self) -> String {
         self.log.lock().unwrap().clone()
     }
@@ -147,6 +167,15 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An HTTP client for the REST tests (one per call: each test has its
+/// own runtime, and pooled connections belong to one).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 pub fn now_seconds() -> u64 {

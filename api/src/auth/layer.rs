@@ -10,18 +10,21 @@ use futures::future::BoxFuture;
 use tonic::Status;
 use tower::{Layer, Service};
 
+use super::limit::RateLimiter;
 use super::policy::{self, Access};
 use super::{AuthError, Verifier};
 
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     verifier: Arc<Verifier>,
+    limiter: Arc<RateLimiter>,
 }
 
 impl AuthLayer {
-    pub fn new(verifier: Verifier) -> Self {
+    pub fn new(verifier: Verifier, limiter: RateLimiter) -> Self {
         Self {
             verifier: Arc::new(verifier),
+            limiter: Arc::new(limiter),
         }
     }
 }
@@ -33,6 +36,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             verifier: self.verifier.clone(),
+            limiter: self.limiter.clone(),
         }
     }
 }
@@ -41,6 +45,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     verifier: Arc<Verifier>,
+    limiter: Arc<RateLimiter>,
 }
 
 impl<S, B, R> Service<http::Request<B>> for AuthService<S>
@@ -78,15 +83,32 @@ where
                         principal.role
                     )))
                 }
-                Ok(principal) => {
-                    request.extensions_mut().insert(principal);
-                    None
-                }
+                Ok(principal) => match self.limiter.admit(&principal) {
+                    Err(wait) => {
+                        tracing::debug!(path, subject = %principal.subject, "rate limited");
+                        Some(Status::resource_exhausted(format!(
+                            "rate limit: too many requests from this {}; retry in {:.0} ms",
+                            if principal.role == super::Role::Tenant {
+                                "tenant"
+                            } else {
+                                "caller"
+                            },
+                            (wait * 1000.0).ceil()
+                        )))
+                    }
+                    Ok(()) => {
+                        request.extensions_mut().insert(principal);
+                        None
+                    }
+                },
             },
         };
         match denied {
             Some(status) => Box::pin(async move { Ok(status.into_http()) }),
-            None => Box::pin(inner.call(request)),
+            None => {
+                let call = inner.call(request);
+                Box::pin(async move { call.await.map(too_large_is_invalid) })
+            }
         }
     }
 }
@@ -106,4 +128,23 @@ fn authenticate<B>(
         .or_else(|| header.strip_prefix("bearer "))
         .ok_or_else(|| AuthError::Invalid("expected 'Bearer <token>'".into()))?;
     verifier.verify(token.trim())
+}
+
+/// tonic refuses an oversized message with OUT_OF_RANGE; finpool's
+/// contract (and REST's 413) says the argument is invalid.
+fn too_large_is_invalid<R>(mut response: http::Response<R>) -> http::Response<R> {
+    let headers = response.headers_mut();
+    let too_large = headers.get("grpc-status").is_some_and(|s| s == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
+    if too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("request%3A%20larger%20than%20the%201%20MiB%20limit"),
+        );
+    }
+    response
 }

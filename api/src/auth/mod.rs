@@ -1,12 +1,19 @@
 //! Authentication: JWT bearer tokens (RFC 8725 rules), and the caller's
 //! identity they carry.
 //!
-//! One algorithm (EdDSA) is allowed. `exp`, `iss`, `aud`, `sub` and `role`
-//! are required, and `tenant` too for the tenant role. The signing key is
-//! an Ed25519 key the server creates in its data dir on first start (mode
-//! 0600); tokens name it by `kid`.
+//! Only asymmetric algorithms are allowed (EdDSA, ES256, RS256), and each
+//! key verifies only its own algorithm, so a token cannot pick how it is
+//! checked (no `none`, no HMAC keyed with a public key). `exp`, `iss`,
+//! `aud`, `sub` and `role` are required, and `tenant` too for the tenant
+//! role; `nbf` is honoured, with a small leeway on both.
+//!
+//! The server's own key is an Ed25519 key it creates in its data dir on
+//! first start (mode 0600). More keys come from a JWKS file (an external
+//! OIDC issuer's keys, configured offline); tokens name their key by `kid`,
+//! so keys rotate by adding the new one before retiring the old.
 
 pub mod layer;
+pub mod limit;
 pub mod policy;
 
 use std::fmt;
@@ -90,8 +97,10 @@ pub struct Claims {
     pub aud: String,
     pub sub: String,
     pub exp: u64,
-    pub iat: u64,
-    pub nbf: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     pub role: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
@@ -182,8 +191,8 @@ impl SigningKey {
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
             sub: subject.into(),
-            iat: now_seconds,
-            nbf: now_seconds,
+            iat: Some(now_seconds),
+            nbf: Some(now_seconds),
             exp: now_seconds + ttl.as_secs(),
             role: role.as_str().into(),
             tenant: tenant.map(|t| t.to_string()),
@@ -196,15 +205,34 @@ impl SigningKey {
 
     pub fn verifier(&self) -> Verifier {
         Verifier {
-            keys: vec![(self.kid.clone(), DecodingKey::from_ed_der(&self.public))],
+            keys: vec![VerifyingKey {
+                kid: self.kid.clone(),
+                key: DecodingKey::from_ed_der(&self.public),
+                algorithm: Algorithm::EdDSA,
+                issuer: ISSUER.into(),
+            }],
         }
     }
+}
+
+/// The algorithms any key may use.
+pub const ALLOWED_ALGORITHMS: &[Algorithm] =
+    &[Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256];
+
+#[derive(Clone)]
+struct VerifyingKey {
+    kid: String,
+    key: DecodingKey,
+    /// The one algorithm this key verifies.
+    algorithm: Algorithm,
+    /// The `iss` tokens signed with it must carry.
+    issuer: String,
 }
 
 /// Checks bearer tokens.
 #[derive(Clone)]
 pub struct Verifier {
-    keys: Vec<(String, DecodingKey)>,
+    keys: Vec<VerifyingKey>,
 }
 
 impl fmt::Debug for Verifier {
@@ -212,13 +240,70 @@ impl fmt::Debug for Verifier {
         f.debug_struct("Verifier")
             .field(
                 "kids",
-                &self.keys.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+                &self.keys.iter().map(|k| &k.kid).collect::<Vec<_>>(),
             )
             .finish()
     }
 }
 
 impl Verifier {
+    /// Adds the keys of a JWKS document (RFC 7517) whose tokens carry
+    /// `issuer`. Every key needs a `kid` and an allowed algorithm (its
+    /// `alg`, or the one its key type implies); symmetric keys are refused.
+    pub fn add_jwks(&mut self, jwks: &str, issuer: &str) -> Result<usize, AuthError> {
+        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(jwks)
+            .map_err(|e| AuthError::Key(format!("JWKS: not a key set: {e}")))?;
+        if issuer.is_empty() {
+            return Err(AuthError::Key("JWKS: the issuer is empty".into()));
+        }
+        for (i, jwk) in set.keys.iter().enumerate() {
+            use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
+            let field = |what: &str| format!("JWKS keys[{i}]: {what}");
+            let kid = jwk
+                .common
+                .key_id
+                .clone()
+                .ok_or_else(|| AuthError::Key(field("no kid")))?;
+            let implied = match &jwk.algorithm {
+                AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+                AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+                    Algorithm::ES256
+                }
+                AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                _ => {
+                    return Err(AuthError::Key(field(
+                        "key type not allowed (EdDSA, ES256 or RS256 keys only)",
+                    )));
+                }
+            };
+            let algorithm = match jwk.common.key_algorithm {
+                None => implied,
+                Some(a) => Algorithm::try_from(a)
+                    .ok()
+                    .filter(|a| *a == implied)
+                    .ok_or_else(|| {
+                        AuthError::Key(field(&format!(
+                            "alg {a} does not fit the key or is not allowed"
+                        )))
+                    })?,
+            };
+            if self.keys.iter().any(|k| k.kid == kid) {
+                return Err(AuthError::Key(field(&format!(
+                    "kid {kid:?} is already in use"
+                ))));
+            }
+            let key =
+                DecodingKey::from_jwk(jwk).map_err(|e| AuthError::Key(field(&e.to_string())))?;
+            self.keys.push(VerifyingKey {
+                kid,
+                key,
+                algorithm,
+                issuer: issuer.to_owned(),
+            });
+        }
+        Ok(set.keys.len())
+    }
+
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
@@ -228,16 +313,21 @@ impl Verifier {
         let key = self
             .keys
             .iter()
-            .find(|(k, _)| *k == kid)
-            .map(|(_, key)| key)
+            .find(|k| k.kid == kid)
             .ok_or_else(|| AuthError::Invalid(format!("unknown key id {kid:?}")))?;
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_issuer(&[ISSUER]);
+        if header.alg != key.algorithm || !ALLOWED_ALGORITHMS.contains(&header.alg) {
+            return Err(AuthError::Invalid(format!(
+                "algorithm {:?} is not the one key {kid:?} uses",
+                header.alg
+            )));
+        }
+        let mut validation = Validation::new(key.algorithm);
+        validation.set_issuer(&[key.issuer.as_str()]);
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECONDS;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let claims = data.claims;
         let role = Role::parse(&claims.role)

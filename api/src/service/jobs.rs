@@ -90,10 +90,16 @@ impl JobService for Jobs {
             None => JobId::new_random(),
         };
         let job = Job::new(id, tenant, spec, Timestamp::now());
-        let (job, created) = self.state.store.submit(job).await.map_err(|e| match e {
-            StoreError::Conflict(m) => Status::already_exists(m),
-            e => error::store(e),
-        })?;
+        let cap = Some(self.state.config.pending_cap);
+        let (job, created) =
+            self.state
+                .store
+                .submit_capped(job, cap)
+                .await
+                .map_err(|e| match e {
+                    StoreError::Conflict(m) => Status::already_exists(m),
+                    e => error::store(e),
+                })?;
         tracing::info!(job = %job.id, tenant = %job.tenant_id, created, "job submitted");
         Ok(Response::new(pb::SubmitJobResponse {
             job: Some(convert::job_to_pb(&job)),

@@ -1,0 +1,98 @@
+//! gRPC statuses as `application/problem+json` (RFC 9457) documents.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use tonic::{Code, Status};
+
+/// The HTTP status for a gRPC code (as grpc-gateway maps them).
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::METHOD_NOT_ALLOWED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Cancelled | Code::Unknown | Code::Internal | Code::DataLoss => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+/// The field a message like `resources.gpu.whole_gpus: must be …` names.
+fn field_of(message: &str) -> Option<&str> {
+    let (field, _) = message.split_once(": ")?;
+    let is_path = !field.is_empty()
+        && field
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']' | '-'));
+    is_path.then_some(field)
+}
+
+/// The problem document for a status.
+pub fn document(status: &Status) -> serde_json::Value {
+    let code = http_status(status.code());
+    let slug = format!("{:?}", status.code());
+    let mut doc = serde_json::json!({
+        "type": format!("urn:finpool:problem:{}", slug.to_ascii_lowercase()),
+        "title": code.canonical_reason().unwrap_or("Error"),
+        "status": code.as_u16(),
+        "detail": status.message(),
+        "grpc_code": slug,
+    });
+    if let Some(field) = field_of(status.message()) {
+        doc["field"] = field.into();
+        doc["reason"] = status.message()[field.len() + 2..].into();
+    }
+    doc
+}
+
+/// A status as a problem response.
+pub fn problem(status: &Status) -> ProblemResponse {
+    ProblemResponse(status.clone())
+}
+
+pub struct ProblemResponse(Status);
+
+impl IntoResponse for ProblemResponse {
+    fn into_response(self) -> Response {
+        let code = http_status(self.0.code());
+        let mut response = (code, document(&self.0).to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if self.0.code() == Code::Unauthenticated {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"finpool\""),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_arguments_name_their_field() {
+        let doc = document(&Status::invalid_argument(
+            "resources.gpu.whole_gpus: must be at least 1, got 0",
+        ));
+        assert_eq!(doc["status"], 400);
+        assert_eq!(doc["field"], "resources.gpu.whole_gpus");
+        assert_eq!(doc["reason"], "must be at least 1, got 0");
+        let doc = document(&Status::not_found("job 1 not found"));
+        assert_eq!(doc["status"], 404);
+        assert!(doc.get("field").is_none());
+    }
+}
