@@ -84,6 +84,30 @@ pub enum Command {
 pub enum BenchCommand {
     /// Placement decisions per second and their latency, finpool against best-fit.
     Scheduler(BenchSchedulerArgs),
+    /// Authenticated, durable job submissions per second through a real
+    /// server, against the same database's raw single-row insert rate.
+    Submit(BenchSubmitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchSubmitArgs {
+    #[arg(long, value_parser = ["sqlite", "postgres"], default_value = "sqlite")]
+    pub db: String,
+    /// For --db postgres: a server URL ending in a database name; the
+    /// bench creates a scratch database beside it and drops it after.
+    #[arg(long, env = "FINPOOL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Concurrent clients, each its own tenant and gRPC connection.
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// Submits in all.
+    #[arg(long, default_value_t = 20_000)]
+    pub jobs: usize,
+    /// Rows for the raw insert baseline.
+    #[arg(long, default_value_t = 2_000)]
+    pub raw_rows: usize,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
 }
 
 #[derive(Debug, Args)]

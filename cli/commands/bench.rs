@@ -1,12 +1,14 @@
 //! `finpool bench scheduler`: the placement hot path at scale, finpool's
-//! policy against best-fit in the same run.
+//! policy against best-fit in the same run. `finpool bench submit`:
+//! durable submissions through a real server, against the database's raw
+//! insert rate in the same run.
 
 use anyhow::Context;
 use finpool_sim::PolicyKind;
 use finpool_sim::bench::{self, BenchConfig};
 use serde::Serialize;
 
-use crate::args::{BenchCommand, BenchSchedulerArgs, Format};
+use crate::args::{BenchCommand, BenchSchedulerArgs, BenchSubmitArgs, Format};
 use crate::output;
 
 #[derive(Serialize)]
@@ -23,9 +25,192 @@ struct Report {
     finpool_to_bestfit_speed: f64,
 }
 
-pub fn run(command: BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::Scheduler(args) = command;
-    scheduler(args)
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Scheduler(args) => scheduler(args),
+        BenchCommand::Submit(args) => submit(args).await,
+    }
+}
+
+#[derive(Serialize)]
+struct SubmitReport {
+    db: String,
+    clients: usize,
+    jobs: usize,
+    seconds: f64,
+    submits_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Single-row committed INSERTs per second on the same database.
+    raw_insert_per_second: f64,
+    /// submits_per_second ÷ raw_insert_per_second, from this run.
+    submit_to_raw_insert: f64,
+    /// How the server ran: rate limits off, the scheduling loop paused.
+    server: &'static str,
+}
+
+async fn submit(args: BenchSubmitArgs) -> anyhow::Result<()> {
+    use finpool_proto::v1 as pb;
+    if args.clients == 0 || args.jobs == 0 || args.raw_rows == 0 {
+        anyhow::bail!("--clients, --jobs and --raw-rows must be positive");
+    }
+    let dir = tempfile::tempdir().context("creating a scratch data dir")?;
+    let mut config = finpool_standalone::StandaloneConfig::new(dir.path(), "127.0.0.1:0".parse()?);
+    let scratch_pg = match args.db.as_str() {
+        "postgres" => {
+            let base = args.database_url.as_deref().context(
+                "--db postgres needs --database-url (or FINPOOL_DATABASE_URL), e.g. postgres://postgres@127.0.0.1:5432/test",
+            )?;
+            let url = finpool_store::testing::fresh_postgres_database(base)
+                .await
+                .with_context(|| "creating a scratch database on the PostgreSQL server")?;
+            config.database_url = Some(url.clone());
+            Some((base.to_owned(), url))
+        }
+        _ => None,
+    };
+    // The API alone: no rate limit, no cap below the run, no scheduling
+    // (which would compete for the same database).
+    config.rate_limit = None;
+    config.pending_cap = u32::try_from(args.jobs)
+        .unwrap_or(u32::MAX)
+        .saturating_add(1);
+    config.schedule = false;
+    let pool = finpool_standalone::start(config)
+        .await
+        .context("starting the server")?;
+    let key = finpool_api::SigningKey::load(dir.path())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let ttl = std::time::Duration::from_secs(3600);
+    let addr = format!("http://{}", pool.addr);
+    let op_token = key.issue("bench", finpool_api::Role::Operator, None, ttl, now)?;
+    let mut op = crate::client::Clients::connect(&addr, Some(&op_token)).await?;
+    let class = pool
+        .inventory
+        .classes
+        .first()
+        .context("the pool has no GPU class")?
+        .name
+        .to_string();
+    let mut clients = Vec::new();
+    for c in 0..args.clients {
+        let tenant = format!("bench-{c}");
+        op.tenants
+            .create_tenant(pb::CreateTenantRequest {
+                id: tenant.clone(),
+                display_name: tenant.clone(),
+                quotas: [(
+                    class.clone(),
+                    pb::Quota {
+                        guaranteed: 1,
+                        limit: 1,
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+                weight: 1,
+                isolation: 0,
+            })
+            .await?;
+        let name = finpool_domain::Name::parse("tenant", &tenant)?;
+        let token = key.issue("bench", finpool_api::Role::Tenant, Some(&name), ttl, now)?;
+        clients.push(crate::client::Clients::connect(&addr, Some(&token)).await?);
+    }
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for (c, mut client) in clients.into_iter().enumerate() {
+        let share = args.jobs / args.clients + usize::from(c < args.jobs % args.clients);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(share);
+            for i in 0..share {
+                let spec = pb::JobSpec {
+                    name: format!("bench-{i}"),
+                    command: vec!["true".into()],
+                    idempotency_key: format!("bench-{c}-{i}"),
+                    resources: Some(pb::Resources {
+                        gpu: Some(pb::GpuRequest {
+                            kind: Some(pb::gpu_request::Kind::WholeGpus(1)),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                let t = std::time::Instant::now();
+                let r = client
+                    .jobs
+                    .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
+                    .await?;
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                anyhow::ensure!(r.into_inner().created, "a fresh key did not create a job");
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(args.jobs);
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // Every acknowledged submit is stored.
+    let usage_total: u64 = {
+        let mut total = 0;
+        for c in 0..args.clients {
+            total += pool
+                .store
+                .tenant_usage(
+                    &finpool_domain::Name::parse("t", &format!("bench-{c}"))?,
+                    finpool_domain::Timestamp::now(),
+                )
+                .await?
+                .jobs_total;
+        }
+        total
+    };
+    anyhow::ensure!(
+        usage_total as usize == args.jobs,
+        "stored {usage_total} jobs, acknowledged {}",
+        args.jobs
+    );
+    let raw = pool.store.raw_insert_rate(args.raw_rows).await?;
+    let store_kind = pool.store.backend_kind();
+    pool.shutdown().await;
+    if let Some((base, url)) = scratch_pg {
+        finpool_store::testing::drop_postgres_database(&base, &url).await;
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    let submits_per_second = args.jobs as f64 / seconds;
+    let report = SubmitReport {
+        db: store_kind.to_owned(),
+        clients: args.clients,
+        jobs: args.jobs,
+        seconds,
+        submits_per_second,
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+        raw_insert_per_second: raw,
+        submit_to_raw_insert: submits_per_second / raw,
+        server: "in-process finpool server over gRPC on loopback; rate limits off; scheduling loop paused",
+    };
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Table => {
+            println!(
+                "{} submits from {} clients on {}: {:.0}/s (p50 {:.2} ms, p99 {:.2} ms); raw single-row inserts {:.0}/s; ratio {:.2}",
+                report.jobs,
+                report.clients,
+                report.db,
+                report.submits_per_second,
+                report.p50_ms,
+                report.p99_ms,
+                report.raw_insert_per_second,
+                report.submit_to_raw_insert
+            );
+        }
+    }
+    Ok(())
 }
 
 fn scheduler(args: BenchSchedulerArgs) -> anyhow::Result<()> {

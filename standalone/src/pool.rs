@@ -45,6 +45,9 @@ pub struct StandaloneConfig {
     pub pending_cap: u32,
     /// Extra token keys (a JWKS file) and the issuer their tokens carry.
     pub jwks: Option<(PathBuf, String)>,
+    /// Whether the scheduling loop runs (benchmarks of the API alone turn
+    /// it off; jobs then stay pending).
+    pub schedule: bool,
 }
 
 impl StandaloneConfig {
@@ -63,6 +66,7 @@ impl StandaloneConfig {
             rate_limit: Some(finpool_api::RateLimit::default()),
             pending_cap: finpool_api::state::DEFAULT_PENDING_CAP,
             jwks: None,
+            schedule: true,
         }
     }
 
@@ -169,7 +173,12 @@ pub async fn start(config: StandaloneConfig) -> Result<RunningPool, StartError> 
             fair_share_half_life: config.fair_share_half_life,
         },
     );
-    let driver = tokio::spawn(driver.run(shutdown_rx.clone()));
+    let driver = if config.schedule {
+        tokio::spawn(driver.run(shutdown_rx.clone()))
+    } else {
+        tracing::warn!("the scheduling loop is off: jobs stay pending");
+        tokio::spawn(async {})
+    };
 
     let listener = TcpListener::bind(config.listen)
         .await

@@ -10,6 +10,8 @@
 //! commit.
 
 mod backend;
+mod bench;
+mod catalog;
 mod error;
 mod events;
 mod jobs;
@@ -20,6 +22,7 @@ pub mod testing;
 mod usage;
 
 pub use backend::StoreConfig;
+pub use catalog::CATALOG_TTL;
 pub use error::StoreError;
 pub use events::JobEvent;
 pub use jobs::{Change, JobFilter, JobPage};
@@ -43,6 +46,7 @@ struct Inner {
     /// Running jobs someone asked to cancel, with the reason.
     cancels: broadcast::Sender<(finpool_domain::JobId, String)>,
     submits: mpsc::Sender<submit::Request>,
+    catalog: catalog::Catalog,
 }
 
 impl std::fmt::Debug for Store {
@@ -67,6 +71,7 @@ impl Store {
                 events,
                 cancels,
                 submits,
+                catalog: Default::default(),
             }),
         };
         submit::spawn_writer(store.clone(), rx);

@@ -206,58 +206,152 @@ impl Store {
 
     /// Inserts every job in one transaction. The outer error fails them
     /// all (nothing was committed); inner results are per job.
+    ///
+    /// New jobs go in with one multi-row INSERT (and one for their first
+    /// history rows), so a batch costs a few round trips, not a few per
+    /// job. A job whose tenant is at its pending cap, or whose id was
+    /// taken (an idempotent replay), takes the one-row path. The cap is
+    /// counted as if every new id creates a job, so a replay in the same
+    /// batch can only make the cap stricter, never looser.
     async fn insert_all(
         &self,
         jobs: &[(&Job, Option<u32>)],
     ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
+        use std::collections::{HashMap, HashSet};
+        let capped: Vec<&str> = {
+            let mut t: Vec<&str> = jobs
+                .iter()
+                .filter(|(_, cap)| cap.is_some())
+                .map(|(j, _)| j.tenant_id.as_str())
+                .collect();
+            t.sort_unstable();
+            t.dedup();
+            t
+        };
         macro_rules! run {
-            ($pool:expr, $f:ident) => {{
+            ($pool:expr, $one:ident) => {{
                 let mut tx = $pool.begin().await?;
-                let mut results = Vec::with_capacity(jobs.len());
-                // Pending jobs per capped tenant, counted once per batch.
-                let mut pending: std::collections::HashMap<&str, i64> = Default::default();
-                for (job, cap) in jobs {
-                    let tenant = job.tenant_id.as_str();
-                    let at_cap = match cap {
-                        None => false,
-                        Some(cap) => {
-                            let n = match pending.get(tenant) {
-                                Some(n) => *n,
-                                None => {
-                                    let n: i64 = sqlx::query_scalar(
-                                        "SELECT COUNT(*) FROM jobs WHERE tenant_id = $1 AND state = 'pending'",
-                                    )
-                                    .bind(tenant)
-                                    .fetch_one(&mut *tx)
-                                    .await?;
-                                    pending.insert(tenant, n);
-                                    n
-                                }
-                            };
-                            n >= i64::from(*cap)
+                let mut pending: HashMap<String, i64> = HashMap::new();
+                if !capped.is_empty() {
+                    let sql = format!(
+                        "SELECT tenant_id, pending FROM tenant_pending WHERE tenant_id IN ({})",
+                        placeholders(1, capped.len())
+                    );
+                    let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql));
+                    for t in &capped {
+                        q = q.bind(*t);
+                    }
+                    pending.extend(q.fetch_all(&mut *tx).await?);
+                }
+                let mut results: Vec<Option<Result<Inserted, StoreError>>> =
+                    (0..jobs.len()).map(|_| None).collect();
+                let mut bulk = Vec::with_capacity(jobs.len());
+                for (i, (job, cap)) in jobs.iter().enumerate() {
+                    if let Some(cap) = cap {
+                        let n = pending.entry(job.tenant_id.to_string()).or_insert(0);
+                        if *n >= i64::from(*cap) {
+                            results[i] = Some(keep_refusals($one(&mut tx, job, true).await)?);
+                            continue;
                         }
-                    };
-                    match $f(&mut tx, job, at_cap).await {
-                        Err(e @ (StoreError::Conflict(_) | StoreError::LimitExceeded(_))) => {
-                            results.push(Err(e))
+                        *n += 1;
+                    }
+                    bulk.push(i);
+                }
+                if !bulk.is_empty() {
+                    const COLUMNS: usize = 9;
+                    let rows: Vec<String> = (0..bulk.len())
+                        .map(|r| {
+                            let b = r * COLUMNS;
+                            format!(
+                                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, FALSE)",
+                                b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 9
+                            )
+                        })
+                        .collect();
+                    let sql = format!(
+                        "INSERT INTO jobs (id, tenant_id, name, idempotency_key, spec, state, reason, priority, \
+                         created_at, updated_at, attempts, cancel_requested) VALUES {} \
+                         ON CONFLICT (id) DO NOTHING RETURNING id",
+                        rows.join(", ")
+                    );
+                    let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+                    for &i in &bulk {
+                        let job = jobs[i].0;
+                        q = q
+                            .bind(job.id.to_string())
+                            .bind(job.tenant_id.as_str())
+                            .bind(job.spec.name.as_str())
+                            .bind(job.spec.idempotency_key.as_deref())
+                            .bind(to_json(&job.spec))
+                            .bind(job.state.as_str())
+                            .bind(&job.reason)
+                            .bind(job.spec.priority)
+                            .bind(job.created_at.0);
+                    }
+                    let mut created: HashSet<String> = q.fetch_all(&mut *tx).await?.into_iter().collect();
+                    // The first of each created id made the job; the rest of
+                    // the batch's copies replay it.
+                    let mut made = Vec::new();
+                    for &i in &bulk {
+                        let job = jobs[i].0;
+                        if created.remove(&job.id.to_string()) {
+                            made.push(i);
                         }
-                        Ok(Inserted::Created(j)) => {
-                            if let Some(n) = pending.get_mut(tenant) {
-                                *n += 1;
-                            }
-                            results.push(Ok(Inserted::Created(j)))
+                    }
+                    if !made.is_empty() {
+                        let rows: Vec<String> = (0..made.len())
+                            .map(|r| format!("(${}, 1, NULL, ${}, ${}, ${})", r * 4 + 1, r * 4 + 2, r * 4 + 3, r * 4 + 4))
+                            .collect();
+                        let sql = format!(
+                            "INSERT INTO job_events (job_id, seq, from_state, to_state, at, reason) VALUES {}",
+                            rows.join(", ")
+                        );
+                        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                        for &i in &made {
+                            let job = jobs[i].0;
+                            q = q
+                                .bind(job.id.to_string())
+                                .bind(job.state.as_str())
+                                .bind(job.created_at.0)
+                                .bind(&job.reason);
                         }
-                        other => results.push(Ok(other?)),
+                        q.execute(&mut *tx).await?;
+                        for &i in &made {
+                            results[i] = Some(Ok(Inserted::Created(jobs[i].0.clone())));
+                        }
+                    }
+                    for &i in &bulk {
+                        if results[i].is_none() {
+                            results[i] = Some(keep_refusals($one(&mut tx, jobs[i].0, true).await)?);
+                        }
                     }
                 }
                 tx.commit().await?;
-                Ok(results)
+                Ok(results.into_iter().map(|r| r.expect("every job answered")).collect())
             }};
         }
         match self.backend() {
             Backend::Sqlite { write, .. } => run!(write, insert_sqlite),
             Backend::Postgres(pool) => run!(pool, insert_postgres),
         }
+    }
+}
+
+/// `$1, $2, …` from `first`, `count` of them.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A per-job refusal stays with its job; any other error fails the batch.
+fn keep_refusals(
+    r: Result<Inserted, StoreError>,
+) -> Result<Result<Inserted, StoreError>, StoreError> {
+    match r {
+        Err(e @ (StoreError::Conflict(_) | StoreError::LimitExceeded(_))) => Ok(Err(e)),
+        other => other.map(Ok),
     }
 }
 

@@ -10,8 +10,18 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+/// Clears the catalog cache when a write is done, whatever its outcome.
+struct ClearOnDrop<'a>(&'a Store);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.inner.catalog.clear();
+    }
+}
+
 impl Store {
     pub async fn create_tenant(&self, tenant: &Tenant) -> Result<Tenant, StoreError> {
+        let _clear = ClearOnDrop(self);
         let result = with_write_pool!(self.backend(), pool => {
             sqlx::query(
                 "INSERT INTO tenants (id, display_name, weight, isolation, quotas, created_at, updated_at) \
@@ -72,6 +82,7 @@ impl Store {
         quota: Quota,
         now: Timestamp,
     ) -> Result<Tenant, StoreError> {
+        let _clear = ClearOnDrop(self);
         with_write_pool!(self.backend(), pool => {
             let mut tx = pool.begin().await?;
             let row: Option<TenantRow> = sqlx::query_as(
@@ -96,6 +107,7 @@ impl Store {
     }
 
     pub async fn register_model(&self, model: &BaseModel) -> Result<BaseModel, StoreError> {
+        let _clear = ClearOnDrop(self);
         let result = with_write_pool!(self.backend(), pool => {
             sqlx::query(
                 "INSERT INTO models (name, size_mib, min_gpu_memory_mib, registered_at) VALUES ($1, $2, $3, $4)",

@@ -42,3 +42,22 @@ pub async fn fresh_postgres_database(base: &str) -> Result<String, sqlx::Error> 
         .ok_or_else(|| sqlx::Error::Configuration("the URL names no database".into()))?;
     Ok(format!("{prefix}/{name}"))
 }
+
+/// Drops a database made by [`fresh_postgres_database`] (best effort: a
+/// leftover is swept by a later call after an hour).
+pub async fn drop_postgres_database(base: &str, url: &str) {
+    let Some(name) = url
+        .rsplit('/')
+        .next()
+        .filter(|n| n.starts_with("finpool_test_"))
+    else {
+        return;
+    };
+    if let Ok(mut admin) = sqlx::PgConnection::connect(base).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
+    }
+}

@@ -498,3 +498,62 @@ async fn sqlite_data_survives_reopening() {
     let s = Store::open(&StoreConfig::Sqlite(path)).await.unwrap();
     assert_eq!(s.get_job(id).await.unwrap().state, JobState::Pending);
 }
+
+#[tokio::test]
+async fn the_pending_cap_holds_under_concurrency_and_follows_transitions() {
+    for b in backends().await {
+        let s = b.store.clone();
+        s.create_tenant(&tenant("alpha")).await.unwrap();
+        s.create_tenant(&tenant("beta")).await.unwrap();
+        // 40 concurrent submits against a cap of 10: exactly 10 get in.
+        let mut handles = Vec::new();
+        for i in 0..40 {
+            let s = s.clone();
+            let job = new_job("alpha", &format!("j{i}"), 100 + i);
+            handles.push(tokio::spawn(
+                async move { s.submit_capped(job, Some(10)).await },
+            ));
+        }
+        let mut ok = Vec::new();
+        let mut refused = 0;
+        for h in handles {
+            match h.await.unwrap() {
+                Ok((job, true)) => ok.push(job),
+                Err(StoreError::LimitExceeded(m)) => {
+                    assert!(m.contains("alpha"), "{m}");
+                    refused += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((ok.len(), refused), (10, 30), "{}", s.backend_kind());
+        // Another tenant is not affected; a replay of a stored job passes.
+        assert!(
+            s.submit_capped(new_job("beta", "b", 1), Some(10))
+                .await
+                .is_ok()
+        );
+        let replay = Job::new(
+            ok[0].id,
+            ok[0].tenant_id.clone(),
+            ok[0].spec.clone(),
+            Timestamp(999),
+        );
+        assert!(!s.submit_capped(replay, Some(10)).await.unwrap().1);
+        // A job leaving Pending frees a place; nothing else does.
+        let mut admit = Change::new(JobState::Admitted, "placed", Timestamp(300));
+        admit.placement = Some(placement());
+        s.transition(ok[0].id, Some(JobState::Pending), admit)
+            .await
+            .unwrap();
+        assert!(
+            s.submit_capped(new_job("alpha", "k1", 400), Some(10))
+                .await
+                .is_ok()
+        );
+        assert!(matches!(
+            s.submit_capped(new_job("alpha", "k2", 401), Some(10)).await,
+            Err(StoreError::LimitExceeded(_))
+        ));
+    }
+}

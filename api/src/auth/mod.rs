@@ -211,6 +211,7 @@ impl SigningKey {
                 algorithm: Algorithm::EdDSA,
                 issuer: ISSUER.into(),
             }],
+            verified: Default::default(),
         }
     }
 }
@@ -233,7 +234,16 @@ struct VerifyingKey {
 #[derive(Clone)]
 pub struct Verifier {
     keys: Vec<VerifyingKey>,
+    /// Tokens already verified, by their exact text, with their principal
+    /// and expiry: a client sends the same token on every call, and a
+    /// signature check costs more than the rest of a small request. A hit
+    /// still checks the expiry; an entry is only made for a token that
+    /// passed every check.
+    verified: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (Principal, u64)>>>,
 }
+
+/// Verified tokens kept at most (the cache is emptied when full).
+const VERIFIED_CACHE_ENTRIES: usize = 10_000;
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -305,6 +315,25 @@ impl Verifier {
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        {
+            let cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((principal, exp)) = cache.get(token)
+                && now <= exp.saturating_add(LEEWAY_SECONDS)
+            {
+                return Ok(principal.clone());
+            }
+        }
+        let (principal, exp) = self.verify_uncached(token)?;
+        let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= VERIFIED_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(token.to_owned(), (principal.clone(), exp));
+        Ok(principal)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<(Principal, u64), AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let kid = header
@@ -351,11 +380,14 @@ impl Verifier {
         if claims.sub.is_empty() {
             return Err(AuthError::Invalid("empty sub".into()));
         }
-        Ok(Principal {
-            subject: claims.sub,
-            role,
-            tenant,
-        })
+        Ok((
+            Principal {
+                subject: claims.sub,
+                role,
+                tenant,
+            },
+            claims.exp,
+        ))
     }
 }
 

@@ -32,7 +32,7 @@ impl Jobs {
         tenant: &Name,
         input: &JobSpecInput,
     ) -> Result<finpool_domain::JobSpec, Status> {
-        let tenant = match self.state.store.get_tenant(tenant.as_str()).await {
+        let tenant = match self.state.store.get_tenant_cached(tenant.as_str()).await {
             Ok(t) => t,
             Err(StoreError::NotFound(_)) => {
                 return Err(Status::failed_precondition(format!(
@@ -41,7 +41,12 @@ impl Jobs {
             }
             Err(e) => return Err(error::store(e)),
         };
-        let models = self.state.store.list_models().await.map_err(error::store)?;
+        let models = self
+            .state
+            .store
+            .list_models_cached()
+            .await
+            .map_err(error::store)?;
         let inventory = self.state.inventory.inventory();
         let ctx = SubmitContext {
             tenant: &tenant,
