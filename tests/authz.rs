@@ -262,10 +262,14 @@ async fn grpc_call(c: &mut Clients, rpc: &str, job: &str, n: usize) -> Result<()
             .map(drop),
         "ListModels" => c
             .models
-            .list_models(pb::ListModelsRequest {})
+            .list_models(pb::ListModelsRequest::default())
             .await
             .map(drop),
-        "ListNodes" => c.nodes.list_nodes(pb::ListNodesRequest {}).await.map(drop),
+        "ListNodes" => c
+            .nodes
+            .list_nodes(pb::ListNodesRequest::default())
+            .await
+            .map(drop),
         "GetUsage" => c
             .usage
             .get_usage(pb::GetUsageRequest {

@@ -174,6 +174,32 @@ async fn openapi_document_is_served_and_printed() {
             served["paths"][route.path][route.method.as_str().to_ascii_lowercase()].is_object()
         );
     }
+    // Nodes page like every list: three nodes, two per page.
+    let op = server.token(Role::Operator, None);
+    let mut names = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page: Value = server
+            .rest(
+                Method::GET,
+                &format!("/v1/nodes?page_size=2&page_token={token}"),
+                Some(&op),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let nodes = page["nodes"].as_array().unwrap();
+        assert!(nodes.len() <= 2);
+        names.extend(nodes.iter().map(|n| n["name"].as_str().unwrap().to_owned()));
+        token = page["next_page_token"].as_str().unwrap().to_owned();
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(names, ["node-a", "node-b", "node-l4"]);
     // Unknown routes are problems too.
     let r = server
         .rest(Method::GET, "/v1/nope", None)

@@ -20,11 +20,23 @@ pub async fn run(global: &Global, command: ModelCommand) -> anyhow::Result<()> {
                 .into_inner(),
         ],
         ModelCommand::List => {
-            c.models
-                .list_models(pb::ListModelsRequest {})
-                .await?
-                .into_inner()
-                .models
+            let mut all = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = c
+                    .models
+                    .list_models(pb::ListModelsRequest {
+                        page_size: 500,
+                        page_token: token,
+                    })
+                    .await?
+                    .into_inner();
+                all.extend(page.models);
+                if page.next_page_token.is_empty() {
+                    break all;
+                }
+                token = page.next_page_token;
+            }
         }
     };
     if global.output == Output::Json {

@@ -9,11 +9,24 @@ use crate::output;
 pub async fn run(global: &Global, command: NodeCommand) -> anyhow::Result<()> {
     let mut c = Clients::from_global(global).await?;
     let NodeCommand::List = command;
-    let nodes = c
-        .nodes
-        .list_nodes(pb::ListNodesRequest {})
-        .await?
-        .into_inner();
+    // Every page, as one response.
+    let mut nodes = pb::ListNodesResponse::default();
+    loop {
+        let page = c
+            .nodes
+            .list_nodes(pb::ListNodesRequest {
+                page_size: 500,
+                page_token: nodes.next_page_token.clone(),
+            })
+            .await?
+            .into_inner();
+        nodes.nodes.extend(page.nodes);
+        nodes.gpu_classes = page.gpu_classes;
+        nodes.next_page_token = page.next_page_token;
+        if nodes.next_page_token.is_empty() {
+            break;
+        }
+    }
     if global.output == Output::Json {
         output::json(&nodes);
         return Ok(());

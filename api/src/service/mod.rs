@@ -29,3 +29,48 @@ pub fn page_size(value: i32, default: u32) -> Result<u32, Status> {
         ))),
     }
 }
+
+/// One page of `items` ordered by `key`: those after `token`, at most
+/// `size`, with the token of the next page ("" on the last).
+pub fn page_of<T>(
+    mut items: Vec<T>,
+    key: impl Fn(&T) -> &str,
+    size: u32,
+    token: &str,
+) -> (Vec<T>, String) {
+    items.sort_by(|a, b| key(a).cmp(key(b)));
+    let start = items.partition_point(|i| !token.is_empty() && key(i) <= token);
+    let mut page: Vec<T> = items.into_iter().skip(start).collect();
+    let next = if page.len() > size as usize {
+        page.truncate(size as usize);
+        page.last().map(|i| key(i).to_owned()).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    (page, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_cover_everything_once_in_order() {
+        let items: Vec<String> = ["d", "a", "c", "b", "e"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut token = String::new();
+        let mut seen = Vec::new();
+        loop {
+            let (page, next) = page_of(items.clone(), |s| s.as_str(), 2, &token);
+            assert!(page.len() <= 2);
+            seen.extend(page);
+            if next.is_empty() {
+                break;
+            }
+            token = next;
+        }
+        assert_eq!(seen, ["a", "b", "c", "d", "e"]);
+    }
+}

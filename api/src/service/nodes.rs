@@ -26,6 +26,9 @@ impl NodeService for Nodes {
         request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let who = principal(&request)?;
+        let r = request.get_ref();
+        let size = super::page_size(r.page_size, 100)?;
+        let token = r.page_token.clone();
         let inventory = self.state.inventory.inventory();
         let jobs = self.state.store.active_jobs().await.map_err(error::store)?;
         let mut nodes: Vec<pb::Node> = inventory
@@ -80,8 +83,10 @@ impl NodeService for Nodes {
                 }
             }
         }
+        let (nodes, next_page_token) = super::page_of(nodes, |n| n.name.as_str(), size, &token);
         Ok(Response::new(pb::ListNodesResponse {
             nodes,
+            next_page_token,
             gpu_classes: inventory
                 .classes
                 .iter()

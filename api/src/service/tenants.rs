@@ -175,11 +175,17 @@ impl ModelService for Models {
 
     async fn list_models(
         &self,
-        _request: Request<pb::ListModelsRequest>,
+        request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let r = request.into_inner();
+        let size = page_size(r.page_size, 100)?;
         let models = self.state.store.list_models().await.map_err(error::store)?;
+        let models: Vec<pb::Model> = models.iter().map(convert::model_to_pb).collect();
+        let (models, next_page_token) =
+            super::page_of(models, |m| m.name.as_str(), size, &r.page_token);
         Ok(Response::new(pb::ListModelsResponse {
-            models: models.iter().map(convert::model_to_pb).collect(),
+            models,
+            next_page_token,
         }))
     }
 }
