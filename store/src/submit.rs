@@ -49,66 +49,33 @@ enum Inserted {
     Existing(Job),
 }
 
-macro_rules! insert_fn {
+/// A job the batch INSERT did not create: its id is taken (an idempotent
+/// replay, answered with the stored job) or its tenant is at the pending
+/// cap (refused unless it is such a replay).
+macro_rules! existing_fn {
     ($name:ident, $conn:ty) => {
-        async fn $name(
-            conn: &mut $conn,
-            job: &Job,
-            at_cap: bool,
-        ) -> Result<Inserted, StoreError> {
-            if at_cap {
-                // Only a replay of an existing job may pass a full queue.
-                let existing: Option<JobRow> =
-                    sqlx::query_as(concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1"))
-                        .bind(job.id.to_string())
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                return match existing {
-                    Some(row) => same_job(row.into_job(Vec::new())?, job),
-                    None => Err(StoreError::LimitExceeded(format!(
-                        "pending jobs: tenant {} is at its cap; wait for some to start",
-                        job.tenant_id
-                    ))),
-                };
-            }
-            let done = sqlx::query(
-                "INSERT INTO jobs (id, tenant_id, name, idempotency_key, spec, state, reason, priority, \
-                 created_at, updated_at, attempts, cancel_requested) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, 0, FALSE) ON CONFLICT (id) DO NOTHING",
-            )
+        async fn $name(conn: &mut $conn, job: &Job) -> Result<Inserted, StoreError> {
+            let existing: Option<JobRow> = sqlx::query_as(concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM jobs WHERE id = $1"
+            ))
             .bind(job.id.to_string())
-            .bind(job.tenant_id.as_str())
-            .bind(job.spec.name.as_str())
-            .bind(job.spec.idempotency_key.as_deref())
-            .bind(to_json(&job.spec))
-            .bind(job.state.as_str())
-            .bind(&job.reason)
-            .bind(job.spec.priority)
-            .bind(job.created_at.0)
-            .execute(&mut *conn)
+            .fetch_optional(&mut *conn)
             .await?;
-            if done.rows_affected() == 1 {
-                sqlx::query(
-                    "INSERT INTO job_events (job_id, seq, from_state, to_state, at, reason) \
-                     VALUES ($1, 1, NULL, $2, $3, $4)",
-                )
-                .bind(job.id.to_string())
-                .bind(job.state.as_str())
-                .bind(job.created_at.0)
-                .bind(&job.reason)
-                .execute(&mut *conn)
-                .await?;
-                return Ok(Inserted::Created(job.clone()));
+            match existing {
+                Some(row) => same_job(row.into_job(Vec::new())?, job),
+                None => Err(StoreError::LimitExceeded(format!(
+                    "pending jobs: tenant {} is at its cap; wait for some to start",
+                    job.tenant_id
+                ))),
             }
-            let existing: JobRow =
-                sqlx::query_as(concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1"))
-                    .bind(job.id.to_string())
-                    .fetch_one(&mut *conn)
-                    .await?;
-            same_job(existing.into_job(Vec::new())?, job)
         }
     };
 }
+
+existing_fn!(existing_sqlite, sqlx::SqliteConnection);
+existing_fn!(existing_postgres, sqlx::PgConnection);
 
 /// An idempotent replay must carry the same spec.
 fn same_job(existing: Job, job: &Job) -> Result<Inserted, StoreError> {
@@ -119,9 +86,6 @@ fn same_job(existing: Job, job: &Job) -> Result<Inserted, StoreError> {
     }
     Ok(Inserted::Existing(existing))
 }
-
-insert_fn!(insert_sqlite, sqlx::SqliteConnection);
-insert_fn!(insert_postgres, sqlx::PgConnection);
 
 impl Store {
     /// Stores a new Pending job, durably. Returns the stored job and whether
@@ -250,7 +214,7 @@ impl Store {
                     if let Some(cap) = cap {
                         let n = pending.entry(job.tenant_id.to_string()).or_insert(0);
                         if *n >= i64::from(*cap) {
-                            results[i] = Some(keep_refusals($one(&mut tx, job, true).await)?);
+                            results[i] = Some(keep_refusals($one(&mut tx, job).await)?);
                             continue;
                         }
                         *n += 1;
@@ -322,7 +286,7 @@ impl Store {
                     }
                     for &i in &bulk {
                         if results[i].is_none() {
-                            results[i] = Some(keep_refusals($one(&mut tx, jobs[i].0, true).await)?);
+                            results[i] = Some(keep_refusals($one(&mut tx, jobs[i].0).await)?);
                         }
                     }
                 }
@@ -331,8 +295,8 @@ impl Store {
             }};
         }
         match self.backend() {
-            Backend::Sqlite { write, .. } => run!(write, insert_sqlite),
-            Backend::Postgres(pool) => run!(pool, insert_postgres),
+            Backend::Sqlite { write, .. } => run!(write, existing_sqlite),
+            Backend::Postgres(pool) => run!(pool, existing_postgres),
         }
     }
 }
