@@ -28,6 +28,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::openb::TraceError;
+use crate::trace_csv::{field_error, non_negative, reader, rows};
 
 /// One inference request.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,15 +39,6 @@ pub struct Request {
     pub tenant: String,
     /// None for the few requests that name no base model.
     pub model: Option<String>,
-}
-
-fn field_error(file: &str, line: u64, field: &str, reason: String) -> TraceError {
-    TraceError::Field {
-        file: file.into(),
-        line,
-        field: field.into(),
-        reason,
-    }
 }
 
 /// "2024-11-15 16:57:50" as seconds since the epoch (UTC).
@@ -71,36 +63,16 @@ fn parse_time(s: &str) -> Option<f64> {
 }
 
 pub fn read_requests(file: &str, input: impl Read) -> Result<Vec<Request>, TraceError> {
-    let mut r = csv::ReaderBuilder::new().from_reader(input);
-    let headers = r
-        .headers()
-        .map_err(|e| TraceError::Format {
-            file: file.into(),
-            reason: e.to_string(),
-        })?
-        .clone();
-    let col = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| TraceError::Format {
-                file: file.into(),
-                reason: format!("no {name:?} column"),
-            })
-    };
+    let (mut r, cols) = reader(file, input)?;
     let (at, exec, group, model) = (
-        col("gmt_create")?,
-        col("exec_time_seconds")?,
-        col("groupId")?,
-        col("checkpoint_model_version_id")?,
+        cols.index("gmt_create")?,
+        cols.index("exec_time_seconds")?,
+        cols.index("groupId")?,
+        cols.index("checkpoint_model_version_id")?,
     );
     let mut out = Vec::new();
-    for record in r.records() {
-        let record = record.map_err(|e| TraceError::Format {
-            file: file.into(),
-            reason: e.to_string(),
-        })?;
-        let line = record.position().map_or(0, |p| p.line());
+    for row in rows(file, &mut r) {
+        let (line, record) = row?;
         let arrival_s = parse_time(&record[at]).ok_or_else(|| {
             field_error(
                 file,
@@ -109,19 +81,7 @@ pub fn read_requests(file: &str, input: impl Read) -> Result<Vec<Request>, Trace
                 format!("{:?} is not a time", &record[at]),
             )
         })?;
-        let seconds: f64 = record[exec]
-            .trim()
-            .parse()
-            .ok()
-            .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-            .ok_or_else(|| {
-                field_error(
-                    file,
-                    line,
-                    "exec_time_seconds",
-                    format!("{:?} is not a duration", &record[exec]),
-                )
-            })?;
+        let seconds = non_negative(file, line, "exec_time_seconds", &record[exec], "a duration")?;
         out.push(Request {
             arrival_s,
             duration_ms: (seconds * 1000.0).round() as u64,
@@ -134,41 +94,12 @@ pub fn read_requests(file: &str, input: impl Read) -> Result<Vec<Request>, Trace
 
 /// Model load latencies (the `value` column, milliseconds).
 pub fn read_latencies(file: &str, input: impl Read) -> Result<Vec<u64>, TraceError> {
-    let mut r = csv::ReaderBuilder::new().from_reader(input);
-    let headers = r
-        .headers()
-        .map_err(|e| TraceError::Format {
-            file: file.into(),
-            reason: e.to_string(),
-        })?
-        .clone();
-    let value = headers
-        .iter()
-        .position(|h| h == "value")
-        .ok_or_else(|| TraceError::Format {
-            file: file.into(),
-            reason: "no \"value\" column".into(),
-        })?;
+    let (mut r, cols) = reader(file, input)?;
+    let value = cols.index("value")?;
     let mut out = Vec::new();
-    for record in r.records() {
-        let record = record.map_err(|e| TraceError::Format {
-            file: file.into(),
-            reason: e.to_string(),
-        })?;
-        let line = record.position().map_or(0, |p| p.line());
-        let ms: f64 = record[value]
-            .trim()
-            .parse()
-            .ok()
-            .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-            .ok_or_else(|| {
-                field_error(
-                    file,
-                    line,
-                    "value",
-                    format!("{:?} is not a latency", &record[value]),
-                )
-            })?;
+    for row in rows(file, &mut r) {
+        let (line, record) = row?;
+        let ms = non_negative(file, line, "value", &record[value], "a latency")?;
         out.push(ms.round() as u64);
     }
     if out.is_empty() {

@@ -17,6 +17,7 @@ pub mod genai;
 pub mod openb;
 pub mod plot;
 pub mod policies;
+mod trace_csv;
 pub mod workload;
 
 pub use experiment::{

@@ -9,6 +9,8 @@ use finpool_scheduler::cluster::ClassInfo;
 use finpool_scheduler::{ClassSet, Cluster, GpuState, NodeState, Task};
 use thiserror::Error;
 
+use crate::trace_csv::{field_error, reader, rows};
+
 #[derive(Debug, Error)]
 pub enum TraceError {
     #[error("{file}: {reason}")]
@@ -62,54 +64,19 @@ impl OpenbPod {
     }
 }
 
-struct Columns {
-    file: String,
-    headers: Vec<String>,
-}
-
-impl Columns {
-    fn index(&self, name: &str) -> Result<usize, TraceError> {
-        self.headers
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| TraceError::Format {
-                file: self.file.clone(),
-                reason: format!("no {name:?} column (columns: {})", self.headers.join(",")),
-            })
-    }
-}
-
-fn reader(file: &str, input: impl Read) -> Result<(csv::Reader<impl Read>, Columns), TraceError> {
-    let mut r = csv::ReaderBuilder::new().flexible(false).from_reader(input);
-    let headers = r
-        .headers()
-        .map_err(|e| TraceError::Format {
-            file: file.into(),
-            reason: e.to_string(),
-        })?
-        .iter()
-        .map(|h| h.trim().to_owned())
-        .collect();
-    Ok((
-        r,
-        Columns {
-            file: file.into(),
-            headers,
-        },
-    ))
-}
-
 fn number<T: std::str::FromStr>(
     file: &str,
     line: u64,
     field: &str,
     value: &str,
 ) -> Result<T, TraceError> {
-    value.trim().parse().map_err(|_| TraceError::Field {
-        file: file.into(),
-        line,
-        field: field.into(),
-        reason: format!("{value:?} is not a non-negative integer"),
+    value.trim().parse().map_err(|_| {
+        field_error(
+            file,
+            line,
+            field,
+            format!("{value:?} is not a non-negative integer"),
+        )
     })
 }
 
@@ -123,20 +90,11 @@ pub fn read_nodes(file: &str, input: impl Read) -> Result<Vec<OpenbNode>, TraceE
         cols.index("model")?,
     );
     let mut nodes = Vec::new();
-    for record in r.records() {
-        let record = record.map_err(|e| TraceError::Format {
-            file: file.into(),
-            reason: e.to_string(),
-        })?;
-        let line = record.position().map_or(0, |p| p.line());
+    for row in rows(file, &mut r) {
+        let (line, record) = row?;
         let gpus: u32 = number(file, line, "gpu", &record[gpu])?;
         if gpus as usize > finpool_scheduler::cluster::MAX_GPUS_PER_NODE {
-            return Err(TraceError::Field {
-                file: file.into(),
-                line,
-                field: "gpu".into(),
-                reason: "too many GPUs".into(),
-            });
+            return Err(field_error(file, line, "gpu", "too many GPUs".into()));
         }
         nodes.push(OpenbNode {
             name: record[sn].to_owned(),
@@ -161,12 +119,8 @@ pub fn read_pods(file: &str, input: impl Read) -> Result<Vec<OpenbPod>, TraceErr
     // Some variants (multigpu20) have no gpu_spec column: any model will do.
     let spec = cols.index("gpu_spec").ok();
     let mut pods = Vec::new();
-    for record in r.records() {
-        let record = record.map_err(|e| TraceError::Format {
-            file: file.into(),
-            reason: e.to_string(),
-        })?;
-        let line = record.position().map_or(0, |p| p.line());
+    for row in rows(file, &mut r) {
+        let (line, record) = row?;
         let pod = OpenbPod {
             name: record[name].to_owned(),
             cpu_milli: number(file, line, "cpu_milli", &record[cpu])?,
@@ -185,15 +139,15 @@ pub fn read_pods(file: &str, input: impl Read) -> Result<Vec<OpenbPod>, TraceErr
                 .unwrap_or_default(),
         };
         if pod.gpu_milli > 1000 || (pod.num_gpu > 1 && pod.gpu_milli != 1000) {
-            return Err(TraceError::Field {
-                file: file.into(),
+            return Err(field_error(
+                file,
                 line,
-                field: "gpu_milli".into(),
-                reason: format!(
+                "gpu_milli",
+                format!(
                     "{} GPUs of {} milli: only whole GPUs or one share of a GPU are defined",
                     pod.num_gpu, pod.gpu_milli
                 ),
-            });
+            ));
         }
         pods.push(pod);
     }
