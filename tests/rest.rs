@@ -15,6 +15,16 @@ fn spec() -> Value {
     json!({"name": "ok-name", "command": ["true"], "resources": {"gpu": {"whole_gpus": 1}}})
 }
 
+/// POST /v1/jobs with `body` as `token`.
+async fn post_job(server: &Server, token: &str, body: &Value) -> reqwest::Response {
+    server
+        .rest(Method::POST, "/v1/jobs", Some(token))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn set(mut v: Value, path: &[&str], value: Value) -> Value {
     let mut at = &mut v;
     for key in &path[..path.len() - 1] {
@@ -75,12 +85,7 @@ async fn bad_input_is_refused_by_field_and_nothing_is_stored() {
         ("spec", json!("not an object")),
     ];
     for (field, body) in cases {
-        let r = server
-            .rest(Method::POST, "/v1/jobs", Some(&token))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = post_job(&server, &token, &body).await;
         assert_eq!(r.status(), 400, "{field}");
         assert_eq!(r.headers()["content-type"], "application/problem+json");
         let problem: Value = r.json().await.unwrap();
@@ -129,23 +134,13 @@ async fn bad_input_is_refused_by_field_and_nothing_is_stored() {
     assert_eq!(r["jobs"], json!([]));
 
     // And a good one goes through, with the tenant from the token.
-    let r = server
-        .rest(Method::POST, "/v1/jobs", Some(&token))
-        .json(&spec())
-        .send()
-        .await
-        .unwrap();
+    let r = post_job(&server, &token, &spec()).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["job"]["tenant_id"], "alpha");
     assert_eq!(v["created"], true);
     // A tenant cannot name itself another tenant in the body.
-    let r = server
-        .rest(Method::POST, "/v1/jobs", Some(&token))
-        .json(&set(spec(), &["tenant_id"], json!("beta")))
-        .send()
-        .await
-        .unwrap();
+    let r = post_job(&server, &token, &set(spec(), &["tenant_id"], json!("beta"))).await;
     assert_eq!(r.status(), 400);
 }
 
@@ -270,12 +265,7 @@ async fn oversized_requests_and_full_queues_are_refused() {
 
     // Body over 1 MiB: 413 over REST, INVALID_ARGUMENT over gRPC.
     let big = set(spec(), &["labels"], json!({"blob": "x".repeat(2 << 20)}));
-    let r = server
-        .rest(Method::POST, "/v1/jobs", Some(&token))
-        .json(&big)
-        .send()
-        .await
-        .unwrap();
+    let r = post_job(&server, &token, &big).await;
     assert_eq!(r.status(), 413);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     let mut s = shell_job("big", whole(1), "true");
@@ -306,19 +296,9 @@ async fn oversized_requests_and_full_queues_are_refused() {
     keyed.idempotency_key = "k-0".into();
     submit(&mut alpha, keyed.clone()).await;
     submit(&mut alpha, shell_job("w1", whole(1), "true")).await;
-    let r = server
-        .rest(Method::POST, "/v1/jobs", Some(&token))
-        .json(&set(spec(), &["name"], json!("w2")))
-        .send()
-        .await
-        .unwrap();
+    let r = post_job(&server, &token, &set(spec(), &["name"], json!("w2"))).await;
     assert_eq!(r.status(), 200);
-    let r = server
-        .rest(Method::POST, "/v1/jobs", Some(&token))
-        .json(&set(spec(), &["name"], json!("w3")))
-        .send()
-        .await
-        .unwrap();
+    let r = post_job(&server, &token, &set(spec(), &["name"], json!("w3"))).await;
     assert_eq!(r.status(), 429);
     let p: Value = r.json().await.unwrap();
     assert!(p["detail"].as_str().unwrap().contains("cap"), "{p}");

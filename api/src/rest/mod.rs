@@ -18,7 +18,7 @@ use std::convert::Infallible;
 use std::sync::LazyLock;
 
 use axum::body::Body;
-use axum::extract::{Path, Request};
+use axum::extract::{FromRequestParts, Path, Request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -244,7 +244,7 @@ pub type GrpcStack = crate::auth::layer::AuthService<tonic::service::Routes>;
 pub fn router(grpc: GrpcStack) -> axum::Router {
     let mut router = axum::Router::new().route(
         "/openapi.json",
-        axum::routing::get(|| async { axum::Json(openapi::document()) }),
+        axum::routing::get(|| async { axum::Json(openapi::DOCUMENT.clone()) }),
     );
     for r in ROUTES {
         let filter = MethodFilter::try_from(r.method.clone()).expect("standard methods");
@@ -293,11 +293,14 @@ async fn gateway(route: &'static Route, grpc: GrpcStack, request: Request) -> Re
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
         Err(_) => {
-            return problem(&Status::invalid_argument(format!(
+            // 413 rather than the 400 INVALID_ARGUMENT maps to.
+            let mut r = problem(&Status::invalid_argument(format!(
                 "request: larger than the {} MiB limit",
                 MAX_BODY_BYTES >> 20
             )))
-            .into_response_with(StatusCode::PAYLOAD_TOO_LARGE);
+            .into_response();
+            *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            return r;
         }
     };
     let mut message = match request_body(route, &input, &body) {
@@ -363,7 +366,7 @@ fn request_body(
     let parse = |desc: MessageDescriptor, what: &str| {
         let mut de = serde_json::Deserializer::from_slice(body);
         let m = DynamicMessage::deserialize_with_options(
-            desc,
+            desc.clone(),
             &mut de,
             &DeserializeOptions::new().deny_unknown_fields(true),
         )
@@ -371,9 +374,7 @@ fn request_body(
         m.map_err(|e| {
             // Name an unknown field by its path in the body.
             let value: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-            match value
-                .and_then(|v| unknown_field_path(&v, &desc_for_errors(&desc_name(what, input)), ""))
-            {
+            match value.and_then(|v| unknown_field_path(&v, &desc, "")) {
                 Some(path) => invalid(&path, "unknown field"),
                 None => invalid(what, json_reason(&e)),
             }
@@ -408,20 +409,6 @@ fn json_reason(e: &serde_json::Error) -> String {
         Some((reason, _)) => format!("not valid JSON for this request: {reason}"),
         None => format!("not valid JSON for this request: {text}"),
     }
-}
-
-/// The message a body part is parsed as: the request, or its field `what`.
-fn desc_name(what: &str, input: &MessageDescriptor) -> String {
-    match input.get_field_by_name(what).map(|f| f.kind()) {
-        Some(Kind::Message(m)) => m.full_name().to_owned(),
-        _ => input.full_name().to_owned(),
-    }
-}
-
-fn desc_for_errors(full_name: &str) -> MessageDescriptor {
-    DESCRIPTORS
-        .get_message_by_name(full_name)
-        .expect("names come from the pool")
 }
 
 /// The path of the first key in `value` that `message` has no field for.
@@ -692,26 +679,7 @@ fn stream_reply(reply: Reply, output: MessageDescriptor, body: tonic::body::Body
     response
 }
 
-trait WithStatus {
-    fn into_response_with(self, code: StatusCode) -> Response;
-}
-
-impl<T: IntoResponse> WithStatus for T {
-    fn into_response_with(self, code: StatusCode) -> Response {
-        let mut r = self.into_response();
-        *r.status_mut() = code;
-        r
-    }
-}
-
-use axum::extract::FromRequestParts;
-
 /// Anything the gRPC router does not serve and no REST route matches.
 pub async fn not_found() -> Response {
     problem(&Status::not_found("no such route")).into_response()
-}
-
-/// Reads a message's descriptor by full name (for tests and the document).
-pub fn message_descriptor(full_name: &str) -> Option<MessageDescriptor> {
-    DESCRIPTORS.get_message_by_name(full_name)
 }

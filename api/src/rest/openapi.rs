@@ -228,6 +228,9 @@ fn operation(route: &Route, schemas: &mut Map<String, Value>) -> Value {
     op
 }
 
+/// The document, built once.
+pub static DOCUMENT: std::sync::LazyLock<Value> = std::sync::LazyLock::new(document);
+
 /// The whole OpenAPI 3.0 document.
 pub fn document() -> Value {
     let mut schemas = Map::new();
