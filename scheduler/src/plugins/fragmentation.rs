@@ -4,8 +4,8 @@
 //!
 //! A node's fragmentation for a task shape is its free GPU capacity that
 //! the shape cannot use: all of it when the shape cannot run on the node at
-//! all (GPU count, class, CPU or memory), otherwise the cards whose free
-//! share is smaller than what the shape needs per card. The expected
+//! all (GPU count, class, CPU or memory) or asks for no GPU, otherwise the
+//! cards whose free share is smaller than what the shape needs per card. The expected
 //! fragmentation weights this over a workload model: the typical task
 //! shapes and their weights.
 
@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use finpool_domain::MILLI_PER_GPU;
 
-use crate::cluster::{Choice, ClassSet, MAX_GPUS_PER_NODE, NodeState};
+use crate::cluster::{Choice, ClassIdx, ClassSet, MAX_CLASSES, MAX_GPUS_PER_NODE, NodeState};
 use crate::task::Task;
 
 /// What a task needs, for fragmentation purposes (tenant-free).
@@ -65,10 +65,12 @@ pub struct WorkloadModel {
     pub companion: Option<Companion>,
     /// The shapes grouped by GPU need, for fast evaluation.
     groups: Vec<NeedGroup>,
-    /// fill[f]: the most of a card's free `f` milli-GPU the model's GPU
-    /// shapes can take, combined (an unbounded subset sum); empty when the
-    /// model has no GPU shape.
-    pub fill: Vec<u16>,
+    /// Per card class, how the model's GPU shapes allowed on it can fill a
+    /// card (see [`WorkloadModel::unfillable`]).
+    fills: ClassFills,
+    /// The least CPU and memory any typical GPU share asks for: a node
+    /// with less can take no more shares.
+    pub smallest_share: Option<(u64, u64)>,
 }
 
 /// How much CPU and memory GPU work brings along, per milli-GPU.
@@ -84,8 +86,8 @@ impl WorkloadModel {
     pub fn from_counts(counts: &HashMap<Shape, u64>, coverage: f64, weighting: Weighting) -> Self {
         let weight = |shape: &Shape, n: u64| match weighting {
             Weighting::Count => n as f64,
-            // CPU-only shapes ask for no GPU but still strand cards when
-            // they cannot fit; give them the weight of a small share.
+            // CPU-only shapes ask for no GPU but still take the CPU that
+            // GPU work needs; give them the weight of a small share.
             Weighting::Demand => n as f64 * (shape.demand_milli().max(100)) as f64,
             Weighting::GpuDemand => n as f64 * shape.demand_milli() as f64,
         };
@@ -120,7 +122,8 @@ impl WorkloadModel {
                 .map(|(s, w)| (s, if sum > 0.0 { w / sum } else { 0.0 }))
                 .collect(),
             companion: companion(counts),
-            fill: Vec::new(),
+            fills: ClassFills::default(),
+            smallest_share: None,
             groups: Vec::new(),
         }
         .with_fill()
@@ -184,39 +187,26 @@ impl WorkloadModel {
         self
     }
 
-    /// Computes [`WorkloadModel::fill`] from the model's shapes.
+    /// Computes [`WorkloadModel::fills`] from the model's shapes.
     fn with_fill(mut self) -> Self {
-        let sizes: Vec<usize> = self
+        self.fills = ClassFills::of(&self.shapes);
+        let shares = self
             .shapes
             .iter()
-            .filter(|(s, _)| s.gpus > 0)
-            .map(|(s, _)| s.milli_per_gpu.min(MILLI_PER_GPU) as usize)
-            .filter(|m| *m > 0)
-            .collect();
-        if sizes.is_empty() {
-            return self;
-        }
-        let mut fill = vec![0u16; MILLI_PER_GPU as usize + 1];
-        for f in 1..fill.len() {
-            let mut best = fill[f - 1];
-            for &m in &sizes {
-                if m <= f {
-                    best = best.max(fill[f - m] + m as u16);
-                }
-            }
-            fill[f] = best;
-        }
-        self.fill = fill;
+            .filter(|(s, _)| s.gpus > 0 && s.milli_per_gpu < MILLI_PER_GPU);
+        self.smallest_share = shares
+            .clone()
+            .map(|(s, _)| s.cpu_milli)
+            .min()
+            .zip(shares.map(|(s, _)| s.memory_mib).min());
         self
     }
 
-    /// Free milli-GPU on a card that no combination of typical shapes can
-    /// take: what the card will waste however it is filled.
-    pub fn unfillable(&self, free: u32) -> u32 {
-        match self.fill.get(free as usize) {
-            Some(fill) => free - *fill as u32,
-            None => 0,
-        }
+    /// Free milli-GPU on a card of `class` that no combination of the
+    /// typical shapes allowed there can take: what the card will waste
+    /// however it is filled. Zero when the model has no GPU shape.
+    pub fn unfillable(&self, class: ClassIdx, free: u32) -> u32 {
+        self.fills.unfillable(class, free)
     }
 
     pub fn from_tasks<'a>(
@@ -300,6 +290,72 @@ struct NeedGroup {
     weights_below: Vec<f64>,
     max_memory: u64,
     total: f64,
+}
+
+/// Per card class, fill[f]: the most of a card's free `f` milli-GPU that
+/// the GPU shapes allowed on the class can take, combined (an unbounded
+/// subset sum). Classes whose allowed shapes are the same share a table.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ClassFills {
+    /// Index into `tables`, per class.
+    table_of: Vec<u8>,
+    tables: Vec<Vec<u16>>,
+}
+
+impl ClassFills {
+    fn of(shapes: &[(Shape, f64)]) -> Self {
+        if !shapes.iter().any(|(s, _)| s.gpus > 0) {
+            return Self::default();
+        }
+        let mut fills = Self::default();
+        let mut size_sets: Vec<Vec<usize>> = Vec::new();
+        for class in 0..MAX_CLASSES as ClassIdx {
+            let mut sizes: Vec<usize> = shapes
+                .iter()
+                .filter(|(s, _)| s.gpus > 0 && s.classes.contains(class))
+                .map(|(s, _)| s.milli_per_gpu.min(MILLI_PER_GPU) as usize)
+                .filter(|m| *m > 0)
+                .collect();
+            sizes.sort_unstable();
+            sizes.dedup();
+            let table = match size_sets.iter().position(|known| *known == sizes) {
+                Some(t) => t,
+                None => {
+                    fills.tables.push(subset_sums(&sizes));
+                    size_sets.push(sizes);
+                    size_sets.len() - 1
+                }
+            };
+            fills.table_of.push(table as u8);
+        }
+        fills
+    }
+
+    fn unfillable(&self, class: ClassIdx, free: u32) -> u32 {
+        let Some(table) = self.table_of.get(class as usize) else {
+            return 0;
+        };
+        match self.tables[*table as usize].get(free as usize) {
+            Some(fill) => free - *fill as u32,
+            None => 0,
+        }
+    }
+}
+
+/// fill[f] for f in 0..=1000: the largest sum of `sizes` (each usable any
+/// number of times) that is at most f.
+fn subset_sums(sizes: &[usize]) -> Vec<u16> {
+    let mut fill = vec![0u16; MILLI_PER_GPU as usize + 1];
+    for f in 1..fill.len() {
+        let mut best = fill[f - 1];
+        for &m in sizes {
+            if m <= f {
+                best = best.max(fill[f - m] + m as u16);
+            }
+        }
+        fill[f] = best;
+    }
+    fill
 }
 
 /// CPU and memory per milli-GPU over every observed GPU task.
@@ -420,8 +476,9 @@ impl NodeView {
                 classes,
             });
         }
+        // CPU-only work can use none of the node's GPU.
         if gpus == 0 {
-            return 0;
+            return total;
         }
         if self.classes.intersect(classes).is_empty() {
             return total;
@@ -445,7 +502,7 @@ impl NodeView {
         let cards = self.mixed.as_deref().unwrap_or(&[]);
         let total = self.total_free();
         if shape.gpus == 0 {
-            return 0;
+            return total;
         }
         let usable = |class: u8, free: u32| {
             shape.classes.contains(class) && free >= shape.milli_per_gpu.min(MILLI_PER_GPU)
@@ -615,10 +672,12 @@ impl super::Scorer for CpuStranding {
 }
 
 /// Pack cards so they can still be filled: score the decrease in the
-/// node's unfillable GPU ([`WorkloadModel::unfillable`], summed over its
-/// cards) over the workload the driver learned. Unlike fragmentation, which
-/// looks one task ahead, this looks at every later task that could share
-/// the card.
+/// node's unfillable GPU over the workload the driver learned. A partly
+/// used card wastes what no combination of typical shapes can take
+/// ([`WorkloadModel::unfillable`]), or all its free share once the node
+/// lacks the CPU or memory for even the smallest typical share. Unlike
+/// fragmentation, which looks one task ahead, this looks at every later
+/// task that could share the card.
 pub struct PackingWaste;
 
 impl super::Scorer for PackingWaste {
@@ -629,20 +688,41 @@ impl super::Scorer for PackingWaste {
     fn score(
         &self,
         ctx: &super::Ctx<'_>,
-        _task: &Task,
+        task: &Task,
         node: crate::cluster::NodeIdx,
         choice: Choice,
     ) -> f64 {
         let model = ctx.workload;
-        if model.fill.is_empty() {
-            return 0.0;
-        }
         let node = &ctx.cluster.nodes[node as usize];
-        choice
-            .positions()
-            .map(|i| {
-                let free = node.gpus[i].free_milli();
-                model.unfillable(free) as f64 - model.unfillable(free - choice.milli) as f64
+        let fed = |cpu: u64, memory: u64| {
+            model
+                .smallest_share
+                .is_none_or(|(c, m)| cpu >= c && memory >= m)
+        };
+        let fed_before = fed(node.free_cpu_milli(), node.free_memory_mib());
+        let fed_after = fed(
+            node.free_cpu_milli().saturating_sub(task.cpu_milli),
+            node.free_memory_mib().saturating_sub(task.memory_mib),
+        );
+        let waste = |class: ClassIdx, free: u32, fed: bool| -> u32 {
+            match free {
+                MILLI_PER_GPU.. => 0,
+                _ if !fed => free,
+                _ => model.unfillable(class, free),
+            }
+        };
+        node.gpus
+            .iter()
+            .enumerate()
+            .map(|(i, gpu)| {
+                let free = gpu.free_milli();
+                let taken = if choice.gpus & (1 << i) != 0 {
+                    choice.milli
+                } else {
+                    0
+                };
+                waste(gpu.class, free, fed_before) as f64
+                    - waste(gpu.class, free - taken, fed_after) as f64
             })
             .sum()
     }
@@ -741,6 +821,7 @@ impl OnlineWorkload {
 mod tests {
     use super::*;
     use crate::cluster::GpuState;
+    use finpool_domain::GpuRequest;
 
     fn node(used: &[u32]) -> NodeState {
         let mut n = NodeState::new(
@@ -786,8 +867,8 @@ mod tests {
         assert_eq!(v.fragment_for(&shape(1000, 3, 0)), 2700);
         // Not enough CPU: everything is a fragment.
         assert_eq!(v.fragment_for(&shape(100, 1, 9000)), 2700);
-        // A CPU-only shape that fits leaves no GPU fragment.
-        assert_eq!(v.fragment_for(&shape(0, 0, 1000)), 0);
+        // A CPU-only shape can use no GPU: all of it is a fragment.
+        assert_eq!(v.fragment_for(&shape(0, 0, 1000)), 2700);
     }
 
     #[test]
@@ -832,5 +913,101 @@ mod tests {
             .unwrap()
             .1;
         assert!(eight > half, "by demand, 2 x 8 GPUs outweigh 8 x 0.5");
+    }
+
+    fn share_shape(milli: u32, cpu: u64, classes: ClassSet) -> Shape {
+        Shape {
+            classes,
+            ..shape(milli, 1, cpu)
+        }
+    }
+
+    /// A pool whose nodes are given as (class, free CPU, per-card used milli).
+    fn pool(nodes: &[(ClassIdx, u64, &[u32])]) -> crate::cluster::Cluster {
+        let classes = ["A", "B"]
+            .iter()
+            .map(|n| crate::cluster::ClassInfo {
+                name: (*n).into(),
+                memory_mib: 16_000,
+            })
+            .collect();
+        let nodes = nodes
+            .iter()
+            .map(|(class, cpu, used)| {
+                let mut n = node(used);
+                n.cpu_milli = *cpu;
+                n.gpus.iter_mut().for_each(|g| g.class = *class);
+                n.classes = ClassSet::single(*class);
+                n
+            })
+            .collect();
+        crate::cluster::Cluster::new(classes, nodes)
+    }
+
+    fn packing_score(
+        c: &crate::cluster::Cluster,
+        model: &WorkloadModel,
+        task: &Task,
+        node: u32,
+        choice: Choice,
+    ) -> f64 {
+        use crate::plugins::Scorer;
+        let tenants = crate::tenants::TenantBook::default();
+        let ctx =
+            crate::plugins::Ctx::new(c, &tenants, crate::plugins::QuotaBound::Unbounded, model);
+        PackingWaste.score(&ctx, task, node, choice)
+    }
+
+    fn on_card(gpu: usize, milli: u32) -> Choice {
+        Choice {
+            gpus: 1 << gpu,
+            milli,
+            memory_mib: Some(0),
+            slice: None,
+        }
+    }
+
+    #[test]
+    fn unfillable_counts_only_the_shapes_allowed_on_the_class() {
+        // 470m shares may run on class A only; whole GPUs anywhere.
+        let model = WorkloadModel::of_shapes(vec![
+            (share_shape(470, 1000, ClassSet::single(0)), 0.5),
+            (share_shape(1000, 1000, ClassSet::ALL), 0.5),
+        ]);
+        assert_eq!(model.unfillable(0, 530), 60, "530 takes one 470 on A");
+        assert_eq!(model.unfillable(1, 530), 530, "nothing fills 530 on B");
+        assert_eq!(model.unfillable(0, 1000), 0);
+        assert_eq!(model.smallest_share, Some((1000, 0)));
+    }
+
+    #[test]
+    fn packing_waste_pairs_shares_and_keeps_cpu_for_them() {
+        let model = WorkloadModel::of_shapes(vec![
+            (share_shape(470, 1000, ClassSet::ALL), 0.5),
+            (share_shape(1000, 1000, ClassSet::ALL), 0.5),
+        ]);
+        // A 470m share beside another wastes nothing new; on an idle card
+        // it leaves 60m that nothing can take.
+        let c = pool(&[(0, 8000, &[470, 0])]);
+        let task = Task::new(
+            GpuRequest::Share {
+                milli: 470,
+                memory_mib: 0,
+            },
+            1000,
+            0,
+        );
+        assert_eq!(packing_score(&c, &model, &task, 0, on_card(0, 470)), 0.0);
+        assert_eq!(packing_score(&c, &model, &task, 0, on_card(1, 470)), -60.0);
+
+        // CPU-only work that leaves a node too little CPU for any share
+        // strands its half-used card: all 530m free becomes waste.
+        let c = pool(&[(0, 1500, &[470, 0]), (0, 8000, &[470, 0])]);
+        let cpu_only = Task::new(GpuRequest::None, 1000, 0);
+        assert_eq!(
+            packing_score(&c, &model, &cpu_only, 0, Choice::NO_GPU),
+            -470.0
+        );
+        assert_eq!(packing_score(&c, &model, &cpu_only, 1, Choice::NO_GPU), 0.0);
     }
 }

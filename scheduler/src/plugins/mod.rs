@@ -155,6 +155,13 @@ pub struct Policy {
     pub balance_wait_ms: u64,
 }
 
+/// The weight of [`fragmentation::PackingWaste`] in finpool's policy,
+/// against fragmentation at 1 and CPU stranding at 2 (all in milli-GPU).
+/// Chosen on the openb trace (see the README): from 5 to 10 it raises every
+/// workload; from about 12 it starts to override fragmentation, and lone
+/// shares hold cards open for partners that never come.
+pub const PACKING_WASTE_WEIGHT: f64 = 8.0;
+
 /// finpool's default warm wait: about one load of a mid-sized model.
 pub const DEFAULT_WARM_WAIT_MS: u64 = 20_000;
 
@@ -234,27 +241,25 @@ impl Policy {
     }
 
     /// FGD as its authors ran it: a fixed workload model read from the
-    /// trace, the score on the kube-scheduler's 0..=100 scale, beside the
-    /// framework's default least-allocated score.
+    /// trace, and the FGD score alone on the kube-scheduler's 0..=100
+    /// scale (their scheduler profile disables every other score plugin).
     pub fn fgd(model: WorkloadModel) -> Self {
         Self::new(
             "fgd",
-            vec![
-                (
-                    Box::new(fragmentation::Fgd {
-                        model: Some(model),
-                        scale: fragmentation::FgdScale::KubeSigmoid,
-                    }) as Box<dyn Scorer>,
-                    1.0,
-                ),
-                (Box::new(scores::LeastAllocated), 1.0),
-            ],
+            vec![(
+                Box::new(fragmentation::Fgd {
+                    model: Some(model),
+                    scale: fragmentation::FgdScale::KubeSigmoid,
+                }) as Box<dyn Scorer>,
+                1.0,
+            )],
         )
     }
 
     /// finpool's placement policy: fragmentation over the workload learned
     /// online ([`Policy::finpool_workload`]), plus keeping each node's CPU
-    /// and memory in step with its free GPU, with best-fit to break ties;
+    /// and memory in step with its free GPU, plus packing cards so later
+    /// shares can fill them, with best-fit to break ties;
     /// base-model locality, with delay scheduling for resident models.
     pub fn finpool() -> Self {
         let mut policy = Self::new(
@@ -276,6 +281,7 @@ impl Policy {
                     2.0,
                 ),
                 (Box::new(scores::BestFit), 0.001),
+                (Box::new(fragmentation::PackingWaste), PACKING_WASTE_WEIGHT),
                 (
                     Box::new(scores::ModelLocality {
                         resident: 2000.0,

@@ -32,31 +32,6 @@ impl Scorer for BestFit {
     }
 }
 
-/// The kube-scheduler's default NodeResourcesFit "LeastAllocated" score:
-/// the mean free share of CPU and memory after placement, as an integer
-/// 0..=100. It spreads work towards the emptiest nodes.
-pub struct LeastAllocated;
-
-impl Scorer for LeastAllocated {
-    fn name(&self) -> &'static str {
-        "LeastAllocated"
-    }
-
-    fn score(&self, ctx: &Ctx<'_>, task: &Task, node: NodeIdx, _choice: Choice) -> f64 {
-        let node = &ctx.cluster.nodes[node as usize];
-        let share = |free: u64, taken: u64, capacity: u64| {
-            if capacity == 0 {
-                0.0
-            } else {
-                free.saturating_sub(taken) as f64 / capacity as f64
-            }
-        };
-        let cpu = share(node.free_cpu_milli(), task.cpu_milli, node.cpu_milli);
-        let memory = share(node.free_memory_mib(), task.memory_mib, node.memory_mib);
-        ((cpu + memory) / 2.0 * 100.0).floor()
-    }
-}
-
 /// Least-loaded: the node with the most free GPU (then CPU) left.
 pub struct LeastLoaded;
 
