@@ -199,6 +199,25 @@ fn runtime(s: &Scenario, id: JobId) -> u64 {
         .max(1.0) as u64
 }
 
+/// A scenario job: one whole GPU, number `n`, submitted at `submitted_ms`.
+fn one_gpu_job(s: &Scenario, tenant: &Tenant, n: u128, submitted_ms: i64) -> QueuedJob {
+    let id = JobId(uuid::Uuid::from_u128(n));
+    QueuedJob {
+        id,
+        tenant: tenant.id.clone(),
+        priority: 0,
+        submitted_at: Timestamp(submitted_ms),
+        resources: Resources {
+            gpu: GpuRequest::Whole { count: 1 },
+            gpu_classes: vec![],
+            cpu_milli: 0,
+            memory_mib: 0,
+        },
+        model: None,
+        max_runtime_ms: Some(runtime(s, id) * 1000),
+    }
+}
+
 struct Running {
     id: JobId,
     tenant: usize,
@@ -302,20 +321,12 @@ pub fn run(s: &Scenario) -> FairnessReport {
             was_idle[t] = want == 0;
             queued[t].truncate(want);
             while queued[t].len() < want {
-                queued[t].push(QueuedJob {
-                    id: JobId(uuid::Uuid::from_u128(next_id)),
-                    tenant: tenants[t].id.clone(),
-                    priority: 0,
-                    submitted_at: Timestamp(now as i64 * 1000 + next_id as i64 % 1000),
-                    resources: Resources {
-                        gpu: GpuRequest::Whole { count: 1 },
-                        gpu_classes: vec![],
-                        cpu_milli: 0,
-                        memory_mib: 0,
-                    },
-                    model: None,
-                    max_runtime_ms: Some(runtime(s, JobId(uuid::Uuid::from_u128(next_id))) * 1000),
-                });
+                queued[t].push(one_gpu_job(
+                    s,
+                    &tenants[t],
+                    next_id,
+                    now as i64 * 1000 + next_id as i64 % 1000,
+                ));
                 next_id += 1;
             }
         }
@@ -372,22 +383,7 @@ pub fn run(s: &Scenario) -> FairnessReport {
                 // The preempted job goes back to its tenant's queue.
                 queued[r.tenant].insert(
                     0,
-                    QueuedJob {
-                        id: JobId(uuid::Uuid::from_u128(next_id)),
-                        tenant: tenants[r.tenant].id.clone(),
-                        priority: 0,
-                        submitted_at: Timestamp(r.started_s as i64 * 1000),
-                        resources: Resources {
-                            gpu: GpuRequest::Whole { count: 1 },
-                            gpu_classes: vec![],
-                            cpu_milli: 0,
-                            memory_mib: 0,
-                        },
-                        model: None,
-                        max_runtime_ms: Some(
-                            runtime(s, JobId(uuid::Uuid::from_u128(next_id))) * 1000,
-                        ),
-                    },
+                    one_gpu_job(s, &tenants[r.tenant], next_id, r.started_s as i64 * 1000),
                 );
                 next_id += 1;
             }
