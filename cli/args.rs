@@ -127,6 +127,10 @@ pub struct BenchSchedulerArgs {
     /// decision; 0 places tenant-less work.
     #[arg(long, default_value_t = 0)]
     pub tenants: usize,
+    /// Jobs that arrive per scheduling cycle.
+    #[arg(long, default_value_t = 1_000)]
+    pub batch: usize,
+    /// Seeds the queue's draw (and random-fit).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -357,11 +361,18 @@ pub enum ModelCommand {
 
 #[derive(Debug, Args)]
 pub struct ModelRegisterArgs {
+    /// The model's name (a label: lowercase letters, digits, dashes).
     pub name: String,
+    /// Size of its weights on disk, in MiB.
     #[arg(long)]
     pub size_mib: i64,
+    /// The least GPU memory a card needs to run it, in MiB.
     #[arg(long, default_value_t = 0)]
     pub min_gpu_memory_mib: i64,
+    /// How long loading it onto a card takes (e.g. 12s). Unset: the
+    /// scheduler measures loads, or divides its size by the node bandwidth.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub load_time: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Subcommand)]

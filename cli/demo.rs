@@ -145,6 +145,7 @@ async fn drive(
             name: MODEL.into(),
             size_mib: 15_360,
             min_gpu_memory_mib: 20_480,
+            load_time_ms: 0,
         })
         .await?;
     let mut submitted: Vec<(String, String)> = Vec::new(); // (tenant, job id)

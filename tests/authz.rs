@@ -257,6 +257,7 @@ async fn grpc_call(c: &mut Clients, rpc: &str, job: &str, n: usize) -> Result<()
                 name: format!("model-grpc-{n}"),
                 size_mib: 1024,
                 min_gpu_memory_mib: 1024,
+                load_time_ms: 0,
             })
             .await
             .map(drop),

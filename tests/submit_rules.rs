@@ -117,6 +117,7 @@ async fn bad_input_is_refused_by_field_and_nothing_is_stored() {
             name: "qwen2-7b".into(),
             size_mib: 15000,
             min_gpu_memory_mib: 20000,
+            load_time_ms: 0,
         })
         .await
         .unwrap();

@@ -213,6 +213,7 @@ pub fn job_to_pb(job: &d::Job) -> pb::Job {
         spec: Some(spec_to_pb(&job.spec)),
         state: state_to_pb(job.state) as i32,
         reason: job.reason.clone(),
+        reason_code: job.reason_code.clone(),
         created_at: Some(timestamp(job.created_at)),
         updated_at: Some(timestamp(job.updated_at)),
         started_at: job.started_at.map(timestamp),
@@ -299,6 +300,7 @@ pub fn model_to_pb(m: &d::BaseModel) -> pb::Model {
         name: m.name.to_string(),
         size_mib: m.size_mib as i64,
         min_gpu_memory_mib: m.min_gpu_memory_mib as i64,
+        load_time_ms: m.load_time_ms.map_or(0, |ms| ms as i64),
         registered_at: Some(timestamp(m.registered_at)),
     }
 }

@@ -3,35 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use finpool_domain::{Inventory, Job};
 use finpool_store::Store;
 
 pub use crate::auth::limit::RateLimit;
-use futures::stream::BoxStream;
-use tonic::Status;
 
-/// Where the pool's hardware comes from (NVML, a pool file, Kubernetes nodes).
-pub trait InventorySource: Send + Sync + 'static {
-    fn inventory(&self) -> Arc<Inventory>;
-}
-
-/// A fixed inventory.
-impl InventorySource for Arc<Inventory> {
-    fn inventory(&self) -> Arc<Inventory> {
-        self.clone()
-    }
-}
-
-/// Where a job's output can be read (local files, pod logs).
-#[async_trait::async_trait]
-pub trait LogSource: Send + Sync + 'static {
-    /// The job's output so far; with `follow`, then new output until the job ends.
-    async fn open(
-        &self,
-        job: &Job,
-        follow: bool,
-    ) -> Result<BoxStream<'static, Result<Vec<u8>, Status>>, Status>;
-}
+pub use finpool_ports::{InventorySource, LogSource};
 
 #[derive(Debug, Clone)]
 pub struct ApiConfig {

@@ -15,6 +15,9 @@ pub async fn run(global: &Global, command: ModelCommand) -> anyhow::Result<()> {
                     name: args.name,
                     size_mib: args.size_mib,
                     min_gpu_memory_mib: args.min_gpu_memory_mib,
+                    load_time_ms: args
+                        .load_time
+                        .map_or(0, |d| d.as_millis().min(i64::MAX as u128) as i64),
                 })
                 .await?
                 .into_inner(),
@@ -50,13 +53,27 @@ pub async fn run(global: &Global, command: ModelCommand) -> anyhow::Result<()> {
                 m.name.clone(),
                 m.size_mib.to_string(),
                 m.min_gpu_memory_mib.to_string(),
+                if m.load_time_ms > 0 {
+                    format!("{:.1}s", m.load_time_ms as f64 / 1000.0)
+                } else {
+                    "-".to_owned()
+                },
                 output::timestamp(&m.registered_at),
             ]
         })
         .collect();
     println!(
         "{}",
-        output::table(&["MODEL", "SIZE MiB", "MIN GPU MiB", "REGISTERED"], rows)
+        output::table(
+            &[
+                "MODEL",
+                "SIZE MiB",
+                "MIN GPU MiB",
+                "LOAD TIME",
+                "REGISTERED"
+            ],
+            rows
+        )
     );
     Ok(())
 }

@@ -222,6 +222,10 @@ pub struct Job {
     pub spec: JobSpec,
     pub state: JobState,
     pub reason: String,
+    /// A stable code for the reason where the scheduler gave one
+    /// (`QuotaLimit`, `WarmCard`, ...; see the scheduler's `WaitReason`).
+    #[serde(default)]
+    pub reason_code: String,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub started_at: Option<Timestamp>,
@@ -244,6 +248,7 @@ impl Job {
             spec,
             state: JobState::Pending,
             reason: "submitted".into(),
+            reason_code: String::new(),
             created_at: now,
             updated_at: now,
             started_at: None,
@@ -782,6 +787,7 @@ mod tests {
                     name: Name::parse("name", "qwen2-7b").unwrap(),
                     size_mib: 15000,
                     min_gpu_memory_mib: 20000,
+                    load_time_ms: None,
                     registered_at: Timestamp(0),
                 }],
                 per_node: [("A100".to_owned(), 8)].into(),

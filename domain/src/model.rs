@@ -11,6 +11,11 @@ pub struct BaseModel {
     pub size_mib: u64,
     /// The least GPU memory a card needs to hold this model.
     pub min_gpu_memory_mib: u64,
+    /// How long loading it onto a card takes, as the operator measured it.
+    /// Unset: measured from past loads, or its size over the node's
+    /// bandwidth (see the scheduler's cycle).
+    #[serde(default)]
+    pub load_time_ms: Option<u64>,
     pub registered_at: Timestamp,
 }
 
@@ -23,7 +28,13 @@ pub struct BaseModelInput {
     pub size_mib: i64,
     #[serde(default)]
     pub min_gpu_memory_mib: i64,
+    /// Zero or absent: not registered.
+    #[serde(default)]
+    pub load_time_ms: i64,
 }
+
+/// The longest load time a model may declare: a day.
+pub const MAX_LOAD_TIME_MS: i64 = 24 * 3600 * 1000;
 
 impl BaseModelInput {
     pub fn validate(&self, now: Timestamp) -> Result<BaseModel, FieldError> {
@@ -40,10 +51,20 @@ impl BaseModelInput {
                 format!("must not be negative, got {}", self.min_gpu_memory_mib),
             ));
         }
+        if !(0..=MAX_LOAD_TIME_MS).contains(&self.load_time_ms) {
+            return Err(FieldError::new(
+                "load_time_ms",
+                format!(
+                    "must be between 0 (unset) and {MAX_LOAD_TIME_MS}, got {}",
+                    self.load_time_ms
+                ),
+            ));
+        }
         Ok(BaseModel {
             name,
             size_mib: self.size_mib as u64,
             min_gpu_memory_mib: self.min_gpu_memory_mib as u64,
+            load_time_ms: (self.load_time_ms > 0).then_some(self.load_time_ms as u64),
             registered_at: now,
         })
     }

@@ -19,7 +19,7 @@ use finpool_domain::GpuRequest;
 
 use crate::cluster::{Allocation, Cluster, NodeIdx, NodeState, TenantIdx};
 use crate::placer::Placement;
-use crate::plugins::fragmentation::WorkloadModel;
+use crate::plugins::workload::WorkloadModel;
 use crate::plugins::{Ctx, Policy, QuotaBound};
 use crate::task::Task;
 use crate::tenants::TenantBook;

@@ -1,15 +1,17 @@
 //! finpool's scheduling policy, as a pure library.
 //!
-//! No I/O, no clocks, no randomness that is not seeded: a driver (the
-//! standalone executor, the Kubernetes scheduler, the simulator) builds a
-//! [`Snapshot`] of the pool, calls [`decide`], and carries out the
-//! decisions. The same inputs always give the same decisions.
+//! No I/O, no clocks, no randomness that is not seeded. Every driver (the
+//! standalone pool, the simulators, the benches, the Kubernetes scheduler)
+//! runs the same [`Cycle`]: plain inputs and a clock value in, a [`Plan`]
+//! out, with the memory between cycles kept here. The same inputs always
+//! give the same plan.
 //!
 //! Placement is a pipeline of small plugins over an indexed [`Cluster`]:
 //! filters ([`plugins::filters`]) rule choices out, scorers
 //! ([`plugins::scores`]) rank the rest, and a [`Policy`] names a set of each.
 
 pub mod cluster;
+pub mod cycle;
 pub mod decide;
 pub mod engine;
 pub mod placer;
@@ -17,11 +19,14 @@ pub mod plugins;
 pub mod snapshot;
 pub mod task;
 pub mod tenants;
+pub mod wait;
 
 pub use cluster::{Allocation, Choice, ClassSet, Cluster, GpuState, NodeState};
-pub use decide::{Admission, Outcome, Preemption, Reservation, Waiting, decide};
+pub use cycle::{Cycle, CycleConfig, CycleInputs, DurableMemory, LocalityConfig, Plan, Stop};
+pub use decide::{Admission, Outcome, PreemptReason, Preemption, Reservation, Waiting, decide};
 pub use engine::{Engine, Request};
 pub use plugins::{Ctx, Filter, Policy, QuotaBound, Scorer};
-pub use snapshot::{Held, QueuedJob, RunningJob, Snapshot, SnapshotError};
+pub use snapshot::{Held, LocalityInputs, QueuedJob, RunningJob, Snapshot, SnapshotError};
 pub use task::{ModelFit, Task};
 pub use tenants::TenantBook;
+pub use wait::{Infeasible, Refusal, WaitReason};

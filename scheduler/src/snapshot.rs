@@ -14,12 +14,13 @@ use crate::cluster::{
     Allocation, Choice, ClassInfo, ClassSet, Cluster, GpuState, MAX_CLASSES, MAX_GPUS_PER_NODE,
     ModelIdx, NodeState, TenantIdx,
 };
-use crate::plugins::fragmentation::WorkloadModel;
+use crate::plugins::workload::WorkloadModel;
 use crate::task::Task;
 use crate::tenants::TenantBook;
+use crate::wait::WaitReason;
 
 /// The pool and everything that holds resources in it, at one instant.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     pub now: Timestamp,
     pub classes: Vec<GpuClass>,
@@ -43,6 +44,62 @@ pub struct Snapshot {
     pub default_max_runtime_ms: u64,
     /// The reservation the previous cycle made, kept while its job waits.
     pub reservation: Option<crate::decide::Reservation>,
+    /// A pool without tenants (simulated traces): placement only, no
+    /// quotas, preemption or reservations.
+    pub tenantless: bool,
+    /// Base-model locality's inputs.
+    pub locality: LocalityInputs,
+    /// How many waiting jobs get a precise reason per decision (the rest
+    /// are [`WaitReason::Queued`]); each costs a placement attempt.
+    pub explain_limit: usize,
+}
+
+/// The default [`Snapshot::explain_limit`].
+pub const EXPLAINED_PER_CYCLE: usize = 256;
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self {
+            now: Timestamp::default(),
+            classes: Vec::new(),
+            nodes: Vec::new(),
+            tenants: Vec::new(),
+            models: Vec::new(),
+            running: Vec::new(),
+            resident: BTreeMap::new(),
+            usage: BTreeMap::new(),
+            workload: None,
+            default_max_runtime_ms: 0,
+            reservation: None,
+            tenantless: false,
+            locality: LocalityInputs::default(),
+            explain_limit: EXPLAINED_PER_CYCLE,
+        }
+    }
+}
+
+/// What base-model locality needs to know besides the pool: see
+/// `decide::locality`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalityInputs {
+    pub enabled: bool,
+    /// Each model's load time, by name (models missing here never wait).
+    pub load_ms: BTreeMap<String, u64>,
+    /// Jobs held back for locality while a usable card was free, since when.
+    pub held_since: BTreeMap<JobId, Timestamp>,
+    /// How many load times a job may hold out for (1: one load time).
+    pub wait_factor: f64,
+}
+
+impl Default for LocalityInputs {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            load_ms: BTreeMap::new(),
+            held_since: BTreeMap::new(),
+            wait_factor: 1.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,12 +358,23 @@ impl Built {
         });
     }
 
-    /// The placement request for a queued job, or why it has none.
-    pub fn task_for(&self, job: &QueuedJob, models: &[BaseModel]) -> Result<Task, String> {
-        let tenant = self
-            .tenants
-            .index_of(job.tenant.as_str())
-            .ok_or_else(|| format!("tenant {} is unknown", job.tenant))?;
+    /// The placement request for a queued job, or why it has none. In a
+    /// tenant-less pool the task has no tenant.
+    pub fn task_for(
+        &self,
+        job: &QueuedJob,
+        models: &[BaseModel],
+        tenantless: bool,
+    ) -> Result<Task, WaitReason> {
+        let tenant = match self.tenants.index_of(job.tenant.as_str()) {
+            _ if tenantless => None,
+            Some(t) => Some(t),
+            None => {
+                return Err(WaitReason::UnknownTenant {
+                    tenant: job.tenant.to_string(),
+                });
+            }
+        };
         let classes = if job.resources.gpu_classes.is_empty() {
             ClassSet::ALL
         } else {
@@ -324,14 +392,14 @@ impl Built {
             .and_then(|m| models.iter().find(|bm| &bm.name == m))
             .map_or(0, |bm| bm.min_gpu_memory_mib);
         Ok(Task {
-            tenant: Some(tenant),
+            tenant,
             gpu: job.resources.gpu,
             classes,
             cpu_milli: job.resources.cpu_milli,
             memory_mib: job.resources.memory_mib,
             min_gpu_memory_mib,
             model: job.model.as_ref().and_then(|m| self.model_index(m)),
-            mig: self.tenants.is_mig(tenant),
+            mig: tenant.is_some_and(|t| self.tenants.is_mig(t)),
             model_fit: crate::task::ModelFit::Any,
         })
     }

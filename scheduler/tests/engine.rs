@@ -4,7 +4,7 @@
 
 use finpool_domain::{GpuRequest, Quota};
 use finpool_scheduler::cluster::ClassInfo;
-use finpool_scheduler::plugins::fragmentation::{OnlineWorkload, Weighting, WorkloadModel};
+use finpool_scheduler::plugins::workload::{OnlineWorkload, Weighting, WorkloadModel};
 use finpool_scheduler::{
     ClassSet, Cluster, Ctx, Engine, GpuState, ModelFit, NodeState, Policy, QuotaBound, Request,
     Task, TenantBook,

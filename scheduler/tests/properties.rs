@@ -20,6 +20,7 @@ use finpool_domain::{
 };
 use finpool_scheduler::{Outcome, Policy, QueuedJob, RunningJob, Snapshot, decide};
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 
 const CLASSES: [(&str, u64); 2] = [("A100", 81_920), ("L4", 24_576)];
 const MINUTE: i64 = 60_000;
@@ -318,6 +319,12 @@ fn apply_outcome(
 ) -> Result<(), TestCaseError> {
     for a in &outcome.admitted {
         let job = &queued[&a.job];
+        // The budget before this admission, its victims still holding: an
+        // admission is the preemptions it makes plus its placement.
+        let before: Vec<(u64, u64)> = CLASSES
+            .iter()
+            .map(|(class, _)| budget(case, running, class))
+            .collect();
         for victim in &a.waits_for {
             let v = running
                 .iter()
@@ -357,13 +364,9 @@ fn apply_outcome(
             displaced: a.waits_for.clone(),
         });
         if !a.within_guarantee {
-            for (class, _) in CLASSES {
+            for (c, (class, _)) in CLASSES.iter().enumerate() {
                 let (borrowed, lendable) = budget(case, running, class);
-                let before = {
-                    let mut without = running.clone();
-                    without.pop();
-                    budget(case, &without, class)
-                };
+                let before = before[c];
                 // A borrowing admission never pushes borrowing past what may be lent
                 // (nor makes an existing excess, left by a reclaim in progress, worse).
                 prop_assert!(
@@ -382,55 +385,174 @@ proptest! {
 
     #[test]
     fn cycles_keep_every_invariant(case in arb_case()) {
-        let policy = Policy::finpool();
-        let mut running: Vec<RunningJob> = vec![];
-        let mut pending: Vec<QueuedJob> = vec![];
-        let mut all: BTreeMap<JobId, QueuedJob> = BTreeMap::new();
-        let mut preempted_by: BTreeMap<JobId, BTreeSet<JobId>> = BTreeMap::new();
-        let mut next_id = 1u128;
-        for (cycle, arrivals) in case.cycles.iter().enumerate() {
-            let now = cycle as i64 * 10 * MINUTE;
-            for a in arrivals {
-                let job = QueuedJob {
-                    id: JobId(uuid::Uuid::from_u128(next_id)),
-                    tenant: case.tenants[a.tenant].id.clone(),
-                    priority: a.priority,
-                    submitted_at: Timestamp(now + next_id as i64),
-                    resources: Resources {
-                        gpu: a.gpu,
-                        gpu_classes: a.class.map(|c| vec![CLASSES[c].0.to_string()]).unwrap_or_default(),
-                        cpu_milli: a.cpu,
-                        memory_mib: a.cpu,
-                    },
-                    model: None,
-                    max_runtime_ms: Some(a.runtime_minutes * MINUTE as u64),
-                };
-                next_id += 1;
-                all.insert(job.id, job.clone());
-                pending.push(job);
-            }
-            // Jobs past their runtime end.
-            running.retain(|r| r.started_at.unwrap().0 + r.max_runtime_ms.unwrap() as i64 > now);
-            let snap = snapshot(&case, now, &running);
-            let outcome = decide(&snap, &pending, &policy).unwrap();
-            prop_assert_eq!(&outcome, &decide(&snap, &pending, &policy).unwrap(), "deterministic");
-            // No cycle: a job never preempts one that preempted it.
-            for p in &outcome.preempted {
-                prop_assert!(!preempted_by.get(&p.for_job).is_some_and(|s| s.contains(&p.job)),
-                    "{} preempts {} back", p.for_job, p.job);
-                preempted_by.entry(p.job).or_default().insert(p.for_job);
-                prop_assert!(!outcome.admitted.iter().any(|a| a.job == p.job));
-            }
-            apply_outcome(&case, &outcome, &mut running, &all, now)?;
-            check_capacity(&case, &running, &all)?;
-            let admitted: BTreeSet<JobId> = outcome.admitted.iter().map(|a| a.job).collect();
-            pending.retain(|j| !admitted.contains(&j.id));
-            // Preempted jobs go back to the queue.
-            for p in &outcome.preempted {
-                pending.push(all[&p.job].clone());
-            }
+        run_case(case)?;
+    }
+}
+
+fn run_case(case: Case) -> Result<(), TestCaseError> {
+    let policy = Policy::finpool();
+    let mut running: Vec<RunningJob> = vec![];
+    let mut pending: Vec<QueuedJob> = vec![];
+    let mut all: BTreeMap<JobId, QueuedJob> = BTreeMap::new();
+    let mut preempted_by: BTreeMap<JobId, BTreeSet<JobId>> = BTreeMap::new();
+    let mut next_id = 1u128;
+    for (cycle, arrivals) in case.cycles.iter().enumerate() {
+        let now = cycle as i64 * 10 * MINUTE;
+        for a in arrivals {
+            let job = QueuedJob {
+                id: JobId(uuid::Uuid::from_u128(next_id)),
+                tenant: case.tenants[a.tenant].id.clone(),
+                priority: a.priority,
+                submitted_at: Timestamp(now + next_id as i64),
+                resources: Resources {
+                    gpu: a.gpu,
+                    gpu_classes: a
+                        .class
+                        .map(|c| vec![CLASSES[c].0.to_string()])
+                        .unwrap_or_default(),
+                    cpu_milli: a.cpu,
+                    memory_mib: a.cpu,
+                },
+                model: None,
+                max_runtime_ms: Some(a.runtime_minutes * MINUTE as u64),
+            };
+            next_id += 1;
+            all.insert(job.id, job.clone());
+            pending.push(job);
+        }
+        // Jobs past their runtime end.
+        running.retain(|r| r.started_at.unwrap().0 + r.max_runtime_ms.unwrap() as i64 > now);
+        let snap = snapshot(&case, now, &running);
+        let outcome = decide(&snap, &pending, &policy).unwrap();
+        prop_assert_eq!(
+            &outcome,
+            &decide(&snap, &pending, &policy).unwrap(),
+            "deterministic"
+        );
+        // No cycle: a job never preempts one that preempted it.
+        for p in &outcome.preempted {
+            prop_assert!(
+                !preempted_by
+                    .get(&p.for_job)
+                    .is_some_and(|s| s.contains(&p.job)),
+                "{} preempts {} back",
+                p.for_job,
+                p.job
+            );
+            preempted_by.entry(p.job).or_default().insert(p.for_job);
+            prop_assert!(!outcome.admitted.iter().any(|a| a.job == p.job));
+        }
+        apply_outcome(&case, &outcome, &mut running, &all, now)?;
+        check_capacity(&case, &running, &all)?;
+        let admitted: BTreeSet<JobId> = outcome.admitted.iter().map(|a| a.job).collect();
+        pending.retain(|j| !admitted.contains(&j.id));
+        // Preempted jobs go back to the queue.
+        for p in &outcome.preempted {
+            pending.push(all[&p.job].clone());
         }
     }
+    Ok(())
+}
+
+/// A case proptest found: a tenant taking its guarantee from a free card
+/// leaves borrowing above the budget until reclaim; a later borrowing
+/// admission that preempts must not be blamed for it.
+#[test]
+fn a_guarantee_taken_from_a_free_card_is_not_blamed_on_later_borrowing() {
+    let l4 = |i: usize, n: u32| Node {
+        name: format!("node-{i}"),
+        labels: BTreeMap::new(),
+        cpu_milli: 11000,
+        memory_mib: 90112,
+        gpus: (0..n)
+            .map(|g| Gpu {
+                index: g,
+                uuid: format!("GPU-{i}-{g}"),
+                class: "L4".into(),
+                memory_mib: 24576,
+                mig: vec![],
+            })
+            .collect(),
+        models: vec![],
+    };
+    let a100 = |i: usize, n: u32| Node {
+        name: format!("node-{i}"),
+        labels: BTreeMap::new(),
+        cpu_milli: 8000,
+        memory_mib: 65536,
+        gpus: (0..n)
+            .map(|g| Gpu {
+                index: g,
+                uuid: format!("GPU-{i}-{g}"),
+                class: "A100".into(),
+                memory_mib: 81920,
+                mig: vec![],
+            })
+            .collect(),
+        models: vec![],
+    };
+    let t = |i: usize, g: u32, l: u32, lend: Option<u32>, iso: IsolationLevel| Tenant {
+        id: name(&format!("tenant-{i}")),
+        display_name: String::new(),
+        quotas: [
+            (
+                "A100".to_string(),
+                Quota {
+                    guaranteed: 0,
+                    limit: 0,
+                    lending_limit: None,
+                },
+            ),
+            (
+                "L4".to_string(),
+                Quota {
+                    guaranteed: g,
+                    limit: l,
+                    lending_limit: lend,
+                },
+            ),
+        ]
+        .into(),
+        weight: 1,
+        isolation: iso,
+        created_at: Timestamp(0),
+    };
+    let arr = |tenant: usize, gpu: GpuRequest, priority: i32, runtime_minutes: u64| Arrival {
+        tenant,
+        gpu,
+        class: None,
+        cpu: 0,
+        priority,
+        runtime_minutes,
+    };
+    let case = Case {
+        nodes: vec![a100(0, 5), a100(1, 2), l4(2, 4)],
+        tenants: vec![
+            t(0, 2, 2, Some(1), IsolationLevel::SharedWithinTenant),
+            t(1, 1, 1, None, IsolationLevel::Mig),
+            t(2, 0, 2, None, IsolationLevel::SharedWithinTenant),
+            t(3, 0, 1, None, IsolationLevel::SharedWithinTenant),
+        ],
+        cycles: vec![
+            vec![
+                arr(2, GpuRequest::Whole { count: 2 }, 0, 11),
+                arr(3, GpuRequest::Whole { count: 1 }, 0, 11),
+            ],
+            vec![
+                arr(1, GpuRequest::Whole { count: 1 }, 0, 1),
+                arr(
+                    3,
+                    GpuRequest::Share {
+                        milli: 100,
+                        memory_mib: 0,
+                    },
+                    1,
+                    1,
+                ),
+            ],
+        ],
+    };
+    run_case(case).unwrap();
 }
 
 /// The cases above are worth something only if they reach the interesting

@@ -1,6 +1,7 @@
-//! The placement hot path (the engine behind `decide`, the simulator and
-//! `finpool bench scheduler`): placing a queue of tasks one by one on a
-//! pool, finpool's policy against best-fit. Run with `cargo bench -p finpool-sim`.
+//! The shared scheduling cycle (what every driver runs, and what
+//! `finpool bench scheduler` times): a queue arriving in batches of 1,000
+//! on a pool, finpool's policy against best-fit. Run with
+//! `cargo bench -p finpool-sim`.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use finpool_sim::PolicyKind;
@@ -15,6 +16,7 @@ fn placement(c: &mut Criterion) {
             seed: 42,
             pods: None,
             tenants,
+            batch: 1_000,
         };
         let tasks = queue(&config);
         let mut group =

@@ -1,21 +1,26 @@
-//! `finpool bench scheduler`: decisions per second and per-decision latency
-//! of the placement hot path (the same [`Engine`] the simulator and the
-//! standalone scheduler use) on a large synthetic pool.
+//! `finpool bench scheduler`: decisions per second of the shared
+//! scheduling cycle (the one every driver runs) on a large synthetic pool.
+//! The queue arrives in batches; each batch is one cycle through the same
+//! shell the standalone pool runs, over in-memory ports. What a cycle
+//! cannot place is dropped, so the pool fills as it would under load.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use finpool_domain::{GpuRequest, Quota};
-use finpool_scheduler::cluster::{ClassInfo, TenantIdx};
-use finpool_scheduler::plugins::fragmentation::WorkloadModel;
-use finpool_scheduler::{
-    Cluster, Engine, GpuState, NodeState, QuotaBound, Request, Task, TenantBook,
+use finpool_domain::{
+    Gpu, GpuClass, GpuRequest, Inventory, IsolationLevel, JobId, Name, Node, Quota, Resources,
+    Tenant, Timestamp,
 };
+use finpool_scheduler::CycleConfig;
+use finpool_scheduler::QueuedJob;
+use finpool_scheduler::plugins::workload::WorkloadModel;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::openb::OpenbPod;
 use crate::policies::PolicyKind;
+use crate::pool::SimPool;
 
 /// A synthetic task mix, used when no trace is given: mostly whole single
 /// GPUs and GPU shares, some CPU-only work and a little multi-GPU work.
@@ -45,6 +50,8 @@ pub struct BenchConfig {
     pub pods: Option<Vec<OpenbPod>>,
     /// Tenants the queue is spread over (0: tenant-less work).
     pub tenants: usize,
+    /// Jobs arriving per cycle.
+    pub batch: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -53,72 +60,108 @@ pub struct BenchResult {
     pub decisions: usize,
     pub placed: usize,
     pub failed: usize,
+    pub cycles: usize,
     pub seconds: f64,
     pub decisions_per_second: f64,
+    /// Per decision: each cycle's time over the jobs it decided, as
+    /// percentiles over cycles.
     pub p50_us: f64,
     pub p99_us: f64,
     pub max_us: f64,
-    /// Distinct node states at the end (what the engine scores).
-    pub node_classes_at_end: usize,
+    /// Whole cycles.
+    pub cycle_p50_ms: f64,
+    pub cycle_p99_ms: f64,
 }
 
 /// The pool: `nodes` nodes of `gpus_per_node` cards, with 12 CPUs and
 /// 48 GiB of memory per card.
-pub fn pool(nodes: usize, gpus_per_node: u32) -> Cluster {
-    let classes = vec![ClassInfo {
-        name: "GPU".into(),
-        memory_mib: 81_920,
-    }];
-    let states = (0..nodes)
-        .map(|i| {
-            NodeState::new(
-                format!("bench-node-{i}"),
-                12_000 * gpus_per_node as u64,
-                49_152 * gpus_per_node as u64,
-                (0..gpus_per_node)
-                    .map(|g| GpuState::new(g, 0, 81_920))
+pub fn pool(nodes: usize, gpus_per_node: u32) -> Inventory {
+    Inventory {
+        classes: vec![GpuClass {
+            name: "GPU".into(),
+            memory_mib: 81_920,
+        }],
+        nodes: (0..nodes)
+            .map(|i| Node {
+                name: format!("bench-node-{i}"),
+                labels: Default::default(),
+                cpu_milli: 12_000 * gpus_per_node as u64,
+                memory_mib: 49_152 * gpus_per_node as u64,
+                gpus: (0..gpus_per_node)
+                    .map(|g| Gpu {
+                        index: g,
+                        uuid: String::new(),
+                        class: "GPU".into(),
+                        memory_mib: 81_920,
+                        mig: vec![],
+                    })
                     .collect(),
-            )
-        })
-        .collect();
-    Cluster::new(classes, states)
+                models: vec![],
+            })
+            .collect(),
+    }
 }
 
-/// The queue: `pending` tasks drawn (seeded) from the trace's pods, or
-/// from the built-in mix.
-pub fn queue(config: &BenchConfig) -> Vec<Task> {
+fn tenant_name(t: usize) -> Name {
+    Name::parse("tenant", &format!("tenant-{t}")).expect("a valid name")
+}
+
+/// The queue: `pending` jobs drawn (seeded) from the trace's pods, or
+/// from the built-in mix, each of a random tenant when there are tenants.
+pub fn queue(config: &BenchConfig) -> Vec<QueuedJob> {
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let max_gpus = config.gpus_per_node;
-    let mut tasks = draw(config, &mut rng, max_gpus);
-    if config.tenants > 0 {
-        for task in &mut tasks {
-            task.tenant = Some(rng.random_range(0..config.tenants) as TenantIdx);
-        }
-    }
-    tasks
+    let shapes = draw(config, &mut rng, config.gpus_per_node);
+    let none = tenant_name(0);
+    shapes
+        .into_iter()
+        .enumerate()
+        .map(|(i, (gpu, cpu_milli, memory_mib))| QueuedJob {
+            id: JobId(uuid::Uuid::from_u128(i as u128 + 1)),
+            tenant: if config.tenants > 0 {
+                tenant_name(rng.random_range(0..config.tenants))
+            } else {
+                none.clone()
+            },
+            priority: 0,
+            submitted_at: Timestamp(i as i64),
+            resources: Resources {
+                gpu,
+                gpu_classes: vec![],
+                cpu_milli,
+                memory_mib,
+            },
+            model: None,
+            max_runtime_ms: None,
+        })
+        .collect()
 }
 
 /// Each of `count` tenants guarantees 60% of an even split of the pool
 /// and may borrow up to 150% of it, so limits bind as the pool fills.
-pub fn tenant_book(config: &BenchConfig) -> TenantBook {
-    let mut book = TenantBook::default();
+pub fn tenants(config: &BenchConfig) -> Vec<Tenant> {
     let cards = config.nodes as u64 * config.gpus_per_node as u64;
     let even = cards as f64 / config.tenants.max(1) as f64;
-    for t in 0..config.tenants {
-        book.push(
-            format!("tenant-{t}"),
-            vec![Quota {
-                guaranteed: (even * 0.6).floor() as u32,
-                limit: (even * 1.5).ceil() as u32,
-                lending_limit: None,
-            }],
-            1,
-        );
-    }
-    book
+    (0..config.tenants)
+        .map(|t| Tenant {
+            id: tenant_name(t),
+            display_name: String::new(),
+            quotas: [(
+                "GPU".to_owned(),
+                Quota {
+                    guaranteed: (even * 0.6).floor() as u32,
+                    limit: (even * 1.5).ceil() as u32,
+                    lending_limit: None,
+                },
+            )]
+            .into(),
+            weight: 1,
+            isolation: IsolationLevel::SharedWithinTenant,
+            created_at: Timestamp(0),
+        })
+        .collect()
 }
 
-fn draw(config: &BenchConfig, rng: &mut ChaCha8Rng, max_gpus: u32) -> Vec<Task> {
+fn draw(config: &BenchConfig, rng: &mut ChaCha8Rng, max_gpus: u32) -> Vec<(GpuRequest, u64, u64)> {
     match &config.pods {
         Some(pods) if !pods.is_empty() => (0..config.pending)
             .map(|_| {
@@ -129,7 +172,7 @@ fn draw(config: &BenchConfig, rng: &mut ChaCha8Rng, max_gpus: u32) -> Vec<Task> 
                     },
                     other => other,
                 };
-                Task::new(request, p.cpu_milli, p.memory_mib)
+                (request, p.cpu_milli, p.memory_mib)
             })
             .collect(),
         _ => {
@@ -158,62 +201,71 @@ fn draw(config: &BenchConfig, rng: &mut ChaCha8Rng, max_gpus: u32) -> Vec<Task> 
                             memory_mib: 0,
                         },
                     };
-                    Task::new(request, cpu, memory)
+                    (request, cpu, memory)
                 })
                 .collect()
         }
     }
 }
 
-/// Places every task of the queue in order with `kind`, timing each decision.
-pub fn run(config: &BenchConfig, kind: PolicyKind, tasks: &[Task]) -> BenchResult {
-    let (policy, mut online) = kind.build(config.seed, &WorkloadModel::default());
-    let tenants = tenant_book(config);
-    let bound = if config.tenants > 0 {
-        QuotaBound::Limit
-    } else {
-        QuotaBound::Unbounded
+/// Runs the queue through the shared cycle with `kind`, a batch per cycle,
+/// timing each cycle.
+pub fn run(config: &BenchConfig, kind: PolicyKind, jobs: &[QueuedJob]) -> BenchResult {
+    let (policy, online) = kind.build(config.seed, &WorkloadModel::default());
+    let cycle = CycleConfig {
+        tenantless: config.tenants == 0,
+        explain_limit: 0,
+        learn_workload: false,
+        ..CycleConfig::default()
     };
-    let empty = WorkloadModel::default();
-    let mut engine = Engine::new(&policy, pool(config.nodes, config.gpus_per_node));
-    let mut latencies = Vec::with_capacity(tasks.len());
+    let mut pool = SimPool::new(
+        cycle,
+        policy,
+        Arc::new(pool(config.nodes, config.gpus_per_node)),
+    );
+    pool.cycle_mut().set_workload_learner(online);
+    pool.state().tenants = tenants(config);
+    let mut per_decision = Vec::new();
+    let mut cycles = Vec::new();
     let mut placed = 0;
     let start = Instant::now();
-    for task in tasks {
+    for (i, batch) in jobs.chunks(config.batch.max(1)).enumerate() {
+        for job in batch {
+            pool.submit(job.clone());
+        }
         let t0 = Instant::now();
-        if let Some(o) = online.as_mut() {
-            o.observe(task);
-        }
-        let (model, epoch) = online
-            .as_ref()
-            .map_or((&empty, 0), |o| (o.model(), o.version()));
-        if let Some(p) = engine.place(&Request::new(&tenants, bound, model, epoch), task) {
-            engine.apply(&p.allocation(task));
-            placed += 1;
-        }
-        latencies.push(t0.elapsed().as_nanos() as u64);
+        let report = pool.cycle(Timestamp(i as i64 + 1));
+        let took = t0.elapsed().as_nanos() as u64;
+        placed += report.admitted;
+        cycles.push(took);
+        per_decision.push(took / batch.len() as u64);
+        let mut state = pool.state();
+        state.queued.clear();
+        state.started.clear();
     }
     let seconds = start.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    let at = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(0.0, |ns| *ns as f64 / 1000.0)
+    per_decision.sort_unstable();
+    cycles.sort_unstable();
+    let at = |v: &[u64], q: f64| {
+        v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))
+            .map_or(0.0, |ns| *ns as f64)
     };
     BenchResult {
         policy: kind.name().to_owned(),
-        decisions: tasks.len(),
+        decisions: jobs.len(),
         placed,
-        failed: tasks.len() - placed,
+        failed: jobs.len() - placed,
+        cycles: cycles.len(),
         seconds,
         decisions_per_second: if seconds > 0.0 {
-            tasks.len() as f64 / seconds
+            jobs.len() as f64 / seconds
         } else {
             0.0
         },
-        p50_us: at(0.50),
-        p99_us: at(0.99),
-        max_us: latencies.last().map_or(0.0, |ns| *ns as f64 / 1000.0),
-        node_classes_at_end: engine.class_count(),
+        p50_us: at(&per_decision, 0.50) / 1000.0,
+        p99_us: at(&per_decision, 0.99) / 1000.0,
+        max_us: per_decision.last().map_or(0.0, |ns| *ns as f64 / 1000.0),
+        cycle_p50_ms: at(&cycles, 0.50) / 1e6,
+        cycle_p99_ms: at(&cycles, 0.99) / 1e6,
     }
 }

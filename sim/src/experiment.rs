@@ -6,12 +6,15 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use finpool_scheduler::plugins::fragmentation::WorkloadModel;
-use finpool_scheduler::{Cluster, Engine, QuotaBound, Request, Task, TenantBook};
+use std::sync::Arc;
+
+use finpool_domain::{Name, Placement, Timestamp};
+use finpool_scheduler::{CycleConfig, Task};
 use serde::Serialize;
 
 use crate::openb::{self, OpenbNode, OpenbPod};
 pub use crate::policies::PolicyKind;
+use crate::pool::SimPool;
 use crate::workload;
 
 /// The curve runs from 1% to this many percent of capacity arrived.
@@ -45,7 +48,11 @@ impl RunResult {
     }
 }
 
-/// Runs one seed of one policy over the tuned workload.
+/// Runs one seed of one policy over the tuned workload, through the shared
+/// scheduling cycle: pods arrive in order, and a cycle runs each time the
+/// arrived demand reaches another percent of capacity (where the curve is
+/// sampled). As in the paper, a pod the cycle cannot place fails: it
+/// leaves the queue.
 pub fn run_once(
     nodes: &[OpenbNode],
     pods: &[OpenbPod],
@@ -60,52 +67,48 @@ pub fn run_once(
     let trace_tasks: Vec<Task> = pods.iter().map(|p| openb::task(&cluster, p)).collect();
     let trace_model = crate::policies::paper_model(&trace_tasks);
     let arrivals = workload::tuned(pods, capacity, tune, seed);
-    let (policy, mut online) = kind.build(seed, &trace_model);
-    let tenants = TenantBook::default();
-    let empty = WorkloadModel::default();
+    let (policy, online) = kind.build(seed, &trace_model);
+    let config = CycleConfig {
+        tenantless: true,
+        explain_limit: 0,
+        learn_workload: false,
+        ..CycleConfig::default()
+    };
+    let mut pool = SimPool::new(config, policy, Arc::new(openb::inventory(nodes)));
+    pool.cycle_mut().set_workload_learner(online);
+    let tenant = Name::parse("tenant", "trace").expect("a valid name");
 
     let mut alloc_pct = Vec::with_capacity(MAX_PERCENT);
     let mut arrived = 0u64;
     let mut allocated = 0u64;
     let mut failed = 0;
-    let mut rows = record.then(|| Vec::with_capacity(arrivals.len()));
-    let tasks: Vec<Task> = arrivals.iter().map(|p| openb::task(&cluster, p)).collect();
-    let mut engine = Engine::new(&policy, cluster);
-    for (pod, task) in arrivals.iter().zip(&tasks) {
-        if let Some(online) = online.as_mut() {
-            online.observe(task);
-        }
-        let (model, epoch) = online
-            .as_ref()
-            .map_or((&empty, 0), |o| (o.model(), o.version()));
-        let placed = engine.place(
-            &Request::new(&tenants, QuotaBound::Unbounded, model, epoch),
-            task,
-        );
+    let mut rows = record.then(|| vec![None; arrivals.len()]);
+    let mut batch: Vec<usize> = Vec::new();
+    let mut tick = 0i64;
+    for (i, pod) in arrivals.iter().enumerate() {
+        pool.submit(openb::queued_job(pod, i, &tenant));
+        batch.push(i);
         arrived += pod.gpu_demand();
-        match placed {
-            Some(p) => {
-                let allocation = p.allocation(task);
-                debug_assert!(engine.cluster().fits(&allocation));
-                engine.apply(&allocation);
-                allocated += pod.gpu_demand();
-                if let Some(rows) = rows.as_mut() {
-                    rows.push(PlacementRow {
-                        pod: pod.clone(),
-                        placed: Some(describe(engine.cluster(), &p)),
-                    });
-                }
-            }
-            None => {
-                failed += 1;
-                if let Some(rows) = rows.as_mut() {
-                    rows.push(PlacementRow {
-                        pod: pod.clone(),
-                        placed: None,
-                    });
-                }
+        let next_percent = arrived * 100 >= capacity * (alloc_pct.len() as u64 + 1);
+        if !next_percent && i + 1 < arrivals.len() {
+            continue;
+        }
+        tick += 1;
+        let report = pool.cycle(Timestamp(tick));
+        for a in &report.plan.admit {
+            let n = a.job.0.as_u128() as usize;
+            allocated += arrivals[n].gpu_demand();
+            if let Some(rows) = rows.as_mut() {
+                rows[n] = Some(describe(&a.placement));
             }
         }
+        {
+            let mut state = pool.state();
+            failed += state.queued.len();
+            state.queued.clear();
+            state.started.clear();
+        }
+        batch.clear();
         while alloc_pct.len() < MAX_PERCENT
             && arrived * 100 >= capacity * (alloc_pct.len() as u64 + 1)
         {
@@ -116,14 +119,22 @@ pub fn run_once(
     while alloc_pct.len() < MAX_PERCENT {
         alloc_pct.push(percent(allocated, capacity));
     }
-    debug_assert_eq!(allocated, engine.cluster().gpu_allocated_milli());
     RunResult {
         seed,
         alloc_pct,
         pods: arrivals.len(),
         failed,
         end_pct: percent(allocated, capacity),
-        placements: rows,
+        placements: rows.map(|rows| {
+            arrivals
+                .iter()
+                .zip(rows)
+                .map(|(pod, placed)| PlacementRow {
+                    pod: pod.clone(),
+                    placed,
+                })
+                .collect()
+        }),
         seconds: start.elapsed().as_secs_f64(),
     }
 }
@@ -136,17 +147,10 @@ fn percent(part: u64, whole: u64) -> f64 {
     }
 }
 
-fn describe(
-    cluster: &Cluster,
-    p: &finpool_scheduler::placer::Placement,
-) -> (String, Vec<(u32, u32)>) {
-    let node = &cluster.nodes[p.node as usize];
+fn describe(p: &Placement) -> (String, Vec<(u32, u32)>) {
     (
-        node.name.clone(),
-        p.choice
-            .positions()
-            .map(|i| (node.gpus[i].index, p.choice.milli))
-            .collect(),
+        p.node.clone(),
+        p.gpus.iter().map(|g| (g.index, g.milli)).collect(),
     )
 }
 

@@ -1,20 +1,25 @@
 //! `finpool simulate fairness`: tenants with weights and guarantees
-//! competing for a pool over time, driven through the real `decide` in
-//! scheduling cycles. It reports each tenant's long-run share against its
+//! competing for a pool over time, driven through the shared scheduling
+//! cycle ([`SimPool`]). It reports each tenant's long-run share against its
 //! weighted max-min target, how long each tenant that starts asking took to
 //! get its guarantee back, and how many jobs were preempted.
 //!
 //! Every job takes one GPU for a fixed time. A preempted job keeps its card
 //! for the grace period (SIGTERM, then SIGKILL), then goes back to the
-//! queue; the job that reclaimed the card starts then.
+//! queue; the job that reclaimed the card starts at the next cycle after
+//! that, once the cycle sees its victim gone.
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use finpool_domain::{
-    Gpu, GpuAssignment, GpuClass, GpuRequest, IsolationLevel, JobId, Name, Node, Placement, Quota,
-    Resources, Tenant, Timestamp,
+    Gpu, GpuClass, GpuRequest, Inventory, IsolationLevel, JobId, Name, Node, Quota, Resources,
+    Tenant, Timestamp,
 };
-use finpool_scheduler::{Policy, QueuedJob, RunningJob, Snapshot, decide};
+use finpool_scheduler::{CycleConfig, Policy, QueuedJob};
+
+use crate::pool::SimPool;
 use serde::{Deserialize, Serialize};
 
 const GPUS_PER_NODE: u32 = 8;
@@ -218,15 +223,13 @@ fn one_gpu_job(s: &Scenario, tenant: &Tenant, n: u128, submitted_ms: i64) -> Que
     }
 }
 
-struct Running {
-    id: JobId,
+/// A job's life in the simulation, for accounting second by second.
+struct Life {
     tenant: usize,
-    card: u32,
     started_s: u64,
     ends_s: u64,
-    /// Being preempted: it holds its card until this time.
+    /// Preempted: it holds its card until this time, then requeues.
     stopping_until: Option<u64>,
-    displaced: Vec<JobId>,
 }
 
 pub fn run(s: &Scenario) -> FairnessReport {
@@ -269,24 +272,28 @@ pub fn run(s: &Scenario) -> FairnessReport {
             created_at: Timestamp(0),
         })
         .collect();
-    let policy = Policy::finpool();
-    let card_of = |node: &str, index: u32| -> u32 {
-        node.trim_start_matches("node-").parse::<u32>().unwrap_or(0) * GPUS_PER_NODE + index
-    };
-    let assignment = |card: u32| Placement {
-        node: format!("node-{}", card / GPUS_PER_NODE),
-        gpus: vec![GpuAssignment {
-            index: card % GPUS_PER_NODE,
-            uuid: String::new(),
-            class: "GPU".into(),
-            milli: 1000,
+    let inventory = Arc::new(Inventory {
+        classes: vec![GpuClass {
+            name: "GPU".into(),
             memory_mib: 81_920,
-            mig_slice: None,
         }],
+        nodes,
+    });
+    let config = CycleConfig {
+        default_max_runtime_ms: s.job_duration_s * 1000,
+        fair_share_half_life_ms: (s.half_life_s * 1000.0).round() as u64,
+        stop_grace_ms: s.grace_s * 1000,
+        ..CycleConfig::default()
     };
+    let mut pool = SimPool::new(config, Policy::finpool(), inventory);
+    pool.state().tenants = tenants.clone();
+    let tenant_of: BTreeMap<&str, usize> = tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.id.as_str(), i))
+        .collect();
     let n = s.tenants.len();
-    let mut running: Vec<Running> = Vec::new();
-    let mut queued: Vec<Vec<QueuedJob>> = vec![Vec::new(); n];
+    let mut lives: BTreeMap<JobId, Life> = BTreeMap::new();
     let mut next_id = 1u128;
     let mut preemptions = 0;
     // Held GPU-seconds per tenant in the measurement window.
@@ -298,20 +305,28 @@ pub fn run(s: &Scenario) -> FairnessReport {
         .unwrap_or(0);
     let window = ((last_change + s.settle_s).min(s.duration_s), s.duration_s);
     let mut held_seconds = vec![0.0f64; n];
-    // Decayed average of what each tenant held above its guarantee.
-    let mut recent = vec![0.0f64; n];
-    let lambda = std::f64::consts::LN_2 / s.half_life_s.max(1e-3);
     let mut reclaims: Vec<Reclaim> = Vec::new();
     let mut waiting_for_guarantee: Vec<Option<u64>> = vec![None; n];
     let mut was_idle: Vec<bool> = (0..n).map(|t| s.demand(t, 0) == 0).collect();
-    let mut reservation = None;
     let mut now = 0u64;
     while now < s.duration_s {
-        // Jobs end; preempted jobs let go of their cards.
-        running.retain(|r| match r.stopping_until {
-            Some(until) => until > now,
-            None => r.ends_s > now,
-        });
+        // Jobs end; preempted jobs let go of their cards and requeue.
+        let mut ended = Vec::new();
+        for (id, life) in &lives {
+            match life.stopping_until {
+                Some(until) if until <= now => ended.push((*id, true)),
+                None if life.ends_s <= now => ended.push((*id, false)),
+                _ => {}
+            }
+        }
+        for (id, requeue) in ended {
+            lives.remove(&id);
+            if requeue {
+                pool.requeue(id);
+            } else {
+                pool.finish(id);
+            }
+        }
         // Demand: each tenant keeps its current number of jobs waiting.
         for t in 0..n {
             let want = s.demand(t, now) as usize;
@@ -319,115 +334,76 @@ pub fn run(s: &Scenario) -> FairnessReport {
                 waiting_for_guarantee[t] = Some(now);
             }
             was_idle[t] = want == 0;
-            queued[t].truncate(want);
-            while queued[t].len() < want {
-                queued[t].push(one_gpu_job(
+            let mut state = pool.state();
+            let mut mine: Vec<JobId> = state
+                .queued
+                .values()
+                .filter(|j| j.tenant == tenants[t].id)
+                .map(|j| j.id)
+                .collect();
+            // The newest go first when demand drops.
+            while mine.len() > want {
+                let id = mine.pop().expect("longer than want");
+                state.queued.remove(&id);
+            }
+            for _ in mine.len()..want {
+                let job = one_gpu_job(
                     s,
                     &tenants[t],
                     next_id,
                     now as i64 * 1000 + next_id as i64 % 1000,
-                ));
-                next_id += 1;
-            }
-        }
-        let held = |t: usize, running: &[Running]| {
-            running
-                .iter()
-                .filter(|r| r.tenant == t && r.stopping_until.is_none())
-                .count()
-        };
-        let snapshot = Snapshot {
-            now: Timestamp(now as i64 * 1000),
-            classes: vec![GpuClass {
-                name: "GPU".into(),
-                memory_mib: 81_920,
-            }],
-            nodes: nodes.clone(),
-            tenants: tenants.clone(),
-            running: running
-                .iter()
-                .filter(|r| r.stopping_until.is_none())
-                .map(|r| RunningJob {
-                    id: r.id,
-                    tenant: tenants[r.tenant].id.clone(),
-                    placement: assignment(r.card),
-                    cpu_milli: 0,
-                    memory_mib: 0,
-                    priority: 0,
-                    started_at: Some(Timestamp(r.started_s as i64 * 1000)),
-                    min_runtime_ms: 0,
-                    max_runtime_ms: Some((r.ends_s - r.started_s) * 1000),
-                    model: None,
-                    displaced: r.displaced.clone(),
-                })
-                .collect(),
-            usage: (0..n)
-                .map(|t| {
-                    (
-                        tenants[t].id.clone(),
-                        [("GPU".to_owned(), recent[t])].into(),
-                    )
-                })
-                .collect(),
-            default_max_runtime_ms: s.job_duration_s * 1000,
-            reservation: reservation.clone(),
-            ..Default::default()
-        };
-        let queue: Vec<QueuedJob> = queued.iter().flatten().cloned().collect();
-        let outcome = decide(&snapshot, &queue, &policy).expect("a valid scenario");
-        reservation = outcome.reservation.clone();
-        for p in &outcome.preempted {
-            preemptions += 1;
-            if let Some(r) = running.iter_mut().find(|r| r.id == p.job) {
-                r.stopping_until = Some(now + s.grace_s);
-                // The preempted job goes back to its tenant's queue.
-                queued[r.tenant].insert(
-                    0,
-                    one_gpu_job(s, &tenants[r.tenant], next_id, r.started_s as i64 * 1000),
                 );
+                state.queued.insert(job.id, job);
                 next_id += 1;
             }
         }
-        for a in &outcome.admitted {
-            let Some(t) = queued.iter().position(|q| q.iter().any(|j| j.id == a.job)) else {
-                continue;
-            };
-            queued[t].retain(|j| j.id != a.job);
-            // A job reclaiming cards starts once their holders are gone.
-            let start = if a.waits_for.is_empty() {
-                now
-            } else {
-                now + s.grace_s
-            };
-            let card = card_of(&a.placement.node, a.placement.gpus[0].index);
-            running.push(Running {
-                id: a.job,
-                tenant: t,
-                card,
-                started_s: start,
-                ends_s: start + runtime(s, a.job),
-                stopping_until: None,
-                displaced: a.waits_for.clone(),
-            });
+        let report = pool.cycle(Timestamp(now as i64 * 1000));
+        let (started, stopped) = {
+            let mut state = pool.state();
+            let started: Vec<(JobId, usize)> = std::mem::take(&mut state.started)
+                .into_iter()
+                .filter_map(|id| {
+                    let tenant = tenant_of[state.held.get(&id)?.job.tenant.as_str()];
+                    Some((id, tenant))
+                })
+                .collect();
+            (started, std::mem::take(&mut state.stopped))
+        };
+        for (id, tenant) in started {
+            lives.insert(
+                id,
+                Life {
+                    tenant,
+                    started_s: now,
+                    ends_s: now + runtime(s, id),
+                    stopping_until: None,
+                },
+            );
         }
+        for (id, stop) in stopped {
+            preemptions += 1;
+            if let Some(life) = lives.get_mut(&id) {
+                life.stopping_until = Some(now + stop.grace_ms / 1000);
+            }
+        }
+        let _ = report;
         // Advance to the next cycle, accounting holdings second by second.
         let next = (now + s.cycle_s).min(s.duration_s);
         for second in now..next {
-            for (t, recent_t) in recent.iter_mut().enumerate() {
-                let h = running
-                    .iter()
-                    .filter(|r| {
-                        r.tenant == t
-                            && r.started_s <= second
-                            && second < r.ends_s
-                            && r.stopping_until.is_none_or(|u| second < u)
-                    })
-                    .count() as f64;
+            let mut held = vec![0u32; n];
+            for life in lives.values() {
+                if life.started_s <= second
+                    && second < life.ends_s
+                    && life.stopping_until.is_none_or(|u| second < u)
+                {
+                    held[life.tenant] += 1;
+                }
+            }
+            for t in 0..n {
+                let h = f64::from(held[t]);
                 if second >= window.0 && second < window.1 {
                     held_seconds[t] += h;
                 }
-                let borrowed = (h - s.tenants[t].guaranteed as f64).max(0.0) * 1000.0;
-                *recent_t = borrowed + (*recent_t - borrowed) * (-lambda).exp();
                 if let Some(asked) = waiting_for_guarantee[t]
                     && h >= s.tenants[t].guaranteed as f64
                 {
@@ -442,7 +418,6 @@ pub fn run(s: &Scenario) -> FairnessReport {
                 }
             }
         }
-        let _ = held;
         now = next;
     }
     let targets = s.targets(window.0);

@@ -9,25 +9,29 @@
 //! from the trace's measured load latencies. Arrival times are compressed
 //! so that the offered load (work ÷ (span × GPUs)) equals the target.
 //!
-//! finpool runs through the real `decide` (fair share across tenants,
-//! placement scored with model locality); the baseline is first-come,
-//! first-served onto the least-loaded node.
+//! finpool runs through the shared scheduling cycle ([`SimPool`]: fair
+//! share across tenants, placement scored with model locality, waits for
+//! warm cards bounded by the model's load time); the baseline is
+//! first-come, first-served onto the least-loaded node.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::io::Read;
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use finpool_domain::{
-    BaseModel, GpuAssignment, GpuRequest, Inventory, IsolationLevel, JobId, Name, Placement, Quota,
-    Resources, Tenant, Timestamp,
+    BaseModel, GpuRequest, Inventory, IsolationLevel, JobId, Name, Quota, Resources, Tenant,
+    Timestamp,
 };
-use finpool_scheduler::{Policy, QueuedJob, RunningJob, Snapshot, decide};
+use finpool_scheduler::{CycleConfig, Policy, QueuedJob};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::openb::TraceError;
+use crate::pool::SimPool;
 use crate::trace_csv::{field_error, non_negative, reader, rows};
 
 /// One inference request.
@@ -248,6 +252,15 @@ pub fn run(
         v.sort_by_key(|x| x.1);
         v.into_iter().map(|(k, _)| model_name(k)).collect()
     };
+    let pool = (policy == GenaiPolicy::Finpool).then(|| {
+        finpool_pool(
+            inventory,
+            &tenant_names,
+            &model_names,
+            latencies,
+            fair_share_half_life_s,
+        )
+    });
     let mut state = Sim {
         cards: &mut cards,
         jobs: &mut jobs,
@@ -255,20 +268,9 @@ pub fn run(
         loads: 0,
         running: Vec::new(),
         queue: Vec::new(),
-        fair: FairShare::new(tenant_names.len(), fair_share_half_life_s),
         tenant_names: &tenant_names,
         model_names: &model_names,
-        inventory,
-        finpool: {
-            // Hold out for a warm card about as long as a typical load.
-            let mut policy = Policy::finpool();
-            let mut sorted = latencies.to_vec();
-            sorted.sort_unstable();
-            policy.warm_wait_ms = sorted[sorted.len() / 2];
-            policy.balance_wait_ms =
-                finpool_scheduler::plugins::BALANCE_WAIT_IN_WARM_WAITS * policy.warm_wait_ms;
-            policy
-        },
+        pool,
     };
     // Events: arrivals (by index) and ends (by time), in time order.
     let mut ends: BinaryHeap<Reverse<(i64, usize)>> = BinaryHeap::new();
@@ -290,7 +292,7 @@ pub fn run(
             state.finish(job, t);
         }
         while next_arrival < state.jobs.len() && state.jobs[next_arrival].arrival <= now {
-            state.queue.push(next_arrival);
+            state.arrive(next_arrival);
             next_arrival += 1;
         }
         for (job, end) in state.schedule(now, policy, &mut rng) {
@@ -305,35 +307,66 @@ fn model_name(id: &str) -> String {
     id.to_ascii_lowercase()
 }
 
-/// Per tenant, held GPUs averaged with exponential decay: the recent
-/// usage that weighted fair share orders tenants by.
-struct FairShare {
-    held: Vec<f64>,
-    average: Vec<f64>,
-    updated: Vec<i64>,
-    lambda_per_ms: f64,
-}
-
-impl FairShare {
-    fn new(tenants: usize, half_life_s: f64) -> Self {
-        Self {
-            held: vec![0.0; tenants],
-            average: vec![0.0; tenants],
-            updated: vec![0; tenants],
-            lambda_per_ms: std::f64::consts::LN_2 / (half_life_s * 1000.0),
-        }
+/// finpool's pool for the replay: every tenant may use every card (no
+/// guarantees, so fair share alone orders them), and every model's load
+/// time is the trace's median measured load latency, as an operator who
+/// measured it would register.
+fn finpool_pool(
+    inventory: &Inventory,
+    tenant_names: &[String],
+    model_names: &[String],
+    latencies: &[u64],
+    half_life_s: f64,
+) -> SimPool {
+    let mut sorted = latencies.to_vec();
+    sorted.sort_unstable();
+    let median = sorted[sorted.len() / 2];
+    let all_gpus = inventory.gpu_count() as u32;
+    let name = |s: &str| Name::parse("name", s).expect("trace ids are valid names");
+    let config = CycleConfig {
+        fair_share_half_life_ms: (half_life_s * 1000.0).round() as u64,
+        explain_limit: 0,
+        ..CycleConfig::default()
+    };
+    let pool = SimPool::new(config, Policy::finpool(), Arc::new(inventory.clone()));
+    {
+        let mut state = pool.state();
+        state.tenants = tenant_names
+            .iter()
+            .map(|t| Tenant {
+                id: name(t),
+                display_name: String::new(),
+                quotas: inventory
+                    .classes
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.name.clone(),
+                            Quota {
+                                guaranteed: 0,
+                                limit: all_gpus,
+                                lending_limit: None,
+                            },
+                        )
+                    })
+                    .collect(),
+                weight: 1,
+                isolation: IsolationLevel::SharedWithinTenant,
+                created_at: Timestamp(0),
+            })
+            .collect();
+        state.models = model_names
+            .iter()
+            .map(|m| BaseModel {
+                name: name(m),
+                size_mib: 1,
+                min_gpu_memory_mib: 0,
+                load_time_ms: Some(median),
+                registered_at: Timestamp(0),
+            })
+            .collect();
     }
-
-    fn at(&self, t: usize, now: i64) -> f64 {
-        let decay = (-(self.lambda_per_ms * (now - self.updated[t]) as f64)).exp();
-        self.held[t] + (self.average[t] - self.held[t]) * decay
-    }
-
-    fn change(&mut self, t: usize, now: i64, delta: f64) {
-        self.average[t] = self.at(t, now);
-        self.updated[t] = now;
-        self.held[t] += delta;
-    }
+    pool
 }
 
 struct Sim<'a> {
@@ -344,19 +377,45 @@ struct Sim<'a> {
     /// (job, card) running or loading.
     running: Vec<(usize, usize)>,
     queue: Vec<usize>,
-    fair: FairShare,
     tenant_names: &'a [String],
     model_names: &'a [String],
-    inventory: &'a Inventory,
-    finpool: Policy,
+    /// finpool's scheduler, when it is the policy replayed.
+    pool: Option<SimPool>,
+}
+
+fn job_id(j: usize) -> JobId {
+    JobId(uuid::Uuid::from_u128(j as u128 + 1))
 }
 
 impl Sim<'_> {
-    fn finish(&mut self, job: usize, now: i64) {
+    fn arrive(&mut self, job: usize) {
+        self.queue.push(job);
+        if let Some(pool) = &self.pool {
+            let j = &self.jobs[job];
+            let name = |s: &str| Name::parse("name", s).expect("trace ids are valid names");
+            pool.submit(QueuedJob {
+                id: job_id(job),
+                tenant: name(&self.tenant_names[j.tenant as usize]),
+                priority: 0,
+                submitted_at: Timestamp(j.arrival),
+                resources: Resources {
+                    gpu: GpuRequest::Whole { count: 1 },
+                    gpu_classes: vec![],
+                    cpu_milli: 0,
+                    memory_mib: 0,
+                },
+                model: j.model.map(|m| name(&self.model_names[m as usize])),
+                max_runtime_ms: Some(j.duration as u64),
+            });
+        }
+    }
+
+    fn finish(&mut self, job: usize, _now: i64) {
         if let Some(i) = self.running.iter().position(|(j, _)| *j == job) {
             self.running.swap_remove(i);
-            let tenant = self.jobs[job].tenant as usize;
-            self.fair.change(tenant, now, -1000.0);
+            if let Some(pool) = &self.pool {
+                pool.finish(job_id(job));
+            }
         }
     }
 
@@ -391,8 +450,6 @@ impl Sim<'_> {
             self.cards[card].busy_until = end;
             self.jobs[job].start = Some(now + load);
             self.running.push((job, card));
-            let tenant = self.jobs[job].tenant as usize;
-            self.fair.change(tenant, now, 1000.0);
             self.queue.retain(|j| *j != job);
             started.push((job, end));
         }
@@ -429,8 +486,8 @@ impl Sim<'_> {
         out
     }
 
-    /// The real scheduler: a snapshot of the pool, the queue and the
-    /// tenants involved, through `decide`.
+    /// The real scheduler: one cycle of the shared shell; the jobs it
+    /// started, on their cards.
     fn finpool(&mut self, now: i64) -> Vec<(usize, usize)> {
         let card_of: HashMap<(&str, u32), usize> = self
             .cards
@@ -438,153 +495,17 @@ impl Sim<'_> {
             .enumerate()
             .map(|(i, c)| ((c.node.as_str(), c.index), i))
             .collect();
-        let job_id = |j: usize| JobId(uuid::Uuid::from_u128(j as u128 + 1));
-        let mut involved: Vec<u32> = self
-            .queue
-            .iter()
-            .chain(self.running.iter().map(|(j, _)| j))
-            .map(|&j| self.jobs[j].tenant)
-            .collect();
-        involved.sort_unstable();
-        involved.dedup();
-        let name = |s: &str| Name::parse("name", s).expect("trace ids are valid names");
-        let all_gpus = self.cards.len() as u32;
-        let tenants: Vec<Tenant> = involved
-            .iter()
-            .map(|&t| Tenant {
-                id: name(&self.tenant_names[t as usize]),
-                display_name: String::new(),
-                quotas: self
-                    .inventory
-                    .classes
-                    .iter()
-                    .map(|c| {
-                        (
-                            c.name.clone(),
-                            Quota {
-                                guaranteed: 0,
-                                limit: all_gpus,
-                                lending_limit: None,
-                            },
-                        )
-                    })
-                    .collect(),
-                weight: 1,
-                isolation: IsolationLevel::SharedWithinTenant,
-                created_at: Timestamp(0),
-            })
-            .collect();
-        let usage = involved
-            .iter()
-            .map(|&t| {
-                let recent = self.fair.at(t as usize, now);
-                let per_class = self
-                    .inventory
-                    .classes
-                    .iter()
-                    .map(|c| (c.name.clone(), recent))
-                    .collect();
-                (name(&self.tenant_names[t as usize]), per_class)
-            })
-            .collect();
-        let card = |c: usize| -> GpuAssignment {
-            let gpu = self
-                .inventory
-                .nodes
-                .iter()
-                .find(|n| n.name == self.cards[c].node)
-                .and_then(|n| n.gpus.iter().find(|g| g.index == self.cards[c].index))
-                .expect("cards come from the inventory");
-            GpuAssignment {
-                index: gpu.index,
-                uuid: gpu.uuid.clone(),
-                class: gpu.class.clone(),
-                milli: 1000,
-                memory_mib: gpu.memory_mib,
-                mig_slice: None,
-            }
-        };
-        let running = self
-            .running
-            .iter()
-            .map(|&(j, c)| RunningJob {
-                id: job_id(j),
-                tenant: name(&self.tenant_names[self.jobs[j].tenant as usize]),
-                placement: Placement {
-                    node: self.cards[c].node.clone(),
-                    gpus: vec![card(c)],
-                },
-                cpu_milli: 0,
-                memory_mib: 0,
-                priority: 0,
-                started_at: self.jobs[j].start.map(Timestamp),
-                min_runtime_ms: 0,
-                max_runtime_ms: None,
-                model: self.jobs[j]
-                    .model
-                    .map(|m| name(&self.model_names[m as usize])),
-                displaced: vec![],
-            })
-            .collect();
-        let resident = self
-            .cards
-            .iter()
-            .filter_map(|c| {
-                Some((
-                    (c.node.clone(), c.index),
-                    name(&self.model_names[c.resident? as usize]),
-                ))
-            })
-            .collect();
-        let queue: Vec<QueuedJob> = self
-            .queue
-            .iter()
-            .map(|&j| QueuedJob {
-                id: job_id(j),
-                tenant: name(&self.tenant_names[self.jobs[j].tenant as usize]),
-                priority: 0,
-                submitted_at: Timestamp(self.jobs[j].arrival),
-                resources: Resources {
-                    gpu: GpuRequest::Whole { count: 1 },
-                    gpu_classes: vec![],
-                    cpu_milli: 0,
-                    memory_mib: 0,
-                },
-                model: self.jobs[j]
-                    .model
-                    .map(|m| name(&self.model_names[m as usize])),
-                max_runtime_ms: Some(self.jobs[j].duration as u64),
-            })
-            .collect();
-        let snapshot = Snapshot {
-            now: Timestamp(now),
-            classes: self.inventory.classes.clone(),
-            nodes: self.inventory.nodes.clone(),
-            tenants,
-            models: self
-                .model_names
-                .iter()
-                .map(|m| BaseModel {
-                    name: name(m),
-                    size_mib: 1,
-                    min_gpu_memory_mib: 0,
-                    registered_at: Timestamp(0),
-                })
-                .collect(),
-            running,
-            resident,
-            usage,
-            default_max_runtime_ms: 3_600_000,
-            ..Default::default()
-        };
-        let outcome = decide(&snapshot, &queue, &self.finpool).expect("the pool file was checked");
-        outcome
-            .admitted
-            .iter()
-            .map(|a| {
-                let job = a.job.0.as_u128() as usize - 1;
-                let g = &a.placement.gpus[0];
-                (job, card_of[&(a.placement.node.as_str(), g.index)])
+        let pool = self.pool.as_mut().expect("finpool runs with its pool");
+        pool.cycle(Timestamp(now));
+        let mut state = pool.state();
+        let started = std::mem::take(&mut state.started);
+        started
+            .into_iter()
+            .filter_map(|id| {
+                let held = state.held.get(&id)?;
+                let g = held.placement.gpus.first()?;
+                let job = id.0.as_u128() as usize - 1;
+                Some((job, card_of[&(held.placement.node.as_str(), g.index)]))
             })
             .collect()
     }

@@ -1,6 +1,6 @@
-//! Simulation drivers for finpool's scheduler. They drive the very same
-//! scheduler code the standalone pool runs (filters, scorers, placement),
-//! through a thin driver that replays a workload.
+//! Simulation drivers for finpool's scheduler. Each replays a workload
+//! through the very same scheduling cycle and shell the standalone pool
+//! runs, over in-memory ports ([`pool::SimPool`]).
 //!
 //! - [`openb`]: Alibaba's cluster-trace-gpu-v2023 (the FGD paper's trace),
 //!   read from its CSV files.
@@ -17,6 +17,7 @@ pub mod genai;
 pub mod openb;
 pub mod plot;
 pub mod policies;
+pub mod pool;
 mod trace_csv;
 pub mod workload;
 

@@ -4,9 +4,11 @@
 
 use std::io::Read;
 
-use finpool_domain::GpuRequest;
+use finpool_domain::{
+    Gpu, GpuClass, GpuRequest, Inventory, JobId, Name, Node, Resources, Timestamp,
+};
 use finpool_scheduler::cluster::ClassInfo;
-use finpool_scheduler::{ClassSet, Cluster, GpuState, NodeState, Task};
+use finpool_scheduler::{ClassSet, Cluster, GpuState, NodeState, QueuedJob, Task};
 use thiserror::Error;
 
 use crate::trace_csv::{field_error, reader, rows};
@@ -180,6 +182,60 @@ pub fn cluster(nodes: &[OpenbNode]) -> Cluster {
         ));
     }
     Cluster::new(classes, states)
+}
+
+/// The trace's nodes as the pool's inventory (GPU classes are the models,
+/// in order of first appearance, as in [`cluster`]).
+pub fn inventory(nodes: &[OpenbNode]) -> Inventory {
+    let mut classes: Vec<GpuClass> = Vec::new();
+    for n in nodes {
+        if !classes.iter().any(|c| c.name == n.model) {
+            classes.push(GpuClass {
+                name: n.model.clone(),
+                memory_mib: 0,
+            });
+        }
+    }
+    Inventory {
+        classes,
+        nodes: nodes
+            .iter()
+            .map(|n| Node {
+                name: n.name.clone(),
+                labels: Default::default(),
+                cpu_milli: n.cpu_milli,
+                memory_mib: n.memory_mib,
+                gpus: (0..n.gpus)
+                    .map(|i| Gpu {
+                        index: i,
+                        uuid: String::new(),
+                        class: n.model.clone(),
+                        memory_mib: 0,
+                        mig: vec![],
+                    })
+                    .collect(),
+                models: vec![],
+            })
+            .collect(),
+    }
+}
+
+/// The `n`-th arrival as a queued job (of the one tenant a trace has).
+pub fn queued_job(pod: &OpenbPod, n: usize, tenant: &Name) -> QueuedJob {
+    QueuedJob {
+        id: JobId(uuid::Uuid::from_u128(n as u128)),
+        tenant: tenant.clone(),
+        priority: 0,
+        submitted_at: Timestamp(n as i64),
+        resources: Resources {
+            gpu: pod.request(),
+            gpu_classes: pod.gpu_spec.clone(),
+            cpu_milli: pod.cpu_milli,
+            memory_mib: pod.memory_mib,
+        },
+        model: None,
+        max_runtime_ms: None,
+    }
 }
 
 /// The placement request for a pod on `cluster`.

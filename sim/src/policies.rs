@@ -1,7 +1,7 @@
 //! The placement policies a simulation can compare.
 
 use finpool_scheduler::Policy;
-use finpool_scheduler::plugins::fragmentation::{OnlineWorkload, Weighting, WorkloadModel};
+use finpool_scheduler::plugins::workload::{OnlineWorkload, Weighting, WorkloadModel};
 
 /// Which policy a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -2,7 +2,7 @@
 
 use finpool_domain::GpuRequest;
 use finpool_scheduler::cluster::ClassInfo;
-use finpool_scheduler::plugins::fragmentation::{Shape, WorkloadModel};
+use finpool_scheduler::plugins::workload::{Shape, WorkloadModel};
 use finpool_scheduler::{
     Allocation, Choice, ClassSet, Cluster, Ctx, GpuState, NodeState, Policy, QuotaBound, Task,
     TenantBook,
@@ -149,7 +149,7 @@ fn fgd_minimises_the_growth_of_expected_fragmentation() {
 
 #[test]
 fn fragmentation_by_need_group_matches_the_definition() {
-    use finpool_scheduler::plugins::fragmentation::NodeView;
+    use finpool_scheduler::plugins::workload::NodeView;
     let model = WorkloadModel::of_shapes(vec![
         (shape(1000, 1), 0.4),
         (

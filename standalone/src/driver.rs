@@ -1,23 +1,24 @@
-//! The standalone scheduling loop: a thin driver around the scheduler
-//! library. Each cycle reads the store, builds a snapshot, calls `decide`,
-//! records the admissions, stops the preempted jobs, and hands admitted
-//! jobs to the executor. A cycle runs when a job changes state, and at
-//! least every couple of seconds (quota changes, for instance, are not job
-//! events).
+//! The standalone scheduling loop: the shared cycle's shell over this
+//! runtime's ports. Jobs come from the store ([`StoreJobs`]) and run as
+//! local processes ([`LocalRuntime`]). A cycle runs when a job changes
+//! state, and at least every couple of seconds (quota changes, for
+//! instance, are not job events).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use finpool_domain::{Inventory, JobId, JobState, Name, Tenant, TenantId, Timestamp};
-use finpool_scheduler::{Policy, QueuedJob, RunningJob, Snapshot, decide};
-use finpool_store::{Change, RunRecord, Store, StoreError};
+use finpool_domain::{Inventory, Job, JobId, JobState, Timestamp};
+use finpool_ports::{JobSource, JobView, PortError, Runtime, Shell};
+use finpool_scheduler::{
+    Admission, CycleConfig, LocalityConfig, Policy, QueuedJob, RunningJob, Stop, WaitReason,
+};
+use finpool_store::{Change, Store};
 use tokio::sync::watch;
 
 use crate::executor::{Executor, StopKind};
 
 /// The longest a cycle waits without a job event.
-const IDLE_TICK: Duration = Duration::from_secs(2);
+pub const IDLE_TICK: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
@@ -25,6 +26,9 @@ pub struct DriverConfig {
     pub default_max_runtime: Duration,
     /// How fast past borrowing is forgotten in the fair-share order.
     pub fair_share_half_life: Duration,
+    /// SIGTERM to SIGKILL, for preempted jobs.
+    pub stop_grace: Duration,
+    pub locality: LocalityConfig,
 }
 
 impl Default for DriverConfig {
@@ -34,121 +38,115 @@ impl Default for DriverConfig {
             fair_share_half_life: Duration::from_secs(
                 finpool_scheduler::tenants::DEFAULT_FAIR_SHARE_HALF_LIFE_S,
             ),
+            stop_grace: Duration::from_secs(10),
+            locality: LocalityConfig::default(),
         }
     }
 }
 
-pub struct Driver {
+impl DriverConfig {
+    pub fn cycle(&self) -> CycleConfig {
+        CycleConfig {
+            default_max_runtime_ms: self.default_max_runtime.as_millis() as u64,
+            fair_share_half_life_ms: self.fair_share_half_life.as_millis() as u64,
+            stop_grace_ms: self.stop_grace.as_millis() as u64,
+            locality: self.locality,
+            ..CycleConfig::default()
+        }
+    }
+}
+
+/// The standalone shell.
+pub type Driver = Shell<StoreJobs, LocalRuntime, Arc<Inventory>>;
+
+/// Builds the standalone shell; its cycle goes on from the memory the
+/// store holds.
+pub async fn driver(
+    store: Store,
+    inventory: Arc<Inventory>,
+    executor: Executor,
+    policy: Policy,
+    config: &DriverConfig,
+) -> Result<Driver, PortError> {
+    Shell::new(
+        config.cycle(),
+        policy,
+        StoreJobs { store },
+        LocalRuntime { executor },
+        inventory,
+    )
+    .await
+}
+
+/// Runs cycles until shutdown.
+pub async fn run(mut driver: Driver, mut shutdown: watch::Receiver<bool>) {
+    let mut events = driver.source.store.subscribe();
+    loop {
+        match driver.run_cycle(Timestamp::now()).await {
+            Ok(report) if report.admitted + report.preempted > 0 => {
+                tracing::debug!(
+                    queued = report.queued,
+                    admitted = report.admitted,
+                    preempted = report.preempted,
+                    started = report.started,
+                    "scheduling cycle"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "scheduling cycle failed; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = events.recv() => {
+                // Let a burst of changes land, then take them all in one cycle.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                while events.try_recv().is_ok() {}
+            }
+            _ = tokio::time::sleep(IDLE_TICK) => {}
+        }
+    }
+}
+
+/// Jobs from the store; admissions and reasons recorded there, and the
+/// cycle's memory too.
+pub struct StoreJobs {
     pub store: Store,
-    pub inventory: Arc<Inventory>,
-    pub executor: Executor,
-    pub policy: Arc<Policy>,
-    pub config: DriverConfig,
-    /// Jobs told to stop for preemption, until they leave Running.
-    preempting: HashSet<JobId>,
-    /// The base model last started on each card.
-    resident: BTreeMap<(String, u32), Name>,
-    /// Base models each node has fetched since start, beyond its inventory.
-    cached: BTreeMap<String, BTreeSet<String>>,
-    /// The reservation the last cycle made for a waiting multi-GPU job.
-    reservation: Option<finpool_scheduler::Reservation>,
-    /// For jobs started by preemption, the jobs they displaced.
-    displaced: std::collections::HashMap<JobId, Vec<JobId>>,
 }
 
-/// What one cycle did, for logs and tests.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct CycleReport {
-    pub queued: usize,
-    pub admitted: usize,
-    pub preempted: usize,
-    pub started: usize,
+fn port(e: impl std::fmt::Display) -> PortError {
+    PortError::new("store", e)
 }
 
-impl Driver {
-    pub fn new(
-        store: Store,
-        inventory: Arc<Inventory>,
-        executor: Executor,
-        policy: Arc<Policy>,
-        config: DriverConfig,
-    ) -> Self {
-        Self {
-            store,
-            inventory,
-            executor,
-            policy,
-            config,
-            preempting: HashSet::new(),
-            resident: BTreeMap::new(),
-            cached: BTreeMap::new(),
-            displaced: std::collections::HashMap::new(),
-            reservation: None,
-        }
-    }
+#[async_trait::async_trait]
+impl JobSource for StoreJobs {
+    type Job = Job;
 
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut events = self.store.subscribe();
-        loop {
-            match self.cycle().await {
-                Ok(report) if report.admitted + report.preempted > 0 => {
-                    tracing::debug!(?report, "scheduling cycle")
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "scheduling cycle failed; retrying"),
-            }
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = events.recv() => {
-                    // Let a burst of changes land, then take them all in one cycle.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    while events.try_recv().is_ok() {}
-                }
-                _ = tokio::time::sleep(IDLE_TICK) => {}
-            }
-        }
-    }
-
-    pub async fn cycle(&mut self) -> Result<CycleReport, StoreError> {
-        let now = Timestamp::now();
-        let jobs = self.store.active_jobs().await?;
-        let tenants = self.store.all_tenants().await?;
-        let models = self.store.list_models().await?;
-        let still_running: HashSet<JobId> = jobs
-            .iter()
-            .filter(|j| j.state == JobState::Running)
-            .map(|j| j.id)
-            .collect();
-        self.preempting.retain(|id| still_running.contains(id));
-        let active: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
-        self.displaced.retain(|id, _| active.contains(id));
-        let mut running = Vec::new();
-        let mut queue = Vec::new();
-        let mut to_start = Vec::new();
-        for job in &jobs {
+    async fn load(&mut self) -> Result<JobView<Job>, PortError> {
+        let jobs = self.store.active_jobs().await.map_err(port)?;
+        let tenants = self.store.all_tenants().await.map_err(port)?;
+        let models = self.store.list_models().await.map_err(port)?;
+        let mut queued = Vec::new();
+        let mut holding = Vec::new();
+        for job in jobs {
             match (job.state, &job.placement) {
                 (JobState::Admitted | JobState::Running, Some(placement)) => {
-                    if self.preempting.contains(&job.id) {
-                        continue;
-                    }
-                    running.push(RunningJob {
+                    let running = RunningJob {
                         id: job.id,
                         tenant: job.tenant_id.clone(),
                         placement: placement.clone(),
                         cpu_milli: job.spec.resources.cpu_milli,
                         memory_mib: job.spec.resources.memory_mib,
                         priority: job.spec.priority,
+                        // This run's start (a requeued job has had others).
                         started_at: (job.state == JobState::Running).then_some(job.updated_at),
                         min_runtime_ms: job.spec.min_runtime_ms.unwrap_or(0),
                         max_runtime_ms: job.spec.max_runtime_ms,
                         model: job.spec.model.clone(),
-                        displaced: self.displaced.get(&job.id).cloned().unwrap_or_default(),
-                    });
-                    if job.state == JobState::Admitted {
-                        to_start.push(job.clone());
-                    }
+                        displaced: Vec::new(),
+                    };
+                    holding.push((running, job));
                 }
-                (JobState::Pending, _) => queue.push(QueuedJob {
+                (JobState::Pending, _) => queued.push(QueuedJob {
                     id: job.id,
                     tenant: job.tenant_id.clone(),
                     priority: job.spec.priority,
@@ -160,227 +158,74 @@ impl Driver {
                 _ => {}
             }
         }
-        let mut report = CycleReport {
-            queued: queue.len(),
-            ..Default::default()
-        };
-        if !queue.is_empty() {
-            let half_life = self.config.fair_share_half_life;
-            let since = Timestamp(now.0 - 8 * half_life.as_millis() as i64);
-            let runs = self.store.runs_since(since).await?;
-            let snapshot = Snapshot {
-                now,
-                classes: self.inventory.classes.clone(),
-                nodes: self.nodes_with_caches(),
-                usage: recent_borrowing(&runs, &tenants, now, half_life),
-                tenants,
-                models,
-                running,
-                resident: self.resident.clone(),
-                workload: None,
-                default_max_runtime_ms: self.config.default_max_runtime.as_millis() as u64,
-                reservation: self.reservation.clone(),
-            };
-            let policy = self.policy.clone();
-            // Deciding is CPU work; keep it off the async workers.
-            let outcome = tokio::task::spawn_blocking(move || decide(&snapshot, &queue, &policy))
-                .await
-                .map_err(|e| StoreError::Database(format!("scheduler task failed: {e}")))?
-                .map_err(|e| StoreError::Database(format!("scheduler: {e}")))?;
-            for warning in &outcome.warnings {
-                tracing::warn!(%warning, "snapshot inconsistency");
-            }
-            for a in outcome.admitted.iter().filter(|a| !a.waits_for.is_empty()) {
-                self.displaced.insert(a.job, a.waits_for.clone());
-            }
-            for p in &outcome.preempted {
-                tracing::info!(job = %p.job, for_job = %p.for_job, reason = %p.reason, "preempting");
-                self.preempting.insert(p.job);
-                self.executor
-                    .stop(p.job, StopKind::Preempt, p.reason.clone())
-                    .await;
-                report.preempted += 1;
-            }
-            let changes = outcome
-                .admitted
-                .iter()
-                .map(|a| {
-                    let how = match (a.within_guarantee, a.waits_for.is_empty()) {
-                        (true, true) => " (within guarantee)".to_owned(),
-                        (true, false) => format!(
-                            " (within guarantee, reclaimed from {} job(s))",
-                            a.waits_for.len()
-                        ),
-                        (false, true) => " (borrowing idle capacity)".to_owned(),
-                        (false, false) => {
-                            format!(" (preempting {} lower-priority job(s))", a.waits_for.len())
-                        }
-                    };
-                    let mut change = Change::new(
-                        JobState::Admitted,
-                        format!("admitted to {}{how}", a.placement.node),
-                        now,
-                    );
-                    change.placement = Some(a.placement.clone());
-                    (a.job, Some(JobState::Pending), change)
-                })
-                .collect();
-            for result in self.store.transition_many(changes).await? {
-                match result {
-                    Ok(job) => {
-                        report.admitted += 1;
-                        to_start.push(job);
-                    }
-                    // Cancelled meanwhile, say; the next cycle sees it.
-                    Err(e) => tracing::debug!(error = %e, "admission not recorded"),
-                }
-            }
-            self.reservation = outcome.reservation.clone();
-            let mut reasons: Vec<_> = outcome
-                .waiting
-                .into_iter()
-                .map(|w| (w.job, w.reason))
-                .collect();
-            if let Some(r) = &outcome.reservation {
-                for (job, reason) in reasons.iter_mut() {
-                    if *job == r.job {
-                        *reason = format!("waiting: node {} reserved from {}", r.node, r.at);
-                    }
-                }
-            }
-            self.store.set_waiting_reasons(&reasons).await?;
-        }
-        report.started = to_start.len();
-        for job in to_start {
-            if let (Some(model), Some(placement)) = (&job.spec.model, &job.placement) {
-                for g in &placement.gpus {
-                    self.resident
-                        .insert((placement.node.clone(), g.index), model.clone());
-                }
-                self.cached
-                    .entry(placement.node.clone())
-                    .or_default()
-                    .insert(model.to_string());
-            }
-            self.executor.start(job).await;
-        }
-        Ok(report)
-    }
-
-    /// The inventory's nodes, with the models they fetched since start.
-    fn nodes_with_caches(&self) -> Vec<finpool_domain::Node> {
-        let mut nodes = self.inventory.nodes.clone();
-        for node in &mut nodes {
-            if let Some(extra) = self.cached.get(&node.name) {
-                for m in extra {
-                    if !node.models.contains(m) {
-                        node.models.push(m.clone());
-                    }
-                }
-            }
-        }
-        nodes
-    }
-}
-
-/// Per tenant and class: how much it held above its guarantee lately, as
-/// an exponentially decayed average (milli-GPU) with the given half-life.
-pub fn recent_borrowing(
-    runs: &[RunRecord],
-    tenants: &[Tenant],
-    now: Timestamp,
-    half_life: Duration,
-) -> BTreeMap<TenantId, BTreeMap<String, f64>> {
-    let lambda = std::f64::consts::LN_2 / half_life.as_secs_f64().max(1e-3);
-    let mut held: BTreeMap<&TenantId, BTreeMap<&str, f64>> = BTreeMap::new();
-    for run in runs {
-        let end = run.ended_at.unwrap_or(now).min(now);
-        let ago_end = now.millis_since(end) as f64 / 1000.0;
-        let ago_start = now.millis_since(run.started_at) as f64 / 1000.0;
-        // The run's weight in the decayed average: the integral of
-        // λ·e^{-λ·age} over the ages it ran.
-        let weight = (-lambda * ago_end).exp() - (-lambda * ago_start).exp();
-        for g in &run.placement.gpus {
-            *held
-                .entry(&run.tenant)
-                .or_default()
-                .entry(&g.class)
-                .or_default() += weight * g.milli as f64;
-        }
-    }
-    tenants
-        .iter()
-        .filter_map(|t| {
-            let classes = held.get(&t.id)?;
-            let borrowed: BTreeMap<String, f64> = classes
-                .iter()
-                .map(|(class, avg)| {
-                    let guaranteed = t.quota(class).guaranteed as f64 * 1000.0;
-                    (class.to_string(), (avg - guaranteed).max(0.0))
-                })
-                .collect();
-            Some((t.id.clone(), borrowed))
+        Ok(JobView {
+            tenants,
+            models,
+            queued,
+            holding,
         })
-        .collect()
+    }
+
+    async fn admit(
+        &mut self,
+        admissions: &[Admission],
+        now: Timestamp,
+    ) -> Result<Vec<(JobId, Job)>, PortError> {
+        let changes = admissions
+            .iter()
+            .map(|a| {
+                let mut change = Change::new(JobState::Admitted, a.describe(), now);
+                change.placement = Some(a.placement.clone());
+                (a.job, Some(JobState::Pending), change)
+            })
+            .collect();
+        let mut admitted = Vec::new();
+        for result in self.store.transition_many(changes).await.map_err(port)? {
+            match result {
+                Ok(job) => admitted.push((job.id, job)),
+                // Cancelled meanwhile, say; the next cycle sees it.
+                Err(e) => tracing::debug!(error = %e, "admission not recorded"),
+            }
+        }
+        Ok(admitted)
+    }
+
+    async fn set_waiting(&mut self, reasons: &[(JobId, WaitReason)]) -> Result<(), PortError> {
+        let rows: Vec<(JobId, &str, String)> = reasons
+            .iter()
+            .map(|(id, r)| (*id, r.code(), r.to_string()))
+            .collect();
+        self.store.set_waiting_reasons(&rows).await.map_err(port)
+    }
+
+    async fn load_memory(&mut self) -> Result<Option<String>, PortError> {
+        self.store.load_scheduler_memory().await.map_err(port)
+    }
+
+    async fn save_memory(&mut self, memory: &str) -> Result<(), PortError> {
+        self.store
+            .save_scheduler_memory(memory, Timestamp::now())
+            .await
+            .map_err(port)
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use finpool_domain::{GpuAssignment, IsolationLevel, Placement, Quota};
+/// Jobs run as local processes by the executor.
+pub struct LocalRuntime {
+    pub executor: Executor,
+}
 
-    #[test]
-    fn recent_borrowing_decays_with_the_half_life() {
-        let tenant = Tenant {
-            id: Name::parse("t", "alpha").unwrap(),
-            display_name: "a".into(),
-            quotas: [(
-                "A".to_owned(),
-                Quota {
-                    guaranteed: 1,
-                    limit: 4,
-                    lending_limit: None,
-                },
-            )]
-            .into(),
-            weight: 1,
-            isolation: IsolationLevel::SharedWithinTenant,
-            created_at: Timestamp(0),
-        };
-        let card = |i| GpuAssignment {
-            index: i,
-            uuid: String::new(),
-            class: "A".into(),
-            milli: 1000,
-            memory_mib: 0,
-            mig_slice: None,
-        };
-        let run = |start: i64, end: Option<i64>| RunRecord {
-            tenant: tenant.id.clone(),
-            placement: Placement {
-                node: "n".into(),
-                gpus: vec![card(0), card(1), card(2)],
-            },
-            started_at: Timestamp(start),
-            ended_at: end.map(Timestamp),
-        };
-        let hour = 3_600_000;
-        let now = Timestamp(100 * hour);
-        // Three cards held forever: an average of 3000, 2000 above the guarantee.
-        let steady = recent_borrowing(
-            &[run(0, None)],
-            std::slice::from_ref(&tenant),
-            now,
-            Duration::from_secs(3600),
-        );
-        assert!((steady[&tenant.id]["A"] - 2000.0).abs() < 1.0);
-        // Held only until one half-life ago: half the weight remains.
-        let past = recent_borrowing(
-            &[run(0, Some(99 * hour))],
-            std::slice::from_ref(&tenant),
-            now,
-            Duration::from_secs(3600),
-        );
-        assert!((past[&tenant.id]["A"] - 500.0).abs() < 1.0, "{past:?}");
+#[async_trait::async_trait]
+impl Runtime for LocalRuntime {
+    type Job = Job;
+
+    async fn start(&mut self, job: &Job) {
+        self.executor.start(job.clone()).await;
+    }
+
+    async fn stop(&mut self, job: JobId, stop: &Stop) {
+        self.executor
+            .stop(job, StopKind::Preempt, stop.preemption.to_string())
+            .await;
     }
 }

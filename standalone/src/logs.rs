@@ -3,12 +3,10 @@
 use std::io::SeekFrom;
 use std::time::Duration;
 
-use finpool_api::LogSource;
 use finpool_domain::Job;
+use finpool_ports::{LogError, LogSource, LogStream};
 use finpool_store::Store;
-use futures::stream::BoxStream;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tonic::Status;
 
 use crate::executor::ExecutorConfig;
 
@@ -22,11 +20,7 @@ pub struct FileLogs {
 
 #[async_trait::async_trait]
 impl LogSource for FileLogs {
-    async fn open(
-        &self,
-        job: &Job,
-        follow: bool,
-    ) -> Result<BoxStream<'static, Result<Vec<u8>, Status>>, Status> {
+    async fn open(&self, job: &Job, follow: bool) -> Result<LogStream, LogError> {
         let path = self.config.log_path(job.id);
         let store = self.store.clone();
         let id = job.id;
@@ -51,9 +45,7 @@ impl LogSource for FileLogs {
                                 }
                             }
                             Err(e) => {
-                                let _ = tx
-                                    .send(Err(Status::internal(format!("reading the log: {e}"))))
-                                    .await;
+                                let _ = tx.send(Err(LogError::Io(e.to_string()))).await;
                                 return;
                             }
                         }

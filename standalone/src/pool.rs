@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::driver::{Driver, DriverConfig};
+use crate::driver::{self, DriverConfig};
 use crate::executor::{Executor, ExecutorConfig};
 use crate::inventory::{self, Origin, PoolFileError};
 use crate::logs::FileLogs;
@@ -48,6 +48,8 @@ pub struct StandaloneConfig {
     /// Whether the scheduling loop runs (benchmarks of the API alone turn
     /// it off; jobs then stay pending).
     pub schedule: bool,
+    /// Base-model locality: on or off, the wait factor, node bandwidth.
+    pub locality: finpool_scheduler::LocalityConfig,
 }
 
 impl StandaloneConfig {
@@ -67,6 +69,7 @@ impl StandaloneConfig {
             pending_cap: finpool_api::state::DEFAULT_PENDING_CAP,
             jwks: None,
             schedule: true,
+            locality: finpool_scheduler::LocalityConfig::default(),
         }
     }
 
@@ -107,6 +110,8 @@ pub enum StartError {
     Inventory(#[from] PoolFileError),
     #[error("inventory: {0}")]
     Snapshot(#[from] finpool_scheduler::SnapshotError),
+    #[error("scheduler: {0}")]
+    Scheduler(finpool_ports::PortError),
     #[error("listening on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -163,18 +168,22 @@ pub async fn start(config: StandaloneConfig) -> Result<RunningPool, StartError> 
     let executor_config = config.executor_config();
     let executor = Executor::spawn(store.clone(), executor_config.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let driver = Driver::new(
+    let driver = driver::driver(
         store.clone(),
         inventory.clone(),
         executor.clone(),
-        Arc::new(Policy::finpool()),
-        DriverConfig {
+        Policy::finpool(),
+        &DriverConfig {
             default_max_runtime: config.default_max_runtime,
             fair_share_half_life: config.fair_share_half_life,
+            stop_grace: config.stop_grace,
+            locality: config.locality,
         },
-    );
+    )
+    .await
+    .map_err(StartError::Scheduler)?;
     let driver = if config.schedule {
-        tokio::spawn(driver.run(shutdown_rx.clone()))
+        tokio::spawn(driver::run(driver, shutdown_rx.clone()))
     } else {
         tracing::warn!("the scheduling loop is off: jobs stay pending");
         tokio::spawn(async {})

@@ -95,7 +95,7 @@ macro_rules! transition_fn {
             }
             apply_change(&mut job, change)?;
             let updated = sqlx::query(
-                "UPDATE jobs SET state = $1, reason = $2, updated_at = $3, started_at = $4, \
+                "UPDATE jobs SET state = $1, reason = $2, reason_code = '', updated_at = $3, started_at = $4, \
                  finished_at = $5, exit_code = $6, placement = $7, attempts = $8 \
                  WHERE id = $9 AND state = $10",
             )
@@ -181,6 +181,7 @@ transition_fn!(transition_postgres, sqlx::PgConnection);
 fn apply_change(job: &mut Job, change: &Change) -> Result<(), StoreError> {
     job.state = change.to;
     job.reason = change.reason.clone();
+    job.reason_code.clear();
     job.updated_at = change.at;
     match change.to {
         JobState::Admitted => {
@@ -360,19 +361,25 @@ impl Store {
         }
     }
 
-    /// Records why queued jobs are waiting, where that changed. Only
-    /// Pending jobs are touched; the reason is not a state change.
-    pub async fn set_waiting_reasons(&self, reasons: &[(JobId, String)]) -> Result<(), StoreError> {
+    /// Records why queued jobs are waiting (a stable code and its text),
+    /// where that changed. Only Pending jobs are touched; the reason is not
+    /// a state change.
+    pub async fn set_waiting_reasons(
+        &self,
+        reasons: &[(JobId, &str, String)],
+    ) -> Result<(), StoreError> {
         if reasons.is_empty() {
             return Ok(());
         }
         crate::backend::with_write_pool!(self.backend(), pool => {
             let mut tx = pool.begin().await?;
-            for (id, reason) in reasons {
+            for (id, code, reason) in reasons {
                 sqlx::query(
-                    "UPDATE jobs SET reason = $1 WHERE id = $2 AND state = 'pending' AND reason <> $1",
+                    "UPDATE jobs SET reason = $1, reason_code = $2 WHERE id = $3 AND state = 'pending' \
+                     AND (reason <> $1 OR reason_code <> $2)",
                 )
                 .bind(reason)
+                .bind(*code)
                 .bind(id.to_string())
                 .execute(&mut *tx)
                 .await?;
@@ -419,6 +426,37 @@ impl Store {
                 }
             }
         }
+    }
+}
+
+impl Store {
+    /// The scheduling cycle's durable memory (JSON), as last saved.
+    pub async fn load_scheduler_memory(&self) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> = with_read_pool!(self.backend(), pool => {
+            sqlx::query_as("SELECT state FROM scheduler_memory WHERE id = 1")
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row.map(|(state,)| state))
+    }
+
+    /// Replaces the scheduling cycle's durable memory.
+    pub async fn save_scheduler_memory(
+        &self,
+        state: &str,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        crate::backend::with_write_pool!(self.backend(), pool => {
+            sqlx::query(
+                "INSERT INTO scheduler_memory (id, state, updated_at) VALUES (1, $1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            )
+            .bind(state)
+            .bind(at.0)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
     }
 }
 

@@ -13,7 +13,7 @@ use crate::error::corrupt;
 /// The columns every job query selects, as a literal for `concat!`.
 macro_rules! job_columns {
     () => {
-        "id, tenant_id, spec, state, reason, created_at, updated_at, started_at, finished_at, \
+        "id, tenant_id, spec, state, reason, reason_code, created_at, updated_at, started_at, finished_at, \
          exit_code, placement, attempts, cancel_requested"
     };
 }
@@ -26,6 +26,7 @@ pub(crate) struct JobRow {
     pub spec: String,
     pub state: String,
     pub reason: String,
+    pub reason_code: String,
     pub created_at: i64,
     pub updated_at: i64,
     pub started_at: Option<i64>,
@@ -52,6 +53,7 @@ impl JobRow {
             spec,
             state: parse_state(&self.state)?,
             reason: self.reason,
+            reason_code: self.reason_code,
             created_at: Timestamp(self.created_at),
             updated_at: Timestamp(self.updated_at),
             started_at: self.started_at.map(Timestamp),
@@ -119,6 +121,7 @@ pub(crate) struct ModelRow {
     pub name: String,
     pub size_mib: i64,
     pub min_gpu_memory_mib: i64,
+    pub load_time_ms: Option<i64>,
     pub registered_at: i64,
 }
 
@@ -128,6 +131,7 @@ impl ModelRow {
             name: Name::parse("name", &self.name).map_err(|e| corrupt("model name", e))?,
             size_mib: self.size_mib as u64,
             min_gpu_memory_mib: self.min_gpu_memory_mib as u64,
+            load_time_ms: self.load_time_ms.map(|ms| ms as u64),
             registered_at: Timestamp(self.registered_at),
         })
     }

@@ -110,11 +110,12 @@ impl Store {
         let _clear = ClearOnDrop(self);
         let result = with_write_pool!(self.backend(), pool => {
             sqlx::query(
-                "INSERT INTO models (name, size_mib, min_gpu_memory_mib, registered_at) VALUES ($1, $2, $3, $4)",
+                "INSERT INTO models (name, size_mib, min_gpu_memory_mib, load_time_ms, registered_at) VALUES ($1, $2, $3, $4, $5)",
             )
             .bind(model.name.as_str())
             .bind(model.size_mib as i64)
             .bind(model.min_gpu_memory_mib as i64)
+            .bind(model.load_time_ms.map(|ms| ms as i64))
             .bind(model.registered_at.0)
             .execute(pool)
             .await
@@ -132,7 +133,7 @@ impl Store {
     pub async fn list_models(&self) -> Result<Vec<BaseModel>, StoreError> {
         let rows: Vec<ModelRow> = with_read_pool!(self.backend(), pool => {
             sqlx::query_as(
-                "SELECT name, size_mib, min_gpu_memory_mib, registered_at FROM models ORDER BY name",
+                "SELECT name, size_mib, min_gpu_memory_mib, load_time_ms, registered_at FROM models ORDER BY name",
             )
             .fetch_all(pool)
             .await?

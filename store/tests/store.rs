@@ -149,6 +149,7 @@ async fn tenants_and_models() {
             name: name("qwen2-7b"),
             size_mib: 15_000,
             min_gpu_memory_mib: 20_000,
+            load_time_ms: Some(12_000),
             registered_at: Timestamp(5),
         };
         s.register_model(&model).await.unwrap();

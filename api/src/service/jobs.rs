@@ -232,10 +232,17 @@ impl JobService for Jobs {
         let who = principal(&request)?;
         let r = request.into_inner();
         let job = self.visible_job(&who, &r.id).await?;
-        let stream = self.state.logs.open(&job, r.follow).await?;
+        let stream = self
+            .state
+            .logs
+            .open(&job, r.follow)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         use futures::StreamExt;
-        Ok(Response::new(Box::pin(
-            stream.map(|chunk| chunk.map(|data| pb::LogChunk { data })),
-        )))
+        Ok(Response::new(Box::pin(stream.map(|chunk| {
+            chunk
+                .map(|data| pb::LogChunk { data })
+                .map_err(|e| Status::internal(e.to_string()))
+        }))))
     }
 }

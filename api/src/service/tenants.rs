@@ -160,6 +160,7 @@ impl ModelService for Models {
             name: r.name,
             size_mib: r.size_mib,
             min_gpu_memory_mib: r.min_gpu_memory_mib,
+            load_time_ms: r.load_time_ms,
         }
         .validate(Timestamp::now())
         .map_err(error::invalid)?;

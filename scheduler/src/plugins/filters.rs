@@ -14,6 +14,10 @@ impl Filter for NodeResources {
         "NodeResources"
     }
 
+    fn code(&self) -> &'static str {
+        "InsufficientCpuMemoryOrGpus"
+    }
+
     fn node(&self, _ctx: &Ctx<'_>, task: &Task, node: &NodeState) -> bool {
         node.free_cpu_milli() >= task.cpu_milli
             && node.free_memory_mib() >= task.memory_mib
@@ -27,6 +31,10 @@ pub struct GpuClassAllowed;
 impl Filter for GpuClassAllowed {
     fn name(&self) -> &'static str {
         "GpuClassAllowed"
+    }
+
+    fn code(&self) -> &'static str {
+        "GpuClassOrMemory"
     }
 
     fn node(&self, _ctx: &Ctx<'_>, task: &Task, node: &NodeState) -> bool {
@@ -46,6 +54,10 @@ pub struct GpuCapacity;
 impl Filter for GpuCapacity {
     fn name(&self) -> &'static str {
         "GpuCapacity"
+    }
+
+    fn code(&self) -> &'static str {
+        "GpuBusy"
     }
 
     fn gpu(&self, _ctx: &Ctx<'_>, task: &Task, _node: &NodeState, gpu: &GpuState) -> bool {
@@ -70,6 +82,10 @@ pub struct TenantIsolation;
 impl Filter for TenantIsolation {
     fn name(&self) -> &'static str {
         "TenantIsolation"
+    }
+
+    fn code(&self) -> &'static str {
+        "HeldByAnotherTenant"
     }
 
     fn gpu(&self, _ctx: &Ctx<'_>, task: &Task, _node: &NodeState, gpu: &GpuState) -> bool {
@@ -101,6 +117,10 @@ impl Filter for QuotaLimit {
         "QuotaLimit"
     }
 
+    fn code(&self) -> &'static str {
+        "QuotaExceeded"
+    }
+
     fn choice(
         &self,
         ctx: &Ctx<'_>,
@@ -130,6 +150,10 @@ pub struct Reserved;
 impl Filter for Reserved {
     fn name(&self) -> &'static str {
         "Reserved"
+    }
+
+    fn code(&self) -> &'static str {
+        "ReservedForGang"
     }
 
     fn node(&self, ctx: &Ctx<'_>, _task: &Task, node: &NodeState) -> bool {
@@ -183,6 +207,10 @@ impl ModelPlacement {
 impl Filter for ModelPlacement {
     fn name(&self) -> &'static str {
         "ModelPlacement"
+    }
+
+    fn code(&self) -> &'static str {
+        "ModelLocality"
     }
 
     fn gpu(&self, ctx: &Ctx<'_>, task: &Task, _node: &NodeState, gpu: &GpuState) -> bool {

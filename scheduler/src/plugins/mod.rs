@@ -4,13 +4,13 @@
 //! A [`Policy`] is a list of each.
 
 pub mod filters;
-pub mod fragmentation;
 pub mod scores;
+pub mod workload;
 
 use crate::cluster::{Choice, ClassIdx, Cluster, GpuState, NodeIdx, NodeState};
 use crate::task::Task;
 use crate::tenants::TenantBook;
-use fragmentation::WorkloadModel;
+use workload::WorkloadModel;
 
 /// How far a placement may take its tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +83,10 @@ impl<'a> Ctx<'a> {
 pub trait Filter: Send + Sync {
     fn name(&self) -> &'static str;
 
+    /// Why it refuses, as a stable code (kube-scheduler's filter status
+    /// reason): reported with [`Filter::name`] when a job finds no room.
+    fn code(&self) -> &'static str;
+
     /// May the task use this node at all?
     fn node(&self, _ctx: &Ctx<'_>, _task: &Task, _node: &NodeState) -> bool {
         true
@@ -112,9 +116,13 @@ pub trait Filter: Send + Sync {
 /// context's inputs (workload, tenants), never on other nodes: that keeps
 /// scoring a node independent of the rest of the pool.
 pub trait Scorer: Send + Sync {
-    fn name(&self) -> &'static str;
-
     fn score(&self, ctx: &Ctx<'_>, task: &Task, node: NodeIdx, choice: Choice) -> f64;
+
+    /// The plugin's name, for logs and the policy's description.
+    fn name(&self) -> &'static str {
+        let full = std::any::type_name::<Self>();
+        full.rsplit("::").next().unwrap_or(full)
+    }
 
     /// Whether the score is a pure function of the task, the node and the
     /// context, so that it can be remembered until the node changes.
@@ -143,43 +151,19 @@ pub struct Policy {
     pub name: String,
     pub filters: Vec<Box<dyn Filter>>,
     pub scorers: Vec<(Box<dyn Scorer>, f64)>,
-    /// Delay scheduling for base models: how long a job whose model is
-    /// resident on some card waits for such a card before it may load the
-    /// model on another. Waiting about as long as a load takes, then
-    /// loading, is never worse than twice the better of the two (the
-    /// rent-or-buy argument). Zero: never wait.
-    pub warm_wait_ms: u64,
-    /// After the warm wait, a job may load its model only on an empty card
-    /// or evict a model less in demand than its own;
-    /// after this long in the queue, on any card. (See [`crate::ModelFit`].)
-    pub balance_wait_ms: u64,
 }
 
-/// The weight of [`fragmentation::PackingWaste`] in finpool's policy,
+/// The weight of [`scores::PackingWaste`] in finpool's policy,
 /// against fragmentation at 1 and CPU stranding at 2 (all in milli-GPU).
 /// Chosen on the openb trace (see the README): from 5 to 10 it raises every
 /// workload; from about 12 it starts to override fragmentation, and lone
 /// shares hold cards open for partners that never come.
 pub const PACKING_WASTE_WEIGHT: f64 = 8.0;
 
-/// finpool's default warm wait: about one load of a mid-sized model.
-pub const DEFAULT_WARM_WAIT_MS: u64 = 20_000;
-
-/// finpool's balance wait, in warm waits: after about this many loads'
-/// time in the queue a job may evict any model. Chosen on the GenAI trace
-/// (see the README): shorter waits thrash cards between models, longer
-/// ones let a crowded model's queue grow.
-pub const BALANCE_WAIT_IN_WARM_WAITS: u64 = 40;
-
-/// finpool's default balance wait.
-pub const DEFAULT_BALANCE_WAIT_MS: u64 = BALANCE_WAIT_IN_WARM_WAITS * DEFAULT_WARM_WAIT_MS;
-
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Policy")
             .field("name", &self.name)
-            .field("warm_wait_ms", &self.warm_wait_ms)
-            .field("balance_wait_ms", &self.balance_wait_ms)
             .field(
                 "filters",
                 &self.filters.iter().map(|p| p.name()).collect::<Vec<_>>(),
@@ -216,8 +200,6 @@ impl Policy {
             name: name.into(),
             filters: Self::base_filters(),
             scorers,
-            warm_wait_ms: 0,
-            balance_wait_ms: 0,
         }
     }
 
@@ -247,9 +229,9 @@ impl Policy {
         Self::new(
             "fgd",
             vec![(
-                Box::new(fragmentation::Fgd {
+                Box::new(scores::Fgd {
                     model: Some(model),
-                    scale: fragmentation::FgdScale::KubeSigmoid,
+                    scale: scores::FgdScale::KubeSigmoid,
                 }) as Box<dyn Scorer>,
                 1.0,
             )],
@@ -260,28 +242,29 @@ impl Policy {
     /// online ([`Policy::finpool_workload`]), plus keeping each node's CPU
     /// and memory in step with its free GPU, plus packing cards so later
     /// shares can fill them, with best-fit to break ties;
-    /// base-model locality, with delay scheduling for resident models.
+    /// base-model locality (the waits themselves are the cycle's:
+    /// `decide::locality`).
     pub fn finpool() -> Self {
-        let mut policy = Self::new(
+        Self::new(
             "finpool",
             vec![
                 (Box::new(scores::TenantAffinity) as Box<dyn Scorer>, 1.0),
                 (
-                    Box::new(fragmentation::Fgd {
+                    Box::new(scores::Fgd {
                         model: None,
-                        scale: fragmentation::FgdScale::Raw,
+                        scale: scores::FgdScale::Raw,
                     }),
                     1.0,
                 ),
                 (
-                    Box::new(fragmentation::CpuStranding {
+                    Box::new(scores::CpuStranding {
                         ratio_scale: 1.0,
                         per_shape: false,
                     }),
                     2.0,
                 ),
                 (Box::new(scores::BestFit), 0.001),
-                (Box::new(fragmentation::PackingWaste), PACKING_WASTE_WEIGHT),
+                (Box::new(scores::PackingWaste), PACKING_WASTE_WEIGHT),
                 (
                     Box::new(scores::ModelLocality {
                         resident: 2000.0,
@@ -291,10 +274,7 @@ impl Policy {
                     1.0,
                 ),
             ],
-        );
-        policy.warm_wait_ms = DEFAULT_WARM_WAIT_MS;
-        policy.balance_wait_ms = DEFAULT_BALANCE_WAIT_MS;
-        policy
+        )
     }
 
     /// Least-loaded: the node with the most free GPU, as a naive spreading
@@ -307,8 +287,8 @@ impl Policy {
     }
 
     /// How finpool learns its workload model from arrivals.
-    pub fn finpool_workload() -> fragmentation::OnlineWorkload {
-        fragmentation::OnlineWorkload::new(0.95, fragmentation::Weighting::Demand)
+    pub fn finpool_workload() -> workload::OnlineWorkload {
+        workload::OnlineWorkload::new(0.95, workload::Weighting::Demand)
     }
 
     /// Whether every scorer's score can be remembered per node.

@@ -1,3 +1,7 @@
+//! The workload model: the typical task shapes a pool sees and their
+//! weights, learned online from arrivals ([`OnlineWorkload`]) or read from
+//! a trace, and what fragmentation-aware scorers compute from it.
+//!
 //! GPU fragmentation, after "Beware of Fragmentation: Scheduling
 //! GPU-Sharing Workloads with Fragmentation Gradient Descent" (FGD, USENIX
 //! ATC '23).
@@ -524,210 +528,6 @@ impl NodeView {
     }
 }
 
-/// FGD: place the task where it raises the node's expected fragmentation
-/// the least. The workload model is fixed (the FGD paper reads it from the
-/// trace) or, when `None`, the one the driver learned ([`super::Ctx::workload`]).
-pub struct Fgd {
-    pub model: Option<WorkloadModel>,
-    pub scale: FgdScale,
-}
-
-/// How the fragmentation change becomes a score.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FgdScale {
-    /// The decrease in expected fragmentation, in milli-GPU.
-    Raw,
-    /// As the FGD authors ran it inside the kube-scheduler framework: the
-    /// decrease squashed by a sigmoid (per 1000 milli) onto the framework's
-    /// integer 0..=100 node-score scale. Near-equal choices tie.
-    KubeSigmoid,
-}
-
-impl FgdScale {
-    fn apply(self, decrease: f64) -> f64 {
-        match self {
-            Self::Raw => decrease,
-            Self::KubeSigmoid => (100.0 / (1.0 + (-decrease / 1000.0).exp())).floor(),
-        }
-    }
-}
-
-impl super::Scorer for Fgd {
-    fn name(&self) -> &'static str {
-        "FGD"
-    }
-
-    fn score(
-        &self,
-        ctx: &super::Ctx<'_>,
-        task: &Task,
-        node: crate::cluster::NodeIdx,
-        choice: Choice,
-    ) -> f64 {
-        let mut out = [0.0];
-        self.score_node(ctx, task, node, &[choice], &mut out);
-        out[0]
-    }
-
-    fn score_node(
-        &self,
-        ctx: &super::Ctx<'_>,
-        task: &Task,
-        node: crate::cluster::NodeIdx,
-        choices: &[Choice],
-        out: &mut [f64],
-    ) {
-        let model = self.model.as_ref().unwrap_or(ctx.workload);
-        let node = &ctx.cluster.nodes[node as usize];
-        let before = model.fragmentation_now(node);
-        for (choice, score) in choices.iter().zip(out) {
-            let after = model.fragmentation_after(node, *choice, task.cpu_milli, task.memory_mib);
-            *score = self.scale.apply(before - after);
-        }
-    }
-}
-
-/// Keep nodes' CPU and memory in step with their free GPU: score the
-/// decrease in GPU stranded for want of CPU or memory (see
-/// [`NodeView::stranded`]), with the companion ratios of the workload the
-/// driver learned. CPU-only work thus goes where CPU is plentiful or where
-/// the GPUs are already taken.
-pub struct CpuStranding {
-    /// Scales the learned CPU and memory per milli-GPU.
-    pub ratio_scale: f64,
-    /// Average stranding over each GPU shape's own ratio, rather than
-    /// stranding at the workload's average ratio.
-    pub per_shape: bool,
-}
-
-impl super::Scorer for CpuStranding {
-    fn name(&self) -> &'static str {
-        "CpuStranding"
-    }
-
-    fn score(
-        &self,
-        ctx: &super::Ctx<'_>,
-        task: &Task,
-        node: crate::cluster::NodeIdx,
-        choice: Choice,
-    ) -> f64 {
-        let mut out = [0.0];
-        self.score_node(ctx, task, node, &[choice], &mut out);
-        out[0]
-    }
-
-    fn score_node(
-        &self,
-        ctx: &super::Ctx<'_>,
-        task: &Task,
-        node: crate::cluster::NodeIdx,
-        choices: &[Choice],
-        out: &mut [f64],
-    ) {
-        let Some(mut companion) = ctx.workload.companion() else {
-            out.iter_mut().for_each(|s| *s = 0.0);
-            return;
-        };
-        companion.cpu_per_milli *= self.ratio_scale;
-        companion.memory_per_milli *= self.ratio_scale;
-        let node = &ctx.cluster.nodes[node as usize];
-        if self.per_shape {
-            let stranded = |view: &NodeView| -> f64 {
-                let mut total = 0.0;
-                let mut weights = 0.0;
-                for (shape, w) in &ctx.workload.shapes {
-                    if shape.gpus == 0 {
-                        continue;
-                    }
-                    let d = shape.demand_milli() as f64;
-                    let c = Companion {
-                        cpu_per_milli: shape.cpu_milli as f64 / d * self.ratio_scale,
-                        memory_per_milli: shape.memory_mib as f64 / d * self.ratio_scale,
-                    };
-                    total += w * view.stranded(c);
-                    weights += w;
-                }
-                if weights > 0.0 { total / weights } else { 0.0 }
-            };
-            let before = stranded(&NodeView::after(node, Choice::NO_GPU, 0, 0));
-            for (choice, score) in choices.iter().zip(out.iter_mut()) {
-                *score = before
-                    - stranded(&NodeView::after(
-                        node,
-                        *choice,
-                        task.cpu_milli,
-                        task.memory_mib,
-                    ));
-            }
-            return;
-        }
-        let before = NodeView::after(node, Choice::NO_GPU, 0, 0).stranded(companion);
-        for (choice, score) in choices.iter().zip(out) {
-            let after =
-                NodeView::after(node, *choice, task.cpu_milli, task.memory_mib).stranded(companion);
-            *score = before - after;
-        }
-    }
-}
-
-/// Pack cards so they can still be filled: score the decrease in the
-/// node's unfillable GPU over the workload the driver learned. A partly
-/// used card wastes what no combination of typical shapes can take
-/// ([`WorkloadModel::unfillable`]), or all its free share once the node
-/// lacks the CPU or memory for even the smallest typical share. Unlike
-/// fragmentation, which looks one task ahead, this looks at every later
-/// task that could share the card.
-pub struct PackingWaste;
-
-impl super::Scorer for PackingWaste {
-    fn name(&self) -> &'static str {
-        "PackingWaste"
-    }
-
-    fn score(
-        &self,
-        ctx: &super::Ctx<'_>,
-        task: &Task,
-        node: crate::cluster::NodeIdx,
-        choice: Choice,
-    ) -> f64 {
-        let model = ctx.workload;
-        let node = &ctx.cluster.nodes[node as usize];
-        let fed = |cpu: u64, memory: u64| {
-            model
-                .smallest_share
-                .is_none_or(|(c, m)| cpu >= c && memory >= m)
-        };
-        let fed_before = fed(node.free_cpu_milli(), node.free_memory_mib());
-        let fed_after = fed(
-            node.free_cpu_milli().saturating_sub(task.cpu_milli),
-            node.free_memory_mib().saturating_sub(task.memory_mib),
-        );
-        let waste = |class: ClassIdx, free: u32, fed: bool| -> u32 {
-            match free {
-                MILLI_PER_GPU.. => 0,
-                _ if !fed => free,
-                _ => model.unfillable(class, free),
-            }
-        };
-        node.gpus
-            .iter()
-            .enumerate()
-            .map(|(i, gpu)| {
-                let free = gpu.free_milli();
-                let taken = if choice.gpus & (1 << i) != 0 {
-                    choice.milli
-                } else {
-                    0
-                };
-                waste(gpu.class, free, fed_before) as f64
-                    - waste(gpu.class, free - taken, fed_after) as f64
-            })
-            .sum()
-    }
-}
-
 /// Below this distance a new workload model is not worth adopting.
 const SETTLED_DISTANCE: f64 = 0.02;
 
@@ -818,12 +618,11 @@ impl OnlineWorkload {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
     use crate::cluster::GpuState;
-    use finpool_domain::GpuRequest;
 
-    fn node(used: &[u32]) -> NodeState {
+    pub(crate) fn node(used: &[u32]) -> NodeState {
         let mut n = NodeState::new(
             "n",
             8000,
@@ -842,7 +641,7 @@ mod tests {
         n
     }
 
-    fn shape(milli: u32, gpus: u32, cpu: u64) -> Shape {
+    pub(crate) fn shape(milli: u32, gpus: u32, cpu: u64) -> Shape {
         Shape {
             milli_per_gpu: milli,
             gpus,
@@ -851,6 +650,12 @@ mod tests {
             classes: ClassSet::ALL,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{node, shape};
+    use super::*;
 
     #[test]
     fn fragments_follow_the_definition() {
@@ -913,101 +718,5 @@ mod tests {
             .unwrap()
             .1;
         assert!(eight > half, "by demand, 2 x 8 GPUs outweigh 8 x 0.5");
-    }
-
-    fn share_shape(milli: u32, cpu: u64, classes: ClassSet) -> Shape {
-        Shape {
-            classes,
-            ..shape(milli, 1, cpu)
-        }
-    }
-
-    /// A pool whose nodes are given as (class, free CPU, per-card used milli).
-    fn pool(nodes: &[(ClassIdx, u64, &[u32])]) -> crate::cluster::Cluster {
-        let classes = ["A", "B"]
-            .iter()
-            .map(|n| crate::cluster::ClassInfo {
-                name: (*n).into(),
-                memory_mib: 16_000,
-            })
-            .collect();
-        let nodes = nodes
-            .iter()
-            .map(|(class, cpu, used)| {
-                let mut n = node(used);
-                n.cpu_milli = *cpu;
-                n.gpus.iter_mut().for_each(|g| g.class = *class);
-                n.classes = ClassSet::single(*class);
-                n
-            })
-            .collect();
-        crate::cluster::Cluster::new(classes, nodes)
-    }
-
-    fn packing_score(
-        c: &crate::cluster::Cluster,
-        model: &WorkloadModel,
-        task: &Task,
-        node: u32,
-        choice: Choice,
-    ) -> f64 {
-        use crate::plugins::Scorer;
-        let tenants = crate::tenants::TenantBook::default();
-        let ctx =
-            crate::plugins::Ctx::new(c, &tenants, crate::plugins::QuotaBound::Unbounded, model);
-        PackingWaste.score(&ctx, task, node, choice)
-    }
-
-    fn on_card(gpu: usize, milli: u32) -> Choice {
-        Choice {
-            gpus: 1 << gpu,
-            milli,
-            memory_mib: Some(0),
-            slice: None,
-        }
-    }
-
-    #[test]
-    fn unfillable_counts_only_the_shapes_allowed_on_the_class() {
-        // 470m shares may run on class A only; whole GPUs anywhere.
-        let model = WorkloadModel::of_shapes(vec![
-            (share_shape(470, 1000, ClassSet::single(0)), 0.5),
-            (share_shape(1000, 1000, ClassSet::ALL), 0.5),
-        ]);
-        assert_eq!(model.unfillable(0, 530), 60, "530 takes one 470 on A");
-        assert_eq!(model.unfillable(1, 530), 530, "nothing fills 530 on B");
-        assert_eq!(model.unfillable(0, 1000), 0);
-        assert_eq!(model.smallest_share, Some((1000, 0)));
-    }
-
-    #[test]
-    fn packing_waste_pairs_shares_and_keeps_cpu_for_them() {
-        let model = WorkloadModel::of_shapes(vec![
-            (share_shape(470, 1000, ClassSet::ALL), 0.5),
-            (share_shape(1000, 1000, ClassSet::ALL), 0.5),
-        ]);
-        // A 470m share beside another wastes nothing new; on an idle card
-        // it leaves 60m that nothing can take.
-        let c = pool(&[(0, 8000, &[470, 0])]);
-        let task = Task::new(
-            GpuRequest::Share {
-                milli: 470,
-                memory_mib: 0,
-            },
-            1000,
-            0,
-        );
-        assert_eq!(packing_score(&c, &model, &task, 0, on_card(0, 470)), 0.0);
-        assert_eq!(packing_score(&c, &model, &task, 0, on_card(1, 470)), -60.0);
-
-        // CPU-only work that leaves a node too little CPU for any share
-        // strands its half-used card: all 530m free becomes waste.
-        let c = pool(&[(0, 1500, &[470, 0]), (0, 8000, &[470, 0])]);
-        let cpu_only = Task::new(GpuRequest::None, 1000, 0);
-        assert_eq!(
-            packing_score(&c, &model, &cpu_only, 0, Choice::NO_GPU),
-            -470.0
-        );
-        assert_eq!(packing_score(&c, &model, &cpu_only, 1, Choice::NO_GPU), 0.0);
     }
 }

@@ -1,0 +1,138 @@
+//! The shell every driver runs: one scheduling cycle over the three ports.
+//! It holds no policy of its own: it loads, runs the pure
+//! [`Cycle`], and carries out the [`Plan`] in a fixed order.
+
+use std::collections::HashMap;
+
+use finpool_domain::{JobId, Timestamp};
+use finpool_scheduler::{Cycle, CycleConfig, CycleInputs, DurableMemory, Plan, Policy};
+
+use crate::{InventorySource, JobSource, PortError, Runtime};
+
+/// What one cycle did, for logs, tests and simulators.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CycleReport {
+    pub queued: usize,
+    pub admitted: usize,
+    pub preempted: usize,
+    pub started: usize,
+    /// The plan, as decided (simulators and tests read it).
+    pub plan: Plan,
+}
+
+pub struct Shell<S, R, I> {
+    cycle: Cycle,
+    pub source: S,
+    pub runtime: R,
+    pub inventory: I,
+    /// The durable memory as last saved, to save only changes.
+    saved: Option<String>,
+}
+
+impl<S, R, I> Shell<S, R, I>
+where
+    S: JobSource,
+    R: Runtime<Job = S::Job>,
+    I: InventorySource,
+{
+    /// A shell whose cycle goes on from the memory the source stored.
+    pub async fn new(
+        config: CycleConfig,
+        policy: Policy,
+        mut source: S,
+        runtime: R,
+        inventory: I,
+    ) -> Result<Self, PortError> {
+        let saved = source.load_memory().await?;
+        let durable = match &saved {
+            Some(json) => serde_json::from_str::<DurableMemory>(json).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "stored scheduler memory unreadable; starting afresh");
+                DurableMemory::default()
+            }),
+            None => DurableMemory::default(),
+        };
+        Ok(Self {
+            cycle: Cycle::restore(config, policy, durable),
+            source,
+            runtime,
+            inventory,
+            saved,
+        })
+    }
+
+    pub fn cycle_state(&self) -> &Cycle {
+        &self.cycle
+    }
+
+    pub fn cycle_state_mut(&mut self) -> &mut Cycle {
+        &mut self.cycle
+    }
+
+    /// One cycle at `now`.
+    pub async fn run_cycle(&mut self, now: Timestamp) -> Result<CycleReport, PortError> {
+        for sample in self.runtime.take_load_samples() {
+            self.cycle
+                .record_load(&sample.node, &sample.model, sample.took_ms);
+        }
+        let view = self.source.load().await?;
+        let inventory = self.inventory.inventory();
+        let mut startable: HashMap<JobId, S::Job> = view
+            .holding
+            .iter()
+            .filter(|(r, _)| r.started_at.is_none())
+            .map(|(r, j)| (r.id, j.clone()))
+            .collect();
+        let inputs = CycleInputs {
+            now,
+            classes: inventory.classes.clone(),
+            nodes: inventory.nodes.clone(),
+            tenants: view.tenants,
+            models: view.models,
+            queued: view.queued,
+            holding: view.holding.into_iter().map(|(r, _)| r).collect(),
+        };
+        let queued = inputs.queued.len();
+        let plan = self
+            .cycle
+            .run(inputs)
+            .map_err(|e| PortError::new("scheduler", e))?;
+        for warning in &plan.warnings {
+            tracing::warn!(%warning, "snapshot inconsistency");
+        }
+        // Memory first: a displaced-by record must exist before the
+        // admission that depends on it is visible.
+        let memory = serde_json::to_string(self.cycle.durable())
+            .map_err(|e| PortError::new("scheduler memory", e))?;
+        if self.saved.as_deref() != Some(memory.as_str()) {
+            self.source.save_memory(&memory).await?;
+            self.saved = Some(memory);
+        }
+        let mut report = CycleReport {
+            queued,
+            ..CycleReport::default()
+        };
+        if !plan.admit.is_empty() {
+            for (id, job) in self.source.admit(&plan.admit, now).await? {
+                report.admitted += 1;
+                startable.insert(id, job);
+            }
+        }
+        for stop in &plan.stop {
+            tracing::info!(job = %stop.preemption.job, for_job = %stop.preemption.for_job,
+                reason = %stop.preemption, "preempting");
+            self.runtime.stop(stop.preemption.job, stop).await;
+            report.preempted += 1;
+        }
+        for id in &plan.start {
+            if let Some(job) = startable.get(id) {
+                self.runtime.start(job).await;
+                report.started += 1;
+            }
+        }
+        if !plan.waiting.is_empty() {
+            self.source.set_waiting(&plan.waiting).await?;
+        }
+        report.plan = plan;
+        Ok(report)
+    }
+}

@@ -1,0 +1,67 @@
+//! What the cycle remembers between decisions. The durable part is what a
+//! restart or a leader change must not forget: drivers store it (as JSON)
+//! and hand it back. The rest is rebuilt from what runs.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use finpool_domain::{JobId, Name, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use super::fair_share::FairShare;
+use super::load_time::Measured;
+use crate::decide::Reservation;
+use crate::plugins::workload::OnlineWorkload;
+
+/// Stored by the driver after every cycle that changed it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DurableMemory {
+    /// The reservation the last decision made for a waiting gang.
+    pub reservation: Option<Reservation>,
+    /// For jobs admitted by preemption, the jobs they displaced: those may
+    /// not preempt them back (no preemption cycles), and the preemptor
+    /// starts once they are gone.
+    pub displaced: BTreeMap<JobId, Vec<JobId>>,
+    /// Jobs told to stop for preemption, and when: their resources count
+    /// as free while they wind down.
+    pub preempting: BTreeMap<JobId, Timestamp>,
+    /// Jobs held back for base-model locality while a usable card was
+    /// free, since when (the clock that bounds the wait).
+    pub held_back: BTreeMap<JobId, Timestamp>,
+    /// Base models each node fetched to its disk, beyond its inventory.
+    pub cached: BTreeMap<String, BTreeSet<String>>,
+    /// Recent borrowing per tenant, for fair share.
+    pub fair_share: FairShare,
+    /// Model loads measured per model and node.
+    pub load_times: Measured,
+}
+
+/// What is rebuilt after a restart: card memory does not survive the
+/// processes that filled it, and the workload is learned again.
+#[derive(Debug, Default)]
+pub struct VolatileMemory {
+    /// The base model in each card's memory: (node, GPU index) → model.
+    pub resident: BTreeMap<(String, u32), Name>,
+    /// The workload learned online from arrivals.
+    pub workload: Option<OnlineWorkload>,
+    /// Jobs the workload has seen.
+    pub observed: HashSet<JobId>,
+}
+
+impl DurableMemory {
+    /// Forgets jobs that are gone: `queued` and `holding` are the active
+    /// jobs' ids.
+    pub fn prune(&mut self, queued: &HashSet<JobId>, holding: &HashSet<JobId>) {
+        self.preempting.retain(|id, _| holding.contains(id));
+        self.displaced
+            .retain(|id, _| queued.contains(id) || holding.contains(id));
+        self.held_back.retain(|id, _| queued.contains(id));
+        if self
+            .reservation
+            .as_ref()
+            .is_some_and(|r| !queued.contains(&r.job))
+        {
+            self.reservation = None;
+        }
+    }
+}

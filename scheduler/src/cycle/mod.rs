@@ -1,0 +1,423 @@
+//! The scheduling cycle every driver runs: standalone, the simulators, the
+//! benches and the in-cluster scheduler. Pure, like the rest of the crate:
+//! plain inputs and a clock value in, a [`Plan`] out.
+//!
+//! One cycle:
+//! 1. forgets jobs that are gone ([`DurableMemory::prune`]);
+//! 2. decays fair-share borrowing to now ([`fair_share`]), once;
+//! 3. learns the workload from new arrivals, the one way every driver does;
+//! 4. assembles the [`Snapshot`] (less the jobs being preempted, plus the
+//!    models nodes have fetched and the cards' resident models);
+//! 5. decides ([`crate::decide`]);
+//! 6. remembers what must outlive the cycle and turns the outcome into a
+//!    plan: admissions to record, jobs to start (a preemptor once its
+//!    victims are gone), jobs to stop with grace, and why the rest wait.
+
+pub mod fair_share;
+pub mod load_time;
+pub mod memory;
+
+use std::collections::{BTreeMap, HashSet};
+
+use finpool_domain::{BaseModel, GpuClass, JobId, Name, Node, Tenant, Timestamp};
+
+use crate::decide::{self, Admission, Preemption, Reservation};
+use crate::plugins::Policy;
+use crate::plugins::workload::OnlineWorkload;
+use crate::snapshot::{
+    EXPLAINED_PER_CYCLE, LocalityInputs, QueuedJob, RunningJob, Snapshot, SnapshotError,
+};
+use crate::wait::WaitReason;
+pub use memory::{DurableMemory, VolatileMemory};
+
+/// How a driver's cycle behaves; the same for every driver of one pool.
+#[derive(Debug, Clone)]
+pub struct CycleConfig {
+    /// Assumed for jobs that set no max runtime (reservations and warm-card
+    /// waits need an end).
+    pub default_max_runtime_ms: u64,
+    /// How fast past borrowing is forgotten in the fair-share order.
+    pub fair_share_half_life_ms: u64,
+    /// SIGTERM to SIGKILL for a preempted job.
+    pub stop_grace_ms: u64,
+    pub locality: LocalityConfig,
+    /// A pool without tenants (simulated traces): placement only.
+    pub tenantless: bool,
+    /// Learn the workload from arrivals (fragmentation-aware scorers use it).
+    pub learn_workload: bool,
+    /// How many waiting jobs get a precise reason per cycle.
+    pub explain_limit: usize,
+}
+
+impl Default for CycleConfig {
+    fn default() -> Self {
+        Self {
+            default_max_runtime_ms: 24 * 3_600_000,
+            fair_share_half_life_ms: crate::tenants::DEFAULT_FAIR_SHARE_HALF_LIFE_S * 1000,
+            stop_grace_ms: 10_000,
+            locality: LocalityConfig::default(),
+            tenantless: false,
+            learn_workload: true,
+            explain_limit: EXPLAINED_PER_CYCLE,
+        }
+    }
+}
+
+/// Base-model locality: see `decide::locality`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LocalityConfig {
+    pub enabled: bool,
+    /// How many of its model's load times a job may hold out for a card
+    /// that holds the model (or for balance between models).
+    pub wait_factor: f64,
+    /// Disk-to-card bandwidth, for models with no registered or measured
+    /// load time: load time = size ÷ bandwidth.
+    pub node_bandwidth_mib_s: u64,
+}
+
+/// A conservative NVMe-to-GPU rate: 2 GiB/s.
+pub const DEFAULT_NODE_BANDWIDTH_MIB_S: u64 = 2048;
+
+impl Default for LocalityConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            wait_factor: 1.0,
+            node_bandwidth_mib_s: DEFAULT_NODE_BANDWIDTH_MIB_S,
+        }
+    }
+}
+
+/// A cycle's plain inputs: the pool and its jobs, as the driver sees them.
+#[derive(Debug, Clone, Default)]
+pub struct CycleInputs {
+    pub now: Timestamp,
+    pub classes: Vec<GpuClass>,
+    pub nodes: Vec<Node>,
+    pub tenants: Vec<Tenant>,
+    pub models: Vec<BaseModel>,
+    /// Jobs waiting to be admitted.
+    pub queued: Vec<QueuedJob>,
+    /// Jobs holding resources: admitted (`started_at: None`) or running,
+    /// including those being preempted. Their `displaced` lists are the
+    /// cycle's to fill.
+    pub holding: Vec<RunningJob>,
+}
+
+/// A running job to stop, with grace, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    pub preemption: Preemption,
+    /// SIGTERM to SIGKILL.
+    pub grace_ms: u64,
+}
+
+/// What one cycle asks its driver to do, in this order: record the
+/// admissions, stop the preempted jobs, start the ready ones, store the
+/// waiting reasons.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub admit: Vec<Admission>,
+    pub stop: Vec<Stop>,
+    /// Admitted jobs to start now: new admissions that displaced no one,
+    /// and earlier ones whose victims are gone.
+    pub start: Vec<JobId>,
+    pub waiting: Vec<(JobId, WaitReason)>,
+    pub reservation: Option<Reservation>,
+    /// Inconsistencies between the jobs and the inventory.
+    pub warnings: Vec<String>,
+}
+
+/// The cycle and its memory.
+pub struct Cycle {
+    pub config: CycleConfig,
+    policy: Policy,
+    durable: DurableMemory,
+    volatile: VolatileMemory,
+}
+
+impl Cycle {
+    pub fn new(config: CycleConfig, policy: Policy) -> Self {
+        Self::restore(config, policy, DurableMemory::default())
+    }
+
+    /// A cycle that goes on from stored memory (after a restart or a
+    /// leader change).
+    pub fn restore(config: CycleConfig, policy: Policy, durable: DurableMemory) -> Self {
+        let volatile = VolatileMemory {
+            workload: config
+                .learn_workload
+                .then(crate::plugins::Policy::finpool_workload),
+            ..VolatileMemory::default()
+        };
+        Self {
+            config,
+            policy,
+            durable,
+            volatile,
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// What the driver stores.
+    pub fn durable(&self) -> &DurableMemory {
+        &self.durable
+    }
+
+    /// Replaces the learner (simulations of policies with their own).
+    pub fn set_workload_learner(&mut self, learner: Option<OnlineWorkload>) {
+        self.volatile.workload = learner;
+    }
+
+    /// A runtime measured loading `model` on `node`.
+    pub fn record_load(&mut self, node: &str, model: &str, took_ms: u64) {
+        self.durable
+            .load_times
+            .entry(model.to_owned())
+            .or_default()
+            .entry(node.to_owned())
+            .or_default()
+            .add(took_ms);
+    }
+
+    /// The load time the cycle assumes for `model`.
+    pub fn load_time_ms(&self, model: &BaseModel) -> u64 {
+        load_time::load_time_ms(
+            model,
+            &self.durable.load_times,
+            self.config.locality.node_bandwidth_mib_s,
+        )
+    }
+
+    /// Base models each card holds in memory, as far as the cycle knows.
+    pub fn resident(&self) -> &BTreeMap<(String, u32), Name> {
+        &self.volatile.resident
+    }
+
+    pub fn run(&mut self, inputs: CycleInputs) -> Result<Plan, SnapshotError> {
+        let CycleInputs {
+            now,
+            classes,
+            mut nodes,
+            tenants,
+            models,
+            mut queued,
+            holding,
+        } = inputs;
+        let queued_ids: HashSet<JobId> = queued.iter().map(|j| j.id).collect();
+        let holding_ids: HashSet<JobId> = holding.iter().map(|j| j.id).collect();
+        self.durable.prune(&queued_ids, &holding_ids);
+        self.volatile
+            .observed
+            .retain(|id| queued_ids.contains(id) || holding_ids.contains(id));
+
+        // A tenant-less pool has no fair share to keep.
+        let usage = if self.config.tenantless {
+            BTreeMap::new()
+        } else {
+            self.durable
+                .fair_share
+                .advance(
+                    now,
+                    fair_share::borrowing(&tenants, &holding),
+                    self.config.fair_share_half_life_ms,
+                )
+                .iter()
+                .filter_map(|(t, per_class)| {
+                    let id = Name::parse("tenant", t).ok()?;
+                    Some((id, per_class.clone()))
+                })
+                .collect()
+        };
+
+        for node in &mut nodes {
+            if let Some(extra) = self.durable.cached.get(&node.name) {
+                for m in extra {
+                    if !node.models.contains(m) {
+                        node.models.push(m.clone());
+                    }
+                }
+            }
+        }
+        let running: Vec<RunningJob> = holding
+            .iter()
+            .filter(|j| !self.durable.preempting.contains_key(&j.id))
+            .map(|j| RunningJob {
+                displaced: self
+                    .durable
+                    .displaced
+                    .get(&j.id)
+                    .cloned()
+                    .unwrap_or_default(),
+                ..j.clone()
+            })
+            .collect();
+        let load_ms = models
+            .iter()
+            .map(|m| (m.name.to_string(), self.load_time_ms(m)))
+            .collect();
+        let mut snapshot = Snapshot {
+            now,
+            classes,
+            nodes,
+            tenants,
+            models,
+            running,
+            resident: self.volatile.resident.clone(),
+            usage,
+            workload: None,
+            default_max_runtime_ms: self.config.default_max_runtime_ms,
+            reservation: self.durable.reservation.clone(),
+            tenantless: self.config.tenantless,
+            locality: LocalityInputs {
+                enabled: self.config.locality.enabled,
+                load_ms,
+                held_since: self.durable.held_back.clone(),
+                wait_factor: self.config.locality.wait_factor,
+            },
+            explain_limit: self.config.explain_limit,
+        };
+        let mut built = snapshot.build()?;
+        if let Some(learner) = self.volatile.workload.as_mut() {
+            // Arrivals in the order they came, each seen once.
+            queued.sort_by_key(|j| (j.submitted_at, j.id));
+            for job in &queued {
+                if self.volatile.observed.insert(job.id)
+                    && let Ok(task) = built.task_for(job, &snapshot.models, self.config.tenantless)
+                {
+                    learner.observe(&task);
+                }
+            }
+            snapshot.workload = Some(learner.model().clone());
+        }
+        let outcome = decide::decide_built(&snapshot, &mut built, &queued, &self.policy);
+        // Fair share counts what is held from now on: admissions included.
+        if !self.config.tenantless {
+            self.remember_borrowing(&snapshot.tenants, &queued, holding.clone(), &outcome);
+        }
+        let models_of: BTreeMap<JobId, Name> = queued
+            .into_iter()
+            .filter_map(|j| Some((j.id, j.model?)))
+            .collect();
+        Ok(self.plan(now, &models_of, &holding, outcome))
+    }
+
+    /// Fair share counts what is held from now until the next cycle: the
+    /// holding jobs and this cycle's admissions.
+    fn remember_borrowing(
+        &mut self,
+        tenants: &[Tenant],
+        queued: &[QueuedJob],
+        mut held_after: Vec<RunningJob>,
+        outcome: &decide::Outcome,
+    ) {
+        let tenant_of: BTreeMap<JobId, &Name> = queued.iter().map(|j| (j.id, &j.tenant)).collect();
+        held_after.extend(outcome.admitted.iter().filter_map(|a| {
+            Some(RunningJob {
+                id: a.job,
+                tenant: (*tenant_of.get(&a.job)?).clone(),
+                placement: a.placement.clone(),
+                cpu_milli: 0,
+                memory_mib: 0,
+                priority: 0,
+                started_at: None,
+                min_runtime_ms: 0,
+                max_runtime_ms: None,
+                model: None,
+                displaced: Vec::new(),
+            })
+        }));
+        self.durable.fair_share.current = fair_share::borrowing(tenants, &held_after);
+    }
+
+    /// Remembers what must outlive the cycle; turns the outcome into a plan.
+    fn plan(
+        &mut self,
+        now: Timestamp,
+        models_of: &BTreeMap<JobId, Name>,
+        holding: &[RunningJob],
+        outcome: decide::Outcome,
+    ) -> Plan {
+        let mut held_back = BTreeMap::new();
+        for id in &outcome.held_back {
+            let since = self.durable.held_back.get(id).copied().unwrap_or(now);
+            held_back.insert(*id, since);
+        }
+        self.durable.held_back = held_back;
+        for p in &outcome.preempted {
+            self.durable.preempting.insert(p.job, now);
+        }
+        for a in &outcome.admitted {
+            if !a.waits_for.is_empty() {
+                self.durable.displaced.insert(a.job, a.waits_for.clone());
+            }
+        }
+        self.durable.reservation = outcome.reservation.clone();
+        // A job's model is loaded on its cards as it starts; the node keeps
+        // the weights on disk.
+        for a in &outcome.admitted {
+            if let Some(model) = models_of.get(&a.job) {
+                for g in &a.placement.gpus {
+                    self.volatile
+                        .resident
+                        .insert((a.placement.node.clone(), g.index), model.clone());
+                }
+                self.durable
+                    .cached
+                    .entry(a.placement.node.clone())
+                    .or_default()
+                    .insert(model.to_string());
+            }
+        }
+        let still_holding: HashSet<JobId> = holding.iter().map(|j| j.id).collect();
+        let victims_gone = |job: &JobId, durable: &DurableMemory| {
+            durable
+                .displaced
+                .get(job)
+                .is_none_or(|v| v.iter().all(|v| !still_holding.contains(v)))
+        };
+        let mut start: Vec<JobId> = holding
+            .iter()
+            .filter(|j| j.started_at.is_none() && !self.durable.preempting.contains_key(&j.id))
+            .map(|j| j.id)
+            .filter(|id| victims_gone(id, &self.durable))
+            .collect();
+        start.extend(
+            outcome
+                .admitted
+                .iter()
+                .filter(|a| a.waits_for.is_empty())
+                .map(|a| a.job),
+        );
+        let mut waiting: Vec<(JobId, WaitReason)> = outcome
+            .waiting
+            .into_iter()
+            .map(|w| (w.job, w.reason))
+            .collect();
+        for j in holding.iter().filter(|j| j.started_at.is_none()) {
+            if let Some(v) = self.durable.displaced.get(&j.id)
+                && !victims_gone(&j.id, &self.durable)
+            {
+                waiting.push((j.id, WaitReason::AwaitingVictims { victims: v.len() }));
+            }
+        }
+        Plan {
+            stop: outcome
+                .preempted
+                .into_iter()
+                .map(|preemption| Stop {
+                    preemption,
+                    grace_ms: self.config.stop_grace_ms,
+                })
+                .collect(),
+            admit: outcome.admitted,
+            start,
+            waiting,
+            reservation: outcome.reservation,
+            warnings: outcome.warnings,
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The planner: one decision's working state (the indexed pool, the jobs
+//! holding resources, the quota budgets) and the admission of one job.
+//! Ordering, quota accounting, preemption, backfill and explanations are
+//! each in their own file, as further `impl Planner` blocks.
+
+use std::collections::{HashMap, HashSet};
+
+use finpool_domain::{GpuRequest, JobId, MILLI_PER_GPU, Timestamp};
+
+use super::{Admission, Outcome, Reservation};
+use crate::cluster::{Cluster, NodeIdx};
+use crate::engine::{Engine, Request};
+use crate::plugins::workload::WorkloadModel;
+use crate::plugins::{Policy, QuotaBound};
+use crate::snapshot::{Built, Held, QueuedJob, Snapshot};
+use crate::task::{ModelFit, Task};
+use crate::tenants::{Budget, TenantBook, budgets};
+use crate::wait::WaitReason;
+
+/// Identifies placement attempts that must fail alike within a cycle: the
+/// same task (tenant included) and priority under the same bound and
+/// reservation. See [`Planner::admit`].
+type AttemptKey = (Task, i32, Option<NodeIdx>);
+
+pub(super) struct Planner<'a> {
+    pub(super) snapshot: &'a Snapshot,
+    pub(super) built: &'a Built,
+    pub(super) engine: Engine<'a>,
+    pub(super) tenants: TenantBook,
+    pub(super) workload: &'a WorkloadModel,
+    /// Jobs holding resources: running ones, then those admitted this cycle.
+    pub(super) held: Vec<Held>,
+    /// Per held job: preempted this cycle.
+    pub(super) released: Vec<bool>,
+    /// Per held job: admitted this cycle (never a victim this cycle).
+    pub(super) fresh: Vec<bool>,
+    pub(super) budgets: Vec<Budget>,
+    pub(super) capacity: Vec<u64>,
+    /// Recent borrowing per tenant and class (decayed average, milli-GPU).
+    pub(super) recent: Vec<Vec<f64>>,
+    pub(super) reservation: Option<(JobId, NodeIdx, Timestamp)>,
+    pub(super) outcome: Outcome,
+    pub(super) now: Timestamp,
+    /// Borrowing attempts that failed since the last preemption.
+    pub(super) failed: HashSet<AttemptKey>,
+    /// Jobs some held job displaced (they may not preempt it back).
+    pub(super) displacers: HashSet<JobId>,
+    /// The reason each job that may hold out for its model would get.
+    pub(super) locality_hints: HashMap<JobId, WaitReason>,
+}
+
+impl<'a> Planner<'a> {
+    pub(super) fn new(
+        snapshot: &'a Snapshot,
+        built: &'a mut Built,
+        policy: &'a Policy,
+        workload: &'a WorkloadModel,
+        outcome: Outcome,
+        locality_hints: HashMap<JobId, WaitReason>,
+    ) -> Self {
+        let tenants = std::mem::take(&mut built.tenants);
+        let cluster = std::mem::take(&mut built.cluster);
+        let held = std::mem::take(&mut built.held);
+        let budgets = budgets(&cluster, &tenants);
+        let classes = cluster.classes.len();
+        let capacity = (0..classes)
+            .map(|c| {
+                cluster
+                    .nodes
+                    .iter()
+                    .flat_map(|n| &n.gpus)
+                    .filter(|g| g.class as usize == c)
+                    .count() as u64
+                    * MILLI_PER_GPU as u64
+            })
+            .collect();
+        let recent = (0..tenants.len())
+            .map(|t| {
+                let usage = snapshot
+                    .usage
+                    .iter()
+                    .find(|(id, _)| id.as_str() == tenants.names[t])
+                    .map(|(_, u)| u);
+                cluster
+                    .classes
+                    .iter()
+                    .map(|c| usage.and_then(|u| u.get(&c.name)).copied().unwrap_or(0.0))
+                    .collect()
+            })
+            .collect();
+        let n = held.len();
+        let displacers = held
+            .iter()
+            .flat_map(|h| h.displaced.iter().copied())
+            .collect();
+        Self {
+            snapshot,
+            built,
+            engine: Engine::new(policy, cluster),
+            tenants,
+            workload,
+            released: vec![false; n],
+            fresh: vec![false; n],
+            held,
+            budgets,
+            capacity,
+            recent,
+            reservation: None,
+            outcome,
+            now: snapshot.now,
+            failed: HashSet::new(),
+            displacers,
+            locality_hints,
+        }
+    }
+
+    pub(super) fn cluster(&self) -> &Cluster {
+        self.engine.cluster()
+    }
+
+    /// Tries to admit one job under `bound`: placement, then preemption
+    /// (reclaim within guarantees, or within the tenant by priority), then
+    /// a reservation if it is a gang that must wait.
+    ///
+    /// Within a cycle the pool only fills up, caps only tighten and victims
+    /// only become fewer, until a preemption frees something. So while
+    /// borrowing, an attempt that failed fails again for the same task,
+    /// priority and reservation: long queues of alike jobs cost one
+    /// attempt, not one each. (Reclaim is left out: a victim's tenant may
+    /// gain work during the cycle, which can make the victim eligible.)
+    pub(super) fn admit(&mut self, job: &QueuedJob, task: &Task, bound: QuotaBound) -> bool {
+        let t = task.tenant.expect("queued jobs have tenants");
+        let caps = (bound == QuotaBound::Limit).then(|| self.caps(t));
+        let avoid = self.avoid_for(job);
+        let key = (bound == QuotaBound::Limit && !self.displacers.contains(&job.id)).then_some((
+            *task,
+            job.priority,
+            avoid,
+        ));
+        if key.as_ref().is_some_and(|k| self.failed.contains(k)) {
+            return false;
+        }
+        let admitted = self.try_admit(job, task, bound, caps.as_deref(), avoid);
+        let preempted = admitted
+            && self
+                .outcome
+                .admitted
+                .last()
+                .is_some_and(|a| !a.waits_for.is_empty());
+        if preempted {
+            self.failed.clear();
+        } else if !admitted && let Some(key) = key {
+            self.failed.insert(key);
+        }
+        admitted
+    }
+
+    fn try_admit(
+        &mut self,
+        job: &QueuedJob,
+        task: &Task,
+        bound: QuotaBound,
+        caps: Option<&[u64]>,
+        avoid: Option<NodeIdx>,
+    ) -> bool {
+        let t = task.tenant.expect("queued jobs have tenants");
+        let request = Request {
+            tenants: &self.tenants,
+            bound,
+            caps,
+            avoid_node: avoid,
+            workload: self.workload,
+            workload_epoch: 0,
+        };
+        if let Some(p) = self.engine.place(&request, task) {
+            self.commit(job, task, &p, bound == QuotaBound::Guaranteed, Vec::new());
+            if self.reservation.is_some_and(|(r, _, _)| r == job.id) {
+                self.reservation = None;
+            }
+            return true;
+        }
+        // A job holding out for its model waits while it could run
+        // elsewhere; otherwise it is like any other job from here on.
+        let task = &if task.model_fit != ModelFit::Any {
+            let any_card = Task {
+                model_fit: ModelFit::Any,
+                ..*task
+            };
+            if self.engine.place(&request, &any_card).is_some() {
+                self.outcome.held_back.push(job.id);
+                return false;
+            }
+            any_card
+        } else {
+            *task
+        };
+        // Reclaim is for GPU guarantees: CPU-only work never triggers it.
+        let gpu_job = task.gpu != GpuRequest::None;
+        let victims_ok = |planner: &Self, v: &Held| -> bool {
+            let kind = match bound {
+                // Reclaim: other tenants' GPU work above their guarantees.
+                QuotaBound::Guaranteed => {
+                    gpu_job
+                        && v.tenant.is_some_and(|s| s != t)
+                        && v.pieces.iter().any(|a| a.choice.gpus != 0)
+                }
+                // Priority: the same tenant's less important work.
+                _ => v.tenant == Some(t) && v.priority < job.priority,
+            };
+            kind && planner.preemptible(v) && !v.displaced.contains(&job.id)
+        };
+        if let Some(done) = self.preempt_for(job, task, bound, caps, avoid, &victims_ok) {
+            return done;
+        }
+        // Same-tenant priority preemption also applies inside guarantees.
+        if bound == QuotaBound::Guaranteed {
+            let same_tenant = |planner: &Self, v: &Held| -> bool {
+                v.tenant == Some(t)
+                    && v.priority < job.priority
+                    && planner.preemptible(v)
+                    && !v.displaced.contains(&job.id)
+            };
+            if let Some(done) = self.preempt_for(job, task, bound, None, avoid, &same_tenant) {
+                return done;
+            }
+        }
+        if self.reservation.is_none()
+            && matches!(task.gpu, GpuRequest::Whole { count } if count > 1)
+            && let Some((node, at)) = self.earliest_start(task)
+        {
+            self.reservation = Some((job.id, node, at));
+        }
+        false
+    }
+
+    /// Records an admission and charges it.
+    pub(super) fn commit(
+        &mut self,
+        job: &QueuedJob,
+        task: &Task,
+        p: &crate::placer::Placement,
+        within_guarantee: bool,
+        waits_for: Vec<JobId>,
+    ) {
+        let placement = self
+            .built
+            .to_domain(self.cluster(), p, &self.snapshot.nodes);
+        let allocation = p.allocation(task);
+        self.apply(&allocation);
+        let runtime = job
+            .max_runtime_ms
+            .unwrap_or(self.snapshot.default_max_runtime_ms) as i64;
+        self.held.push(Held {
+            id: job.id,
+            tenant: task.tenant,
+            pieces: vec![allocation],
+            node: p.node,
+            priority: job.priority,
+            started_at: None,
+            min_runtime_ms: 0,
+            ends_by: Timestamp(self.now.0.saturating_add(runtime)),
+            displaced: Vec::new(),
+        });
+        self.released.push(false);
+        self.fresh.push(true);
+        self.outcome.admitted.push(Admission {
+            job: job.id,
+            placement,
+            within_guarantee,
+            waits_for,
+        });
+    }
+
+    pub(super) fn finish(mut self) -> Outcome {
+        self.outcome.reservation = self.reservation.map(|(job, node, at)| Reservation {
+            job,
+            node: self.cluster().nodes[node as usize].name.clone(),
+            at,
+        });
+        self.outcome.held_back.sort_unstable();
+        self.outcome.held_back.dedup();
+        self.outcome
+    }
+
+    /// Placement alone, for tenant-less pools (simulated traces): no
+    /// quotas, no preemption, no reservations.
+    pub(super) fn place_only(&mut self, job: &QueuedJob, task: &Task) -> bool {
+        let request = Request::new(&self.tenants, QuotaBound::Unbounded, self.workload, 0);
+        if let Some(p) = self.engine.place(&request, task) {
+            self.commit(job, task, &p, true, Vec::new());
+            return true;
+        }
+        if task.model_fit != ModelFit::Any {
+            let any_card = Task {
+                model_fit: ModelFit::Any,
+                ..*task
+            };
+            if self.engine.place(&request, &any_card).is_some() {
+                self.outcome.held_back.push(job.id);
+            }
+        }
+        false
+    }
+}

@@ -1,0 +1,229 @@
+//! An in-memory pool behind the ports, so that every simulator runs the
+//! same shell and cycle as the standalone pool: jobs live in a map instead
+//! of a store, and "running" is a record with a simulated start time. The
+//! simulator owns the clock: it submits arrivals, ends jobs when their
+//! time is up, and calls [`SimPool::cycle`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use finpool_domain::{BaseModel, Inventory, JobId, Placement, Tenant, Timestamp};
+use finpool_ports::{CycleReport, JobSource, JobView, LoadSample, PortError, Runtime, Shell};
+use finpool_scheduler::{Admission, CycleConfig, Policy, QueuedJob, RunningJob, Stop, WaitReason};
+
+/// A job holding resources in the simulated pool.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub job: QueuedJob,
+    pub placement: Placement,
+    /// `None` while admitted but not started.
+    pub started_at: Option<Timestamp>,
+    /// Told to stop (preempted) at this time.
+    pub stopping_since: Option<Timestamp>,
+}
+
+/// The simulated pool's jobs and what the runtime did, shared by the two
+/// ports and the simulator.
+#[derive(Debug, Default)]
+pub struct SimState {
+    pub now: Timestamp,
+    pub tenants: Vec<Tenant>,
+    pub models: Vec<BaseModel>,
+    pub queued: BTreeMap<JobId, QueuedJob>,
+    pub held: BTreeMap<JobId, Held>,
+    /// Jobs the runtime started since the simulator last looked.
+    pub started: Vec<JobId>,
+    /// Jobs the runtime was told to stop since the simulator last looked.
+    pub stopped: Vec<(JobId, Stop)>,
+    /// Model loads the simulator measured, for the cycle to learn from.
+    pub loads: Vec<LoadSample>,
+    pub reasons: BTreeMap<JobId, WaitReason>,
+    pub memory: Option<String>,
+}
+
+type Shared = Arc<Mutex<SimState>>;
+
+fn lock(state: &Shared) -> MutexGuard<'_, SimState> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub struct SimJobs(Shared);
+pub struct SimRuntime(Shared);
+
+#[async_trait::async_trait]
+impl JobSource for SimJobs {
+    type Job = JobId;
+
+    async fn load(&mut self) -> Result<JobView<JobId>, PortError> {
+        let s = lock(&self.0);
+        Ok(JobView {
+            tenants: s.tenants.clone(),
+            models: s.models.clone(),
+            queued: s.queued.values().cloned().collect(),
+            holding: s
+                .held
+                .values()
+                .map(|h| {
+                    let running = RunningJob {
+                        id: h.job.id,
+                        tenant: h.job.tenant.clone(),
+                        placement: h.placement.clone(),
+                        cpu_milli: h.job.resources.cpu_milli,
+                        memory_mib: h.job.resources.memory_mib,
+                        priority: h.job.priority,
+                        started_at: h.started_at,
+                        min_runtime_ms: 0,
+                        max_runtime_ms: h.job.max_runtime_ms,
+                        model: h.job.model.clone(),
+                        displaced: Vec::new(),
+                    };
+                    (running, h.job.id)
+                })
+                .collect(),
+        })
+    }
+
+    async fn admit(
+        &mut self,
+        admissions: &[Admission],
+        _now: Timestamp,
+    ) -> Result<Vec<(JobId, JobId)>, PortError> {
+        let mut s = lock(&self.0);
+        let mut out = Vec::with_capacity(admissions.len());
+        for a in admissions {
+            if let Some(job) = s.queued.remove(&a.job) {
+                s.reasons.remove(&a.job);
+                s.held.insert(
+                    a.job,
+                    Held {
+                        job,
+                        placement: a.placement.clone(),
+                        started_at: None,
+                        stopping_since: None,
+                    },
+                );
+                out.push((a.job, a.job));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_waiting(&mut self, reasons: &[(JobId, WaitReason)]) -> Result<(), PortError> {
+        let mut s = lock(&self.0);
+        for (id, reason) in reasons {
+            s.reasons.insert(*id, reason.clone());
+        }
+        Ok(())
+    }
+
+    async fn load_memory(&mut self) -> Result<Option<String>, PortError> {
+        Ok(lock(&self.0).memory.clone())
+    }
+
+    async fn save_memory(&mut self, memory: &str) -> Result<(), PortError> {
+        lock(&self.0).memory = Some(memory.to_owned());
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for SimRuntime {
+    type Job = JobId;
+
+    async fn start(&mut self, job: &JobId) {
+        let mut s = lock(&self.0);
+        let now = s.now;
+        if let Some(h) = s.held.get_mut(job)
+            && h.started_at.is_none()
+        {
+            h.started_at = Some(now);
+            s.started.push(*job);
+        }
+    }
+
+    async fn stop(&mut self, job: JobId, stop: &Stop) {
+        let mut s = lock(&self.0);
+        let now = s.now;
+        if let Some(h) = s.held.get_mut(&job) {
+            h.stopping_since = Some(now);
+            s.stopped.push((job, stop.clone()));
+        }
+    }
+
+    fn take_load_samples(&mut self) -> Vec<LoadSample> {
+        std::mem::take(&mut lock(&self.0).loads)
+    }
+}
+
+/// A simulated pool: the shared shell over in-memory ports.
+pub struct SimPool {
+    state: Shared,
+    shell: Shell<SimJobs, SimRuntime, Arc<Inventory>>,
+}
+
+impl SimPool {
+    pub fn new(config: CycleConfig, policy: Policy, inventory: Arc<Inventory>) -> Self {
+        Self::with_state(config, policy, inventory, SimState::default())
+    }
+
+    /// A pool that goes on from `state` (its stored memory included), as a
+    /// restarted driver does.
+    pub fn with_state(
+        config: CycleConfig,
+        policy: Policy,
+        inventory: Arc<Inventory>,
+        state: SimState,
+    ) -> Self {
+        let state = Arc::new(Mutex::new(state));
+        let shell = futures::executor::block_on(Shell::new(
+            config,
+            policy,
+            SimJobs(state.clone()),
+            SimRuntime(state.clone()),
+            inventory,
+        ))
+        .expect("in-memory ports do not fail");
+        Self { state, shell }
+    }
+
+    /// The pool's state, to submit, end and inspect jobs.
+    pub fn state(&self) -> MutexGuard<'_, SimState> {
+        lock(&self.state)
+    }
+
+    pub fn cycle_mut(&mut self) -> &mut finpool_scheduler::Cycle {
+        self.shell.cycle_state_mut()
+    }
+
+    pub fn submit(&self, job: QueuedJob) {
+        self.state().queued.insert(job.id, job);
+    }
+
+    /// Ends a job (done, or gone after being preempted); returns it.
+    pub fn finish(&self, job: JobId) -> Option<Held> {
+        self.state().held.remove(&job)
+    }
+
+    /// Puts a stopped job back in the queue (a preempted job's requeue).
+    pub fn requeue(&self, job: JobId) {
+        let mut s = self.state();
+        if let Some(h) = s.held.remove(&job) {
+            s.queued.insert(job, h.job);
+        }
+    }
+
+    /// One scheduling cycle at `now`.
+    pub fn cycle(&mut self, now: Timestamp) -> CycleReport {
+        self.state().now = now;
+        futures::executor::block_on(self.shell.run_cycle(now)).expect("in-memory ports do not fail")
+    }
+
+    /// Tears the pool down to its state (the memory the shell stored
+    /// included), as a driver that stops does.
+    pub fn into_state(self) -> SimState {
+        drop(self.shell);
+        Arc::try_unwrap(self.state)
+            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+            .unwrap_or_default()
+    }
+}
