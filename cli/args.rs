@@ -270,6 +270,25 @@ pub struct UpArgs {
     /// The `iss` of tokens signed with the --jwks keys.
     #[arg(long)]
     pub jwks_issuer: Option<String>,
+    /// Base-model locality: with `on`, a job may hold out for a card that
+    /// already holds its model, for at most the model's load time (times
+    /// --locality-wait-factor); with `off`, jobs take any card at once.
+    #[arg(long, value_enum, default_value_t = Locality::On)]
+    pub locality: Locality,
+    /// How many of its model's load times a job may wait for a warm card
+    /// (or for balance between models) while a usable card is idle.
+    #[arg(long, default_value_t = 1.0)]
+    pub locality_wait_factor: f64,
+    /// Disk-to-GPU bandwidth of the nodes, for models registered without
+    /// a load time and not yet measured: load time = size ÷ bandwidth.
+    #[arg(long, default_value_t = finpool_scheduler::cycle::DEFAULT_NODE_BANDWIDTH_MIB_S)]
+    pub node_bandwidth_mib_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Locality {
+    On,
+    Off,
 }
 
 #[derive(Debug, Args)]

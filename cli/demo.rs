@@ -45,14 +45,14 @@ const BROKERAGES: &[Brokerage] = &[
         isolation: pb::IsolationLevel::SharedWithinTenant,
         quotas: &[(0, 4, 6)],
         jobs: &[
-            ("risk-var-1", Request::Gpus(1), Some(0), 1.5),
-            ("risk-var-2", Request::Gpus(1), Some(0), 1.5),
-            ("risk-var-3", Request::Gpus(1), Some(0), 1.5),
-            ("risk-var-4", Request::Gpus(1), Some(0), 1.5),
-            ("kyc-extract", Request::Gpus(2), Some(0), 2.0),
-            ("research-summary", Request::Gpus(2), Some(0), 2.0),
-            ("news-sentiment", Request::Share(500), Some(0), 1.0),
-            ("news-sentiment-2", Request::Share(500), Some(0), 1.0),
+            ("risk-var-1", Request::Gpus(1), Some(0), 3.0),
+            ("risk-var-2", Request::Gpus(1), Some(0), 3.0),
+            ("risk-var-3", Request::Gpus(1), Some(0), 3.0),
+            ("risk-var-4", Request::Gpus(1), Some(0), 3.0),
+            ("kyc-extract", Request::Gpus(2), Some(0), 4.0),
+            ("research-summary", Request::Gpus(2), Some(0), 4.0),
+            ("news-sentiment", Request::Share(500), Some(0), 2.0),
+            ("news-sentiment-2", Request::Share(500), Some(0), 2.0),
         ],
     },
     Brokerage {
@@ -62,13 +62,13 @@ const BROKERAGES: &[Brokerage] = &[
         isolation: pb::IsolationLevel::SharedWithinTenant,
         quotas: &[(0, 2, 4), (1, 2, 3)],
         jobs: &[
-            ("chat-advisor", Request::Share(250), None, 1.0),
-            ("chat-advisor-2", Request::Share(250), None, 1.0),
-            ("chat-advisor-3", Request::Share(500), None, 1.0),
-            ("doc-classify", Request::Gpus(1), Some(1), 1.5),
-            ("doc-classify-2", Request::Gpus(1), Some(1), 1.5),
-            ("fraud-scan", Request::Gpus(2), Some(0), 2.0),
-            ("fraud-scan-2", Request::Gpus(2), Some(0), 2.0),
+            ("chat-advisor", Request::Share(250), None, 2.0),
+            ("chat-advisor-2", Request::Share(250), None, 2.0),
+            ("chat-advisor-3", Request::Share(500), None, 2.0),
+            ("doc-classify", Request::Gpus(1), Some(1), 3.0),
+            ("doc-classify-2", Request::Gpus(1), Some(1), 3.0),
+            ("fraud-scan", Request::Gpus(2), Some(0), 4.0),
+            ("fraud-scan-2", Request::Gpus(2), Some(0), 4.0),
         ],
     },
     Brokerage {
@@ -78,15 +78,18 @@ const BROKERAGES: &[Brokerage] = &[
         isolation: pb::IsolationLevel::Exclusive,
         quotas: &[(1, 1, 2)],
         jobs: &[
-            ("filing-qa", Request::Gpus(1), Some(1), 1.0),
-            ("filing-qa-2", Request::Gpus(1), Some(1), 1.0),
-            ("filing-qa-3", Request::Gpus(1), Some(1), 1.0),
-            ("earnings-call", Request::Gpus(2), Some(1), 1.5),
+            ("filing-qa", Request::Gpus(1), Some(1), 2.0),
+            ("filing-qa-2", Request::Gpus(1), Some(1), 2.0),
+            ("filing-qa-3", Request::Gpus(1), Some(1), 2.0),
+            ("earnings-call", Request::Gpus(2), Some(1), 3.0),
         ],
     },
 ];
 
 const MODEL: &str = "qwen2-7b-instruct";
+/// The demo model's registered load time: how long a job may hold out for
+/// a card that already holds it.
+const MODEL_LOAD: Duration = Duration::from_secs(4);
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
@@ -145,7 +148,7 @@ async fn drive(
             name: MODEL.into(),
             size_mib: 15_360,
             min_gpu_memory_mib: 20_480,
-            load_time_ms: 0,
+            load_time_ms: MODEL_LOAD.as_millis() as i64,
         })
         .await?;
     let mut submitted: Vec<(String, String)> = Vec::new(); // (tenant, job id)
@@ -286,6 +289,22 @@ async fn drive(
 
     print_jobs(&jobs, &printed);
     print_quota_use(&jobs, &mut operator, &classes).await?;
+    let utilization = utilization(&jobs, pool.inventory.gpu_count());
+    let (worst_job, worst_wait) = worst_idle_wait(&jobs, &pool.inventory, &classes);
+    // A cycle runs on every job event and at least this often.
+    let bound = MODEL_LOAD + finpool_standalone::driver::IDLE_TICK;
+    println!(
+        "\nGPU utilization over the demo: {:.0}% of {} GPUs from the first submit to the last end",
+        utilization * 100.0,
+        pool.inventory.gpu_count()
+    );
+    println!(
+        "longest wait while a card the job could use was idle: {} ({}); the bound is the model's \
+         load time plus one cycle, {}",
+        output::duration_ms(worst_wait as i64),
+        worst_job,
+        output::duration_ms(bound.as_millis() as i64),
+    );
     let shared = shared_cards(&jobs);
     let all_ok = jobs
         .iter()
@@ -308,6 +327,12 @@ async fn drive(
     );
     if !all_ok || !shared.is_empty() {
         anyhow::bail!("the demo did not complete cleanly");
+    }
+    if worst_wait > bound.as_millis() as u64 {
+        anyhow::bail!(
+            "{worst_job} waited {worst_wait} ms with a usable card idle, over the {} ms bound",
+            bound.as_millis()
+        );
     }
     Ok(())
 }
@@ -491,4 +516,168 @@ fn shared_cards(jobs: &[pb::Job]) -> Vec<(String, u32)> {
         })
         .map(|(k, _)| k)
         .collect()
+}
+
+/// Allocated GPU time over capacity, from the first submit to the last end
+/// (shares count their fraction of a card).
+fn utilization(jobs: &[pb::Job], gpus: usize) -> f64 {
+    let first = jobs
+        .iter()
+        .filter_map(|j| output::millis(&j.created_at))
+        .min();
+    let last = jobs
+        .iter()
+        .filter_map(|j| output::millis(&j.finished_at))
+        .max();
+    let (Some(first), Some(last)) = (first, last) else {
+        return 0.0;
+    };
+    let busy: f64 = jobs
+        .iter()
+        .filter_map(|j| {
+            let (start, end) = (
+                output::millis(&j.started_at)?,
+                output::millis(&j.finished_at)?,
+            );
+            let cards: f64 = j
+                .placement
+                .as_ref()?
+                .gpus
+                .iter()
+                .map(|g| f64::from(g.milli.clamp(0, 1000) as u32) / 1000.0)
+                .sum();
+            Some(cards * (end - start).max(0) as f64)
+        })
+        .sum();
+    let span = (last - first).max(1) as f64 * gpus.max(1) as f64;
+    busy / span
+}
+
+/// Worked out from the outside, from the jobs' records alone: for each job,
+/// how long it stayed queued while a card it could have used was idle (of
+/// a class it allows, with its tenant under its limit there, and for a
+/// share, a card of its own tenant with room would do too). Returns the
+/// worst job and its wait in milliseconds.
+fn worst_idle_wait(
+    jobs: &[pb::Job],
+    inventory: &finpool_domain::Inventory,
+    classes: &[String],
+) -> (String, u64) {
+    let class = |i: usize| {
+        classes
+            .get(i)
+            .or(classes.last())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let limit = |tenant: &str, c: &str| -> i64 {
+        BROKERAGES.iter().find(|b| b.id == tenant).map_or(0, |b| {
+            b.quotas
+                .iter()
+                .filter(|(i, _, _)| class(*i) == c)
+                .map(|(_, _, l)| *l)
+                .sum()
+        })
+    };
+    let span = |j: &pb::Job| -> Option<(i64, i64, i64)> {
+        Some((
+            output::millis(&j.created_at)?,
+            output::millis(&j.started_at)?,
+            output::millis(&j.finished_at)?,
+        ))
+    };
+    let mut times: Vec<i64> = jobs
+        .iter()
+        .filter_map(span)
+        .flat_map(|(c, s, f)| [c, s, f])
+        .collect();
+    times.sort_unstable();
+    times.dedup();
+    let mut waited: HashMap<&str, u64> = HashMap::new();
+    for w in times.windows(2) {
+        let (t, dt) = (w[0], (w[1] - w[0]) as u64);
+        // Who holds each card at t, and with how much of it.
+        let mut on_card: BTreeMap<(&str, u32), (Vec<&str>, i64)> = BTreeMap::new();
+        for j in jobs {
+            let (Some((_, s, f)), Some(p)) = (span(j), &j.placement) else {
+                continue;
+            };
+            if s <= t && t < f {
+                for g in &p.gpus {
+                    let e = on_card.entry((p.node.as_str(), g.index)).or_default();
+                    e.0.push(j.tenant_id.as_str());
+                    e.1 += i64::from(g.milli);
+                }
+            }
+        }
+        let held = |tenant: &str, c: &str| -> i64 {
+            inventory
+                .nodes
+                .iter()
+                .flat_map(|n| n.gpus.iter().map(move |g| (n, g)))
+                .filter(|(n, g)| {
+                    g.class == c
+                        && on_card
+                            .get(&(n.name.as_str(), g.index))
+                            .is_some_and(|(ts, _)| ts.contains(&tenant))
+                })
+                .count() as i64
+        };
+        for j in jobs {
+            let Some((c, s, _)) = span(j) else { continue };
+            if !(c <= t && t < s) {
+                continue;
+            }
+            let Some(spec) = &j.spec else { continue };
+            let allowed = |c: &str| {
+                spec.resources.as_ref().is_none_or(|r| {
+                    r.gpu_classes.is_empty() || r.gpu_classes.iter().any(|x| x == c)
+                })
+            };
+            let kind = spec
+                .resources
+                .as_ref()
+                .and_then(|r| r.gpu.as_ref())
+                .and_then(|g| g.kind.clone());
+            let tenant = j.tenant_id.as_str();
+            let usable = inventory.nodes.iter().any(|n| {
+                let idle: Vec<&finpool_domain::Gpu> = n
+                    .gpus
+                    .iter()
+                    .filter(|g| {
+                        allowed(&g.class) && !on_card.contains_key(&(n.name.as_str(), g.index))
+                    })
+                    .collect();
+                match &kind {
+                    Some(pb::gpu_request::Kind::WholeGpus(count)) => classes.iter().any(|c| {
+                        let here = idle.iter().filter(|g| &g.class == c).count() as i64;
+                        here >= *count && held(tenant, c) + count <= limit(tenant, c)
+                    }),
+                    Some(pb::gpu_request::Kind::Share(share)) => {
+                        idle.iter()
+                            .any(|g| held(tenant, &g.class) < limit(tenant, &g.class))
+                            || n.gpus.iter().any(|g| {
+                                allowed(&g.class)
+                                    && on_card.get(&(n.name.as_str(), g.index)).is_some_and(
+                                        |(ts, milli)| {
+                                            ts.iter().all(|x| *x == tenant)
+                                                && milli + share.milli <= 1000
+                                        },
+                                    )
+                            })
+                    }
+                    _ => false,
+                }
+            });
+            if usable {
+                *waited
+                    .entry(j.spec.as_ref().map_or("", |s| s.name.as_str()))
+                    .or_default() += dt;
+            }
+        }
+    }
+    waited
+        .into_iter()
+        .max_by_key(|(name, w)| (*w, std::cmp::Reverse(*name)))
+        .map_or((String::new(), 0), |(n, w)| (n.to_owned(), w))
 }

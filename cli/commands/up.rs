@@ -28,6 +28,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         anyhow::bail!("--pending-cap 0: a tenant must be able to queue at least one job");
     }
     config.jwks = args.jwks.zip(args.jwks_issuer);
+    if !(args.locality_wait_factor.is_finite()
+        && (0.0..=100.0).contains(&args.locality_wait_factor))
+    {
+        anyhow::bail!(
+            "--locality-wait-factor {}: must be between 0 and 100 (load times)",
+            args.locality_wait_factor
+        );
+    }
+    if args.node_bandwidth_mib_s == 0 {
+        anyhow::bail!("--node-bandwidth-mib-s 0: must be positive");
+    }
+    config.locality = finpool_scheduler::LocalityConfig {
+        enabled: args.locality == crate::args::Locality::On,
+        wait_factor: args.locality_wait_factor,
+        node_bandwidth_mib_s: args.node_bandwidth_mib_s,
+    };
     let pool = finpool_standalone::start(config)
         .await
         .context("starting the pool")?;

@@ -1,0 +1,235 @@
+//! Base-model locality on a real pool (`finpool up`): a job holds out for
+//! a card that already holds its model only when that card could run it
+//! and frees sooner than a load elsewhere would take. Otherwise it starts
+//! at once on an idle card.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use finpool_cli::client::Clients;
+use finpool_proto::v1 as pb;
+
+/// One A100 node and one L40S node, one card each.
+const TWO_CLASSES: &str = r#"
+[[gpu_classes]]
+name = "A100"
+memory_mib = 81920
+
+[[gpu_classes]]
+name = "L40S"
+memory_mib = 46068
+
+[[nodes]]
+name = "node-a100"
+cpu_milli = 16000
+memory_mib = 65536
+gpus = { class = "A100", count = 1 }
+
+[[nodes]]
+name = "node-l40s"
+cpu_milli = 16000
+memory_mib = 65536
+gpus = { class = "L40S", count = 1 }
+"#;
+
+/// One node with two A100s.
+const TWO_A100: &str = r#"
+[[gpu_classes]]
+name = "A100"
+memory_mib = 81920
+
+[[nodes]]
+name = "node-a"
+cpu_milli = 16000
+memory_mib = 65536
+gpus = { class = "A100", count = 2 }
+"#;
+
+/// Long enough that a wrong hold-out would show: the jobs below must
+/// start in a small fraction of it.
+const LOAD_TIME_MS: i64 = 60_000;
+
+fn start_on(pool: &str) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pool.toml"), pool).unwrap();
+    let server = Server::start(dir.path());
+    (dir, server)
+}
+
+async fn tenant(
+    op: &mut Clients,
+    id: &str,
+    quotas: &[&str],
+    limit: i64,
+    isolation: pb::IsolationLevel,
+) {
+    op.tenants
+        .create_tenant(pb::CreateTenantRequest {
+            id: id.into(),
+            display_name: id.into(),
+            quotas: quotas
+                .iter()
+                .map(|c| {
+                    (
+                        c.to_string(),
+                        pb::Quota {
+                            guaranteed: 1,
+                            limit,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect(),
+            weight: 1,
+            isolation: isolation as i32,
+        })
+        .await
+        .unwrap();
+}
+
+async fn model(op: &mut Clients) {
+    op.models
+        .register_model(pb::RegisterModelRequest {
+            name: "qwen2-7b".into(),
+            size_mib: 15_360,
+            min_gpu_memory_mib: 20_480,
+            load_time_ms: LOAD_TIME_MS,
+        })
+        .await
+        .unwrap();
+}
+
+fn model_job(
+    name: &str,
+    gpu: pb::gpu_request::Kind,
+    classes: &[&str],
+    script: &str,
+) -> pb::JobSpec {
+    let mut spec = shell_job(name, gpu, script);
+    spec.model = "qwen2-7b".into();
+    if let Some(r) = spec.resources.as_mut() {
+        r.gpu_classes = classes.iter().map(|c| c.to_string()).collect();
+    }
+    spec
+}
+
+async fn running(c: &mut Clients, id: &str) -> pb::Job {
+    let jobs = wait_for(c, Duration::from_secs(30), "the job to run", |jobs| {
+        jobs.iter()
+            .any(|j| j.id == id && j.state == pb::JobState::Running as i32)
+    })
+    .await;
+    jobs.into_iter().find(|j| j.id == id).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_allowed_only_where_its_model_is_not_warm_starts_at_once() {
+    let (_dir, server) = start_on(TWO_CLASSES);
+    let mut op = server.operator().await;
+    tenant(
+        &mut op,
+        "alpha",
+        &["A100", "L40S"],
+        2,
+        pb::IsolationLevel::SharedWithinTenant,
+    )
+    .await;
+    model(&mut op).await;
+    let mut alpha = server.tenant("alpha").await;
+    // The model is now resident on the A100 card only, which stays busy.
+    let warm = submit(
+        &mut alpha,
+        model_job("warm", whole(1), &["A100"], "sleep 60"),
+    )
+    .await;
+    running(&mut alpha, &warm.id).await;
+    // This job may run only on L40S: the A100 that holds its model can
+    // never run it, so waiting for it would be waiting for nothing.
+    let l40s = submit(
+        &mut alpha,
+        model_job("l40s-only", whole(1), &["L40S"], "sleep 1"),
+    )
+    .await;
+    let job = running(&mut alpha, &l40s.id).await;
+    let waited = millis(&job.started_at) - millis(&job.created_at);
+    assert!(waited <= 5_000, "waited {waited} ms: {job:#?}");
+    assert_eq!(job.placement.as_ref().unwrap().node, "node-l40s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exclusive_tenant_does_not_wait_for_a_warm_card_another_tenant_holds() {
+    let (_dir, server) = start_on(TWO_A100);
+    let mut op = server.operator().await;
+    tenant(
+        &mut op,
+        "beta",
+        &["A100"],
+        2,
+        pb::IsolationLevel::SharedWithinTenant,
+    )
+    .await;
+    tenant(
+        &mut op,
+        "cedar",
+        &["A100"],
+        2,
+        pb::IsolationLevel::Exclusive,
+    )
+    .await;
+    model(&mut op).await;
+    let mut beta = server.tenant("beta").await;
+    let mut cedar = server.tenant("cedar").await;
+    // beta's share loads the model on one card and keeps it.
+    let shared = submit(&mut beta, model_job("shared", share(300), &[], "sleep 60")).await;
+    let shared = running(&mut beta, &shared.id).await;
+    let warm_card = shared.placement.as_ref().unwrap().gpus[0].index;
+    // cedar isolates exclusively: beta's card is no use to it until beta's
+    // job ends, far beyond a load. The other card is idle.
+    let exclusive = submit(&mut cedar, model_job("exclusive", whole(1), &[], "sleep 1")).await;
+    let job = running(&mut cedar, &exclusive.id).await;
+    let waited = millis(&job.started_at) - millis(&job.created_at);
+    assert!(waited <= 3_000, "waited {waited} ms: {job:#?}");
+    assert_ne!(job.placement.as_ref().unwrap().gpus[0].index, warm_card);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_job_carries_a_typed_reason() {
+    let (_dir, server) = start_on(TWO_A100);
+    let mut op = server.operator().await;
+    tenant(
+        &mut op,
+        "beta",
+        &["A100"],
+        1,
+        pb::IsolationLevel::SharedWithinTenant,
+    )
+    .await;
+    let mut beta = server.tenant("beta").await;
+    // Limit 1: a second whole card is over the tenant's quota, while the
+    // pool's other card is idle.
+    let hold = submit(&mut beta, shell_job("hold", whole(1), "sleep 60")).await;
+    running(&mut beta, &hold.id).await;
+    let over = submit(&mut beta, shell_job("over", whole(1), "sleep 1")).await;
+    let mut spec = shell_job("too-big", share(100), "sleep 1");
+    spec.resources.as_mut().unwrap().cpu_milli = 64_000;
+    let too_big = submit(&mut beta, spec).await;
+    let jobs = wait_for(&mut beta, Duration::from_secs(30), "reasons", |jobs| {
+        let code = |id: &str| {
+            jobs.iter()
+                .find(|j| j.id == id)
+                .map(|j| j.reason_code.clone())
+                .unwrap_or_default()
+        };
+        code(&over.id) == "QuotaLimit" && code(&too_big.id) == "Infeasible"
+    })
+    .await;
+    let big = jobs.iter().find(|j| j.id == too_big.id).unwrap();
+    assert!(
+        big.reason
+            .contains("cpu_milli: asks for 64000; the largest node has 16000"),
+        "{}",
+        big.reason
+    );
+}
