@@ -85,8 +85,9 @@ pub struct LocalityInputs {
     pub enabled: bool,
     /// Each model's load time, by name (models missing here never wait).
     pub load_ms: BTreeMap<String, u64>,
-    /// Jobs held back for locality while a usable card was free, since when.
-    pub held_since: BTreeMap<JobId, Timestamp>,
+    /// How long each job has been held back for locality while a usable
+    /// card was free, in milliseconds.
+    pub held_ms: BTreeMap<JobId, u64>,
     /// How many load times a job may hold out for (1: one load time).
     pub wait_factor: f64,
 }
@@ -96,7 +97,7 @@ impl Default for LocalityInputs {
         Self {
             enabled: false,
             load_ms: BTreeMap::new(),
-            held_since: BTreeMap::new(),
+            held_ms: BTreeMap::new(),
             wait_factor: 1.0,
         }
     }

@@ -26,14 +26,32 @@ pub struct DurableMemory {
     /// as free while they wind down.
     pub preempting: BTreeMap<JobId, Timestamp>,
     /// Jobs held back for base-model locality while a usable card was
-    /// free, since when (the clock that bounds the wait).
-    pub held_back: BTreeMap<JobId, Timestamp>,
+    /// free: the clock that bounds the wait.
+    pub held_back: BTreeMap<JobId, HoldClock>,
     /// Base models each node fetched to its disk, beyond its inventory.
     pub cached: BTreeMap<String, BTreeSet<String>>,
     /// Recent borrowing per tenant, for fair share.
     pub fair_share: FairShare,
     /// Model loads measured per model and node.
     pub load_times: Measured,
+}
+
+/// How long a job has been held back with a usable card free: the time
+/// from each cycle that held it back to the next cycle, summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldClock {
+    pub held_ms: u64,
+    /// The last cycle held it back, and this is when.
+    pub since: Option<Timestamp>,
+}
+
+impl HoldClock {
+    /// Counts the time since the last hold, up to `now`.
+    pub fn tick(&mut self, now: Timestamp) {
+        if let Some(since) = self.since.take() {
+            self.held_ms = self.held_ms.saturating_add(now.millis_since(since));
+        }
+    }
 }
 
 /// What is rebuilt after a restart: card memory does not survive the

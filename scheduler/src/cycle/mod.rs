@@ -255,6 +255,9 @@ impl Cycle {
                 ..j.clone()
             })
             .collect();
+        for clock in self.durable.held_back.values_mut() {
+            clock.tick(now);
+        }
         let load_ms = models
             .iter()
             .map(|m| (m.name.to_string(), self.load_time_ms(m)))
@@ -275,7 +278,12 @@ impl Cycle {
             locality: LocalityInputs {
                 enabled: self.config.locality.enabled,
                 load_ms,
-                held_since: self.durable.held_back.clone(),
+                held_ms: self
+                    .durable
+                    .held_back
+                    .iter()
+                    .map(|(id, c)| (*id, c.held_ms))
+                    .collect(),
                 wait_factor: self.config.locality.wait_factor,
             },
             explain_limit: self.config.explain_limit,
@@ -341,12 +349,9 @@ impl Cycle {
         holding: &[RunningJob],
         outcome: decide::Outcome,
     ) -> Plan {
-        let mut held_back = BTreeMap::new();
         for id in &outcome.held_back {
-            let since = self.durable.held_back.get(id).copied().unwrap_or(now);
-            held_back.insert(*id, since);
+            self.durable.held_back.entry(*id).or_default().since = Some(now);
         }
-        self.durable.held_back = held_back;
         for p in &outcome.preempted {
             self.durable.preempting.insert(p.job, now);
         }

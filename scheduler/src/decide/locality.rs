@@ -77,10 +77,7 @@ pub(super) fn mark_model_waits(
             .copied()
             .unwrap_or(0);
         let limit_ms = (load_ms as f64 * locality.wait_factor).round() as u64;
-        let held_ms = locality
-            .held_since
-            .get(&job.id)
-            .map_or(0, |since| snapshot.now.millis_since(*since));
+        let held_ms = locality.held_ms.get(&job.id).copied().unwrap_or(0);
         if held_ms >= limit_ms {
             continue; // ModelFit::Any: it has held out long enough.
         }
