@@ -544,7 +544,7 @@ fn utilization(jobs: &[pb::Job], gpus: usize) -> f64 {
                 .as_ref()?
                 .gpus
                 .iter()
-                .map(|g| f64::from(g.milli.clamp(0, 1000) as u32) / 1000.0)
+                .map(|g| f64::from(g.milli.min(1000)) / 1000.0)
                 .sum();
             Some(cards * (end - start).max(0) as f64)
         })
@@ -638,7 +638,7 @@ fn worst_idle_wait(
                 .resources
                 .as_ref()
                 .and_then(|r| r.gpu.as_ref())
-                .and_then(|g| g.kind.clone());
+                .and_then(|g| g.kind);
             let tenant = j.tenant_id.as_str();
             let usable = inventory.nodes.iter().any(|n| {
                 let idle: Vec<&finpool_domain::Gpu> = n

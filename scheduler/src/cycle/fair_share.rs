@@ -64,8 +64,9 @@ impl FairShare {
 /// Per tenant and class: milli-GPU held above the guarantee, from the
 /// jobs holding cards (a card counts once per tenant, as quotas count it).
 pub fn borrowing(tenants: &[Tenant], holding: &[RunningJob]) -> Borrowing {
-    let mut cards: BTreeMap<(&str, &str), BTreeMap<(&str, u32, Option<u32>), u32>> =
-        BTreeMap::new();
+    // (tenant, class) → each card or MIG slice held → its milli-GPU.
+    type Card<'a> = (&'a str, u32, Option<u32>);
+    let mut cards: BTreeMap<(&str, &str), BTreeMap<Card<'_>, u32>> = BTreeMap::new();
     for job in holding {
         for g in &job.placement.gpus {
             let milli = match g.mig_slice {
