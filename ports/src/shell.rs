@@ -25,8 +25,8 @@ pub struct Shell<S, R, I> {
     pub source: S,
     pub runtime: R,
     pub inventory: I,
-    /// The durable memory as last saved, to save only changes.
-    saved: Option<String>,
+    /// The last save failed: try again even if nothing changed since.
+    unsaved: bool,
 }
 
 impl<S, R, I> Shell<S, R, I>
@@ -56,7 +56,7 @@ where
             source,
             runtime,
             inventory,
-            saved,
+            unsaved: false,
         })
     }
 
@@ -101,11 +101,13 @@ where
         }
         // Memory first: a displaced-by record must exist before the
         // admission that depends on it is visible.
-        let memory = serde_json::to_string(self.cycle.durable())
-            .map_err(|e| PortError::new("scheduler memory", e))?;
-        if self.saved.as_deref() != Some(memory.as_str()) {
+        if self.cycle.take_dirty() || self.unsaved {
+            let memory = serde_json::to_string(self.cycle.durable())
+                .map_err(|e| PortError::new("scheduler memory", e))?;
+            // Saved again next cycle if this fails.
+            self.unsaved = true;
             self.source.save_memory(&memory).await?;
-            self.saved = Some(memory);
+            self.unsaved = false;
         }
         let mut report = CycleReport {
             queued,

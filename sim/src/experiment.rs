@@ -20,6 +20,11 @@ use crate::workload;
 /// The curve runs from 1% to this many percent of capacity arrived.
 pub const MAX_PERCENT: usize = 130;
 
+/// Scheduling cycles per percent of capacity arrived. Pods arriving
+/// between two cycles are decided together, each seen by the workload
+/// learner before any is placed.
+pub const CYCLES_PER_PERCENT: u64 = 2;
+
 /// Where one pod went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlacementRow {
@@ -50,8 +55,9 @@ impl RunResult {
 
 /// Runs one seed of one policy over the tuned workload, through the shared
 /// scheduling cycle: pods arrive in order, and a cycle runs each time the
-/// arrived demand reaches another percent of capacity (where the curve is
-/// sampled). As in the paper, a pod the cycle cannot place fails: it
+/// arrived demand reaches another step of capacity
+/// ([`CYCLES_PER_PERCENT`]). As in the paper, a pod the cycle cannot place
+/// fails: it
 /// leaves the queue.
 pub fn run_once(
     nodes: &[OpenbNode],
@@ -83,16 +89,17 @@ pub fn run_once(
     let mut allocated = 0u64;
     let mut failed = 0;
     let mut rows = record.then(|| vec![None; arrivals.len()]);
-    let mut batch: Vec<usize> = Vec::new();
+    let mut cycles = 0u64;
     let mut tick = 0i64;
     for (i, pod) in arrivals.iter().enumerate() {
         pool.submit(openb::queued_job(pod, i, &tenant));
-        batch.push(i);
         arrived += pod.gpu_demand();
-        let next_percent = arrived * 100 >= capacity * (alloc_pct.len() as u64 + 1);
-        if !next_percent && i + 1 < arrivals.len() {
+        // A cycle each time arrivals reach the next step of capacity.
+        let step = arrived * 100 * CYCLES_PER_PERCENT >= capacity * (cycles + 1);
+        if !step && i + 1 < arrivals.len() {
             continue;
         }
+        cycles = arrived * 100 * CYCLES_PER_PERCENT / capacity.max(1);
         tick += 1;
         let report = pool.cycle(Timestamp(tick));
         for a in &report.plan.admit {
@@ -108,7 +115,6 @@ pub fn run_once(
             state.queued.clear();
             state.started.clear();
         }
-        batch.clear();
         while alloc_pct.len() < MAX_PERCENT
             && arrived * 100 >= capacity * (alloc_pct.len() as u64 + 1)
         {

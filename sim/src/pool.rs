@@ -56,8 +56,25 @@ impl JobSource for SimJobs {
 
     async fn load(&mut self) -> Result<JobView<JobId>, PortError> {
         let s = lock(&self.0);
+        // The tenants a decision can depend on: those with jobs, and those
+        // whose idle guarantees others may borrow. (A trace can name
+        // thousands of tenants, few of them active at once.)
+        let active: std::collections::HashSet<&str> = s
+            .queued
+            .values()
+            .map(|j| j.tenant.as_str())
+            .chain(s.held.values().map(|h| h.job.tenant.as_str()))
+            .collect();
+        let tenants = s
+            .tenants
+            .iter()
+            .filter(|t| {
+                active.contains(t.id.as_str()) || t.quotas.values().any(|q| q.guaranteed > 0)
+            })
+            .cloned()
+            .collect();
         Ok(JobView {
-            tenants: s.tenants.clone(),
+            tenants,
             models: s.models.clone(),
             queued: s.queued.values().cloned().collect(),
             holding: s

@@ -23,41 +23,53 @@ pub struct FairShare {
 }
 
 impl FairShare {
-    /// Brings the average to `now`, counting what was borrowed since the
-    /// last cycle as constant over the gap, then records what is borrowed
-    /// now. Returns the average to schedule by.
-    pub fn advance(
-        &mut self,
-        now: Timestamp,
-        now_borrowing: Borrowing,
-        half_life_ms: u64,
-    ) -> &Borrowing {
+    /// The decayed average at `now`: what was borrowed since the last
+    /// change counts as constant over the gap.
+    pub fn view(&self, now: Timestamp, half_life_ms: u64) -> Borrowing {
         let dt = self.at.map_or(0, |at| now.millis_since(at)) as f64;
         let lambda = std::f64::consts::LN_2 / (half_life_ms.max(1) as f64);
         let keep = (-lambda * dt).exp();
-        let mut tenants: Vec<String> = self.average.keys().cloned().collect();
-        tenants.extend(self.current.keys().cloned());
+        let mut tenants: Vec<&String> = self.average.keys().collect();
+        tenants.extend(self.current.keys());
         tenants.sort();
         tenants.dedup();
+        let mut out = Borrowing::new();
         for t in tenants {
-            let current = self.current.get(&t).cloned().unwrap_or_default();
-            let average = self.average.entry(t).or_default();
-            let mut classes: Vec<String> = average.keys().cloned().collect();
-            classes.extend(current.keys().cloned());
+            let empty = BTreeMap::new();
+            let current = self.current.get(t).unwrap_or(&empty);
+            let average = self.average.get(t).unwrap_or(&empty);
+            let mut classes: Vec<&String> = average.keys().collect();
+            classes.extend(current.keys());
             classes.sort();
             classes.dedup();
+            let mut per_class = BTreeMap::new();
             for c in classes {
-                let held = current.get(&c).copied().unwrap_or(0.0);
-                let avg = average.entry(c).or_insert(0.0);
-                *avg = held + (*avg - held) * keep;
+                let held = current.get(c).copied().unwrap_or(0.0);
+                let avg = average.get(c).copied().unwrap_or(0.0);
+                let now_avg = held + (avg - held) * keep;
+                // Forget what has decayed to nothing.
+                if now_avg >= 0.5 {
+                    per_class.insert(c.clone(), now_avg);
+                }
             }
-            // Forget what has decayed to nothing.
-            average.retain(|_, v| *v >= 0.5);
+            if !per_class.is_empty() {
+                out.insert(t.clone(), per_class);
+            }
         }
-        self.average.retain(|_, v| !v.is_empty());
-        self.current = now_borrowing;
+        out
+    }
+
+    /// Records what is borrowed from `now` on. The state changes only when
+    /// that differs from what was borrowed before (the average is then
+    /// folded to `now`); returns whether it did.
+    pub fn advance(&mut self, now: Timestamp, borrowing: Borrowing, half_life_ms: u64) -> bool {
+        if self.at.is_some() && borrowing == self.current {
+            return false;
+        }
+        self.average = self.view(now, half_life_ms);
+        self.current = borrowing;
         self.at = Some(now);
-        &self.average
+        true
     }
 }
 
@@ -79,12 +91,11 @@ pub fn borrowing(tenants: &[Tenant], holding: &[RunningJob]) -> Borrowing {
                 .insert((job.placement.node.as_str(), g.index, g.mig_slice), milli);
         }
     }
+    let by_id: std::collections::HashMap<&str, &Tenant> =
+        tenants.iter().map(|t| (t.id.as_str(), t)).collect();
     let mut out = Borrowing::new();
     for ((tenant, class), held) in cards {
-        let guaranteed = tenants
-            .iter()
-            .find(|t| t.id.as_str() == tenant)
-            .map_or(0, |t| t.quota(class).guaranteed) as f64
+        let guaranteed = by_id.get(tenant).map_or(0, |t| t.quota(class).guaranteed) as f64
             * MILLI_PER_GPU as f64;
         let held: f64 = held.values().map(|m| *m as f64).sum();
         let above = held - guaranteed;
@@ -108,16 +119,20 @@ mod tests {
     #[test]
     fn the_average_decays_with_the_half_life() {
         let hour: i64 = 3_600_000;
+        let hl = hour as u64;
         let mut fs = FairShare::default();
-        fs.advance(Timestamp(0), one("a", "A", 2000.0), hour as u64);
+        assert!(fs.advance(Timestamp(0), one("a", "A", 2000.0), hl));
         // Held 2000 for 100 half-lives: the average is 2000.
-        let avg = fs.advance(Timestamp(100 * hour), Borrowing::new(), hour as u64);
+        let avg = fs.view(Timestamp(100 * hour), hl);
         assert!((avg["a"]["A"] - 2000.0).abs() < 1.0, "{avg:?}");
+        // The same borrowing again changes nothing stored.
+        assert!(!fs.advance(Timestamp(100 * hour), one("a", "A", 2000.0), hl));
+        assert!(fs.advance(Timestamp(100 * hour), Borrowing::new(), hl));
         // Nothing held for one half-life: half remains.
-        let avg = fs.advance(Timestamp(101 * hour), Borrowing::new(), hour as u64);
+        let avg = fs.view(Timestamp(101 * hour), hl);
         assert!((avg["a"]["A"] - 1000.0).abs() < 1.0, "{avg:?}");
         // Many half-lives later it is forgotten.
-        let avg = fs.advance(Timestamp(200 * hour), Borrowing::new(), hour as u64);
+        let avg = fs.view(Timestamp(200 * hour), hl);
         assert!(avg.is_empty(), "{avg:?}");
     }
 
@@ -130,8 +145,13 @@ mod tests {
         let mut often = FairShare::default();
         often.advance(Timestamp(0), one("a", "A", 1000.0), hl);
         for t in (10_000..=90_000).step_by(10_000) {
-            often.advance(Timestamp(t), one("a", "A", 1000.0), hl);
+            // Each cycle borrows a little less, so each folds.
+            often.advance(Timestamp(t), one("a", "A", 1000.0 - t as f64 / 1e9), hl);
         }
-        assert!((once.average["a"]["A"] - often.average["a"]["A"]).abs() < 1e-6);
+        let (a, b) = (
+            once.view(Timestamp(90_000), hl),
+            often.view(Timestamp(90_000), hl),
+        );
+        assert!((a["a"]["A"] - b["a"]["A"]).abs() < 1e-3, "{a:?} {b:?}");
     }
 }

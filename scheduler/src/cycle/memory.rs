@@ -46,10 +46,15 @@ pub struct HoldClock {
 }
 
 impl HoldClock {
-    /// Counts the time since the last hold, up to `now`.
-    pub fn tick(&mut self, now: Timestamp) {
-        if let Some(since) = self.since.take() {
-            self.held_ms = self.held_ms.saturating_add(now.millis_since(since));
+    /// Counts the time since the last hold, up to `now`; returns whether
+    /// there was one.
+    pub fn tick(&mut self, now: Timestamp) -> bool {
+        match self.since.take() {
+            Some(since) => {
+                self.held_ms = self.held_ms.saturating_add(now.millis_since(since));
+                true
+            }
+            None => false,
         }
     }
 }
@@ -68,18 +73,31 @@ pub struct VolatileMemory {
 
 impl DurableMemory {
     /// Forgets jobs that are gone: `queued` and `holding` are the active
-    /// jobs' ids.
-    pub fn prune(&mut self, queued: &HashSet<JobId>, holding: &HashSet<JobId>) {
+    /// jobs' ids. Returns whether anything was forgotten.
+    pub fn prune(&mut self, queued: &HashSet<JobId>, holding: &HashSet<JobId>) -> bool {
+        let before = (
+            self.preempting.len(),
+            self.displaced.len(),
+            self.held_back.len(),
+        );
         self.preempting.retain(|id, _| holding.contains(id));
         self.displaced
             .retain(|id, _| queued.contains(id) || holding.contains(id));
         self.held_back.retain(|id, _| queued.contains(id));
+        let mut changed = before
+            != (
+                self.preempting.len(),
+                self.displaced.len(),
+                self.held_back.len(),
+            );
         if self
             .reservation
             .as_ref()
             .is_some_and(|r| !queued.contains(&r.job))
         {
             self.reservation = None;
+            changed = true;
         }
+        changed
     }
 }

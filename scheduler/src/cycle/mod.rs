@@ -134,6 +134,8 @@ pub struct Cycle {
     policy: Policy,
     durable: DurableMemory,
     volatile: VolatileMemory,
+    /// The durable memory changed since the driver last stored it.
+    dirty: bool,
 }
 
 impl Cycle {
@@ -155,6 +157,7 @@ impl Cycle {
             policy,
             durable,
             volatile,
+            dirty: false,
         }
     }
 
@@ -167,6 +170,12 @@ impl Cycle {
         &self.durable
     }
 
+    /// Whether the durable memory changed since the last call: the driver
+    /// stores it then.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
     /// Replaces the learner (simulations of policies with their own).
     pub fn set_workload_learner(&mut self, learner: Option<OnlineWorkload>) {
         self.volatile.workload = learner;
@@ -174,6 +183,7 @@ impl Cycle {
 
     /// A runtime measured loading `model` on `node`.
     pub fn record_load(&mut self, node: &str, model: &str, took_ms: u64) {
+        self.dirty = true;
         self.durable
             .load_times
             .entry(model.to_owned())
@@ -209,7 +219,7 @@ impl Cycle {
         } = inputs;
         let queued_ids: HashSet<JobId> = queued.iter().map(|j| j.id).collect();
         let holding_ids: HashSet<JobId> = holding.iter().map(|j| j.id).collect();
-        self.durable.prune(&queued_ids, &holding_ids);
+        self.dirty |= self.durable.prune(&queued_ids, &holding_ids);
         self.volatile
             .observed
             .retain(|id| queued_ids.contains(id) || holding_ids.contains(id));
@@ -220,16 +230,9 @@ impl Cycle {
         } else {
             self.durable
                 .fair_share
-                .advance(
-                    now,
-                    fair_share::borrowing(&tenants, &holding),
-                    self.config.fair_share_half_life_ms,
-                )
-                .iter()
-                .filter_map(|(t, per_class)| {
-                    let id = Name::parse("tenant", t).ok()?;
-                    Some((id, per_class.clone()))
-                })
+                .view(now, self.config.fair_share_half_life_ms)
+                .into_iter()
+                .filter_map(|(t, per_class)| Some((Name::parse("tenant", &t).ok()?, per_class)))
                 .collect()
         };
 
@@ -256,7 +259,7 @@ impl Cycle {
             })
             .collect();
         for clock in self.durable.held_back.values_mut() {
-            clock.tick(now);
+            self.dirty |= clock.tick(now);
         }
         let load_ms = models
             .iter()
@@ -304,7 +307,7 @@ impl Cycle {
         let outcome = decide::decide_built(&snapshot, &mut built, &queued, &self.policy);
         // Fair share counts what is held from now on: admissions included.
         if !self.config.tenantless {
-            self.remember_borrowing(&snapshot.tenants, &queued, holding.clone(), &outcome);
+            self.remember_borrowing(now, &snapshot.tenants, &queued, holding.clone(), &outcome);
         }
         let models_of: BTreeMap<JobId, Name> = queued
             .into_iter()
@@ -317,6 +320,7 @@ impl Cycle {
     /// holding jobs and this cycle's admissions.
     fn remember_borrowing(
         &mut self,
+        now: Timestamp,
         tenants: &[Tenant],
         queued: &[QueuedJob],
         mut held_after: Vec<RunningJob>,
@@ -338,7 +342,14 @@ impl Cycle {
                 displaced: Vec::new(),
             })
         }));
-        self.durable.fair_share.current = fair_share::borrowing(tenants, &held_after);
+        let borrowing = fair_share::borrowing(tenants, &held_after);
+        if self
+            .durable
+            .fair_share
+            .advance(now, borrowing, self.config.fair_share_half_life_ms)
+        {
+            self.dirty = true;
+        }
     }
 
     /// Remembers what must outlive the cycle; turns the outcome into a plan.
@@ -351,16 +362,22 @@ impl Cycle {
     ) -> Plan {
         for id in &outcome.held_back {
             self.durable.held_back.entry(*id).or_default().since = Some(now);
+            self.dirty = true;
         }
         for p in &outcome.preempted {
             self.durable.preempting.insert(p.job, now);
+            self.dirty = true;
         }
         for a in &outcome.admitted {
             if !a.waits_for.is_empty() {
                 self.durable.displaced.insert(a.job, a.waits_for.clone());
+                self.dirty = true;
             }
         }
-        self.durable.reservation = outcome.reservation.clone();
+        if self.durable.reservation != outcome.reservation {
+            self.durable.reservation = outcome.reservation.clone();
+            self.dirty = true;
+        }
         // A job's model is loaded on its cards as it starts; the node keeps
         // the weights on disk.
         for a in &outcome.admitted {
@@ -370,7 +387,8 @@ impl Cycle {
                         .resident
                         .insert((a.placement.node.clone(), g.index), model.clone());
                 }
-                self.durable
+                self.dirty |= self
+                    .durable
                     .cached
                     .entry(a.placement.node.clone())
                     .or_default()

@@ -21,7 +21,36 @@ use crate::wait::{Infeasible, Refusal, WaitReason};
 const DIAGNOSED_PER_CYCLE: usize = 32;
 
 impl Planner<'_> {
+    /// Which jobs that held out for their model did so while a card they
+    /// could use stays idle after the decision: those are the ones whose
+    /// hold clock runs (a card some later job took does not count).
+    fn settle_held_back(&mut self) {
+        let holding_out = std::mem::take(&mut self.holding_out);
+        let mut held = Vec::new();
+        for (job, task, bound, avoid) in holding_out {
+            let caps = match (bound, task.tenant) {
+                (QuotaBound::Limit, Some(t)) => Some(self.caps(t)),
+                _ => None,
+            };
+            let request = Request {
+                tenants: &self.tenants,
+                bound,
+                caps: caps.as_deref(),
+                avoid_node: avoid,
+                workload: self.workload,
+                workload_epoch: 0,
+            };
+            if self.engine.place(&request, &task).is_some() {
+                held.push(job);
+            }
+        }
+        held.sort_unstable();
+        held.dedup();
+        self.outcome.held_back = held;
+    }
+
     pub(super) fn explain_all(&mut self, waiting: Vec<(&QueuedJob, Task)>) {
+        self.settle_held_back();
         let mut cache: HashMap<Task, WaitReason> = HashMap::new();
         let mut diagnosed = 0;
         for (i, (job, task)) in waiting.into_iter().enumerate() {

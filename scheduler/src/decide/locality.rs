@@ -7,9 +7,10 @@
 //! way to start:
 //!
 //! - It waits for a warm card only if that card could run it (class, card
-//!   memory, isolation, tenant) and is expected to free within the model's
-//!   load time, by the max runtimes of the jobs on it. Jobs of one model
-//!   are matched to such cards oldest first, one card each.
+//!   memory, isolation, tenant) and is expected to free for it within the
+//!   model's load time: by the max runtimes of the jobs on it, and of the
+//!   older jobs of its model that the card will serve first (oldest first,
+//!   each to the warm card that frees soonest).
 //! - Otherwise it may load its model on an empty card, or evict a model
 //!   less in demand than its own ([`ModelFit::Balanced`]).
 //! - Holding out is bounded: once it has been held back for its model's
@@ -22,7 +23,7 @@ use std::collections::HashMap;
 
 use finpool_domain::{GpuRequest, JobId, Timestamp};
 
-use crate::cluster::{GpuState, ModelDemand, NodeState};
+use crate::cluster::{GpuState, ModelDemand, ModelIdx, NodeState};
 use crate::snapshot::{Built, QueuedJob, Snapshot};
 use crate::task::{ModelFit, Task};
 use crate::wait::WaitReason;
@@ -59,7 +60,18 @@ pub(super) fn mark_model_waits(
     // Oldest first: each job's turn at its model's warm cards.
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     order.sort_by_key(|&i| (jobs[i].0.submitted_at, jobs[i].0.id));
-    let mut taken: HashMap<(u32, usize), ()> = HashMap::new();
+    // The warm cards of each model, found once.
+    let mut warm: HashMap<ModelIdx, Vec<(u32, usize)>> = HashMap::new();
+    for (n, node) in built.cluster.nodes.iter().enumerate() {
+        for (g, gpu) in node.gpus.iter().enumerate() {
+            if let Some(m) = gpu.resident_model {
+                warm.entry(m).or_default().push((n as u32, g));
+            }
+        }
+    }
+    // When each warm card is next free for the queue: older jobs of its
+    // model are served first, each for its max runtime.
+    let mut next_free: HashMap<(u32, usize), Timestamp> = HashMap::new();
     for i in order {
         let (job, task) = &mut jobs[i];
         let Some(m) = task.model.filter(|m| (*m as usize) < models) else {
@@ -82,37 +94,36 @@ pub(super) fn mark_model_waits(
             continue; // ModelFit::Any: it has held out long enough.
         }
         let horizon = Timestamp(snapshot.now.0.saturating_add(load_ms as i64));
-        // The warm card this job would wait for: usable, free in time, and
-        // not already promised to an older job of the same model.
+        // The warm card that frees for this job soonest, after the older
+        // jobs of its model queued for the same cards.
         let mut best: Option<((u32, usize), Timestamp)> = None;
-        for (n, node) in built.cluster.nodes.iter().enumerate() {
-            if gang || !node_could_run(node, task) {
+        for &(n, g) in warm.get(&m).map_or(&[][..], |v| v.as_slice()) {
+            let node = &built.cluster.nodes[n as usize];
+            let gpu = &node.gpus[g];
+            if gang || !node_could_run(node, task) || !card_could_run(gpu, task) {
                 continue;
             }
-            for (g, gpu) in node.gpus.iter().enumerate() {
-                if gpu.resident_model != Some(m)
-                    || taken.contains_key(&(n as u32, g))
-                    || !card_could_run(gpu, task)
-                {
-                    continue;
-                }
-                let at = if card_has_room(gpu, task) {
-                    snapshot.now
-                } else {
-                    match free_by.get(&(n as u32, g)) {
-                        Some(at) => *at,
-                        None => continue,
-                    }
-                };
-                if at <= horizon && best.is_none_or(|(_, b)| at < b) {
-                    best = Some(((n as u32, g), at));
-                }
+            let at = match next_free.get(&(n, g)) {
+                Some(at) => *at,
+                None if card_has_room(gpu, task) => snapshot.now,
+                None => match free_by.get(&(n, g)) {
+                    Some(at) => *at,
+                    None => continue,
+                },
+            };
+            if at <= horizon && best.is_none_or(|(_, b)| at < b) {
+                best = Some(((n, g), at));
             }
+        }
+        if let Some((card, at)) = best {
+            let runtime = job
+                .max_runtime_ms
+                .unwrap_or(snapshot.default_max_runtime_ms) as i64;
+            next_free.insert(card, Timestamp(at.0.saturating_add(runtime)));
         }
         let model_name = model.name.to_string();
         match best {
             Some((card, at)) => {
-                taken.insert(card, ());
                 task.model_fit = ModelFit::Warm;
                 hints.insert(
                     job.id,

@@ -47,6 +47,9 @@ pub(super) struct Planner<'a> {
     pub(super) displacers: HashSet<JobId>,
     /// The reason each job that may hold out for its model would get.
     pub(super) locality_hints: HashMap<JobId, WaitReason>,
+    /// Jobs that held out for their model though another card could take
+    /// them: (job, its task on any card, bound, node to avoid).
+    pub(super) holding_out: Vec<(JobId, Task, QuotaBound, Option<NodeIdx>)>,
 }
 
 impl<'a> Planner<'a> {
@@ -74,13 +77,14 @@ impl<'a> Planner<'a> {
                     * MILLI_PER_GPU as u64
             })
             .collect();
+        let usage_of: HashMap<&str, _> = snapshot
+            .usage
+            .iter()
+            .map(|(id, u)| (id.as_str(), u))
+            .collect();
         let recent = (0..tenants.len())
             .map(|t| {
-                let usage = snapshot
-                    .usage
-                    .iter()
-                    .find(|(id, _)| id.as_str() == tenants.names[t])
-                    .map(|(_, u)| u);
+                let usage = usage_of.get(tenants.names[t].as_str());
                 cluster
                     .classes
                     .iter()
@@ -111,6 +115,7 @@ impl<'a> Planner<'a> {
             failed: HashSet::new(),
             displacers,
             locality_hints,
+            holding_out: Vec::new(),
         }
     }
 
@@ -187,7 +192,7 @@ impl<'a> Planner<'a> {
                 ..*task
             };
             if self.engine.place(&request, &any_card).is_some() {
-                self.outcome.held_back.push(job.id);
+                self.holding_out.push((job.id, any_card, bound, avoid));
                 return false;
             }
             any_card
@@ -277,8 +282,6 @@ impl<'a> Planner<'a> {
             node: self.cluster().nodes[node as usize].name.clone(),
             at,
         });
-        self.outcome.held_back.sort_unstable();
-        self.outcome.held_back.dedup();
         self.outcome
     }
 
@@ -296,7 +299,8 @@ impl<'a> Planner<'a> {
                 ..*task
             };
             if self.engine.place(&request, &any_card).is_some() {
-                self.outcome.held_back.push(job.id);
+                self.holding_out
+                    .push((job.id, any_card, QuotaBound::Unbounded, None));
             }
         }
         false
