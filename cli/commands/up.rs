@@ -28,9 +28,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         anyhow::bail!("--pending-cap 0: a tenant must be able to queue at least one job");
     }
     config.jwks = args.jwks.zip(args.jwks_issuer);
+    config.sandbox = args.sandbox.config();
     let pool = finpool_standalone::start(config)
         .await
         .context("starting the pool")?;
+    eprintln!("job sandbox: {}", pool.sandbox);
     eprintln!(
         "finpool is serving on {} ({} nodes, {} GPUs from {}; {} store in {})",
         pool.addr,

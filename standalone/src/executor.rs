@@ -1,16 +1,20 @@
-//! The standalone executor: runs each placed job as a local child process in
-//! its own working directory and process group, with the GPUs it was given
-//! in `CUDA_VISIBLE_DEVICES`, its output in a per-job log, and its end
-//! recorded from the exit code.
+//! The standalone executor: runs each placed job as a local process in its
+//! sandbox (see [`crate::sandbox`]; or, with the sandbox off, as a plain
+//! child in its own working directory and process group), with the GPUs
+//! it was given in `CUDA_VISIBLE_DEVICES`, its output piped into a per-job
+//! log the server writes, and its end recorded from the exit code.
 //!
 //! One actor task owns the table of running jobs; each job has a watcher
 //! task that waits for the process, stops it on cancel, preemption, max
-//! runtime or shutdown (SIGTERM, then SIGKILL after the grace period), and
-//! records how it ended.
+//! runtime or shutdown (SIGTERM, then SIGKILL after the grace period),
+//! kills whatever of it is left, and records how it ended.
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use finpool_domain::{Job, JobId, JobState, Placement, RestartPolicy, Timestamp};
@@ -18,6 +22,9 @@ use finpool_store::{Change, Store, StoreError};
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
+
+use crate::sandbox::Sandbox;
+use crate::sandbox::procs::JobProcs;
 
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
@@ -29,6 +36,8 @@ pub struct ExecutorConfig {
     pub stop_grace: Duration,
     /// For jobs that set no max runtime.
     pub default_max_runtime: Duration,
+    /// Where jobs run; `None`: as plain child processes of the server.
+    pub sandbox: Option<Arc<Sandbox>>,
 }
 
 impl ExecutorConfig {
@@ -217,8 +226,8 @@ impl Actor {
                 return;
             }
         }
-        let child = match self.spawn_process(&job, &placement) {
-            Ok(child) => child,
+        let spawned = match self.spawn_process(&job, &placement) {
+            Ok(spawned) => spawned,
             Err(e) => {
                 tracing::warn!(job = %job.id, error = %e, "could not start the job's process");
                 let change = Change::new(
@@ -231,7 +240,7 @@ impl Actor {
             }
         };
         tracing::info!(job = %job.id, tenant = %job.tenant_id, node = %placement.node,
-            gpus = %placement.visible_devices(), pid = child.id(), "job started");
+            gpus = %placement.visible_devices(), pid = spawned.child.id(), "job started");
         let (stop_tx, stop_rx) = mpsc::channel(4);
         self.running.insert(job.id, stop_tx);
         self.holding
@@ -249,7 +258,7 @@ impl Actor {
             max_runtime,
             done: self.tx.clone(),
         };
-        self.watchers.spawn(watcher.watch(child, stop_rx));
+        self.watchers.spawn(watcher.watch(spawned, stop_rx));
     }
 
     /// A running job whose cards `placement` may not share: the same card
@@ -268,21 +277,68 @@ impl Actor {
         })
     }
 
-    fn spawn_process(&self, job: &Job, placement: &Placement) -> std::io::Result<Child> {
+    fn spawn_process(&self, job: &Job, placement: &Placement) -> std::io::Result<Spawned> {
+        let job_dir = self.config.jobs_dir.join(job.id.to_string());
         let work_dir = self.config.work_dir(job.id);
-        std::fs::create_dir_all(&work_dir)?;
+        for dir in [&self.config.jobs_dir, &job_dir, &work_dir] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        // The server writes the log; the job only has a pipe into it.
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(self.config.log_path(job.id))?;
-        let mut argv = job.spec.command.iter().chain(&job.spec.args);
-        let program = argv
-            .next()
-            .ok_or_else(|| std::io::Error::other("empty command"))?;
-        let mut command = tokio::process::Command::new(program);
+        let (reader, writer) = std::io::pipe()?;
+        let argv: Vec<String> = job
+            .spec
+            .command
+            .iter()
+            .chain(&job.spec.args)
+            .cloned()
+            .collect();
+        if argv.is_empty() {
+            return Err(std::io::Error::other("empty command"));
+        }
+        let model_dir = match &job.spec.model {
+            Some(model) => {
+                let path = self.config.model_cache_dir.join(model.as_str());
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(&path)?;
+                Some(model.as_str().to_owned())
+            }
+            None => None,
+        };
+        let (mut command, home, models, cgroup, cgroup_procs) = match &self.config.sandbox {
+            Some(sandbox) => {
+                let p = sandbox.prepare_job(
+                    job.id,
+                    job.tenant_id.as_str(),
+                    placement,
+                    &work_dir,
+                    &self.config.model_cache_dir,
+                    &argv,
+                )?;
+                (p.command, p.work_dir, p.models_dir, p.cgroup, p.cgroup_procs)
+            }
+            None => {
+                let mut command = tokio::process::Command::new(&argv[0]);
+                command.args(&argv[1..]).current_dir(&work_dir);
+                (
+                    command,
+                    work_dir.clone(),
+                    self.config.model_cache_dir.clone(),
+                    None,
+                    None,
+                )
+            }
+        };
         command
-            .args(argv)
-            .current_dir(&work_dir)
             // The server's own environment (tokens, database URLs) is not
             // the job's business.
             .env_clear()
@@ -290,7 +346,7 @@ impl Actor {
                 "PATH",
                 std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
             )
-            .env("HOME", &work_dir)
+            .env("HOME", &home)
             .env("LANG", "C.UTF-8")
             .env("TZ", "UTC")
             .envs(&job.spec.env)
@@ -299,10 +355,11 @@ impl Actor {
             .env("FINPOOL_TENANT_ID", job.tenant_id.as_str())
             .env("FINPOOL_NODE", &placement.node)
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
+            .stdout(writer.try_clone()?)
+            .stderr(writer)
             .kill_on_drop(false)
-            // Its own process group, so a stop reaches every child it forks.
+            // Its own process group, so a stop reaches every child it forks
+            // (unsandboxed; a sandboxed job is its PID namespace).
             .process_group(0);
         if let finpool_domain::GpuRequest::Share { milli, memory_mib } = job.spec.resources.gpu {
             command.env("FINPOOL_GPU_MILLI", milli.to_string());
@@ -310,14 +367,14 @@ impl Actor {
                 command.env("FINPOOL_GPU_MEMORY_MIB", memory_mib.to_string());
             }
         }
-        if let Some(model) = &job.spec.model {
-            let path = self.config.model_cache_dir.join(model.as_str());
-            std::fs::create_dir_all(&path)?;
-            command.env("FINPOOL_MODEL_PATH", path);
+        if let Some(model) = model_dir {
+            command.env("FINPOOL_MODEL_PATH", models.join(model));
         }
         let parent = std::process::id() as libc::pid_t;
-        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit)
-        // between fork and exec.
+        let join_cgroup = cgroup_procs.as_ref().map(|fd| fd.as_raw_fd());
+        // SAFETY: only async-signal-safe calls (prctl, getppid, write,
+        // _exit) between fork and exec; the cgroup fd stays open in the
+        // parent until spawn returns.
         unsafe {
             command.pre_exec(move || {
                 // Die with the server, so no job outlives a crash unrecorded.
@@ -327,11 +384,85 @@ impl Actor {
                 if libc::getppid() != parent {
                     libc::_exit(1);
                 }
+                // Into the job's cgroup before anything can fork.
+                if let Some(fd) = join_cgroup
+                    && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
                 Ok(())
             });
         }
-        command.spawn()
+        let child = command.spawn();
+        drop(cgroup_procs);
+        // Our copies of the pipe's write end go with the command, so the
+        // log sees end-of-file once the job's last process is gone.
+        drop(command);
+        let child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                if let Some(cg) = cgroup {
+                    tokio::spawn(async move {
+                        cg.kill_and_remove(Duration::ZERO).await;
+                    });
+                }
+                return Err(e);
+            }
+        };
+        let pid = child.id().map(|p| p as libc::pid_t).unwrap_or(0);
+        let procs = match self.config.sandbox {
+            Some(_) => JobProcs::Sandboxed {
+                monitor: pid,
+                cgroup,
+            },
+            None => JobProcs::Group(pid),
+        };
+        Ok(Spawned {
+            child,
+            procs,
+            log: tokio::spawn(copy_log(reader, log)),
+        })
     }
+}
+
+/// A started job: its process, every process of it, and the task
+/// copying its output into its log.
+struct Spawned {
+    child: Child,
+    procs: JobProcs,
+    log: tokio::task::JoinHandle<()>,
+}
+
+/// Copies the job's output pipe into its log until every process holding
+/// the pipe is gone.
+async fn copy_log(reader: std::io::PipeReader, log: std::fs::File) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "could not read a job's output");
+            return;
+        }
+    };
+    let mut log = tokio::fs::File::from_std(log);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => {
+                if let Err(e) = log.write_all(&buf[..n]).await {
+                    tracing::warn!(error = %e, "could not write a job's log");
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a job's output");
+                break;
+            }
+        }
+    }
+    let _ = log.flush().await;
 }
 
 fn describe_gpus(p: &Placement) -> String {
@@ -358,8 +489,12 @@ enum End {
 }
 
 impl Watcher {
-    async fn watch(self, mut child: Child, mut stop: mpsc::Receiver<StopOrder>) {
-        let pgid = child.id().map(|p| p as libc::pid_t);
+    async fn watch(self, spawned: Spawned, mut stop: mpsc::Receiver<StopOrder>) {
+        let Spawned {
+            mut child,
+            procs,
+            log,
+        } = spawned;
         let end = tokio::select! {
             status = child.wait() => match status {
                 Ok(status) => End::Exited(status),
@@ -368,12 +503,16 @@ impl Watcher {
                     End::TimedOut(None)
                 }
             },
-            Some(order) = stop.recv() => End::Stopped(order, terminate(&mut child, pgid, self.grace).await),
-            _ = tokio::time::sleep(self.max_runtime) => End::TimedOut(terminate(&mut child, pgid, self.grace).await),
+            Some(order) = stop.recv() => End::Stopped(order, terminate(&mut child, &procs, self.grace).await),
+            _ = tokio::time::sleep(self.max_runtime) => End::TimedOut(terminate(&mut child, &procs, self.grace).await),
         };
         // Whatever the job forked and left behind goes too.
-        if let Some(pgid) = pgid {
-            signal_group(pgid, libc::SIGKILL);
+        procs.finish().await;
+        // Its output, to the last byte, is in the log before its end is
+        // recorded. A sandboxed job's processes are all gone by now; an
+        // unsandboxed one may have left a `setsid` child holding the pipe.
+        if tokio::time::timeout(Duration::from_secs(2), log).await.is_err() {
+            tracing::warn!(job = %self.job_id, "a process outside the job's group still holds its output");
         }
         let now = Timestamp::now();
         let exit_code = |s: &Option<ExitStatus>| s.as_ref().and_then(|s| s.code());
@@ -426,30 +565,16 @@ impl Watcher {
     }
 }
 
-/// SIGTERM to the group; SIGKILL if it is still there after `grace`.
-async fn terminate(
-    child: &mut Child,
-    pgid: Option<libc::pid_t>,
-    grace: Duration,
-) -> Option<ExitStatus> {
-    let Some(pgid) = pgid else {
-        return child.wait().await.ok();
-    };
-    signal_group(pgid, libc::SIGTERM);
+/// SIGTERM to the job; SIGKILL to all of it if it is still there after
+/// `grace`.
+async fn terminate(child: &mut Child, procs: &JobProcs, grace: Duration) -> Option<ExitStatus> {
+    procs.terminate();
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(status) => status.ok(),
         Err(_) => {
-            signal_group(pgid, libc::SIGKILL);
+            procs.kill();
             child.wait().await.ok()
         }
-    }
-}
-
-pub(crate) fn signal_group(pgid: libc::pid_t, signal: libc::c_int) {
-    // SAFETY: kill has no memory-safety preconditions; a group that is
-    // already gone returns ESRCH, which is fine.
-    unsafe {
-        libc::kill(-pgid, signal);
     }
 }
 

@@ -1,0 +1,437 @@
+//! The job sandbox: how a tenant's job is kept away from the server, the
+//! pool's data and other tenants' jobs on one host.
+//!
+//! Each job runs under bubblewrap (`bwrap`), started by the server as root:
+//!
+//! - **Identity.** Inside, `setpriv` switches to the tenant's own
+//!   unprivileged uid and gid (see [`uids`]), clears supplementary groups,
+//!   every capability (bounding set included) and sets no-new-privs, then
+//!   execs the job's command.
+//! - **Files.** The root is a fresh tmpfs holding read-only binds of the
+//!   system (`/usr`, `/etc`, the `/bin` and `/lib` links), a fresh `/proc`,
+//!   a minimal `/dev`, a private `/tmp`, the job's own work dir at
+//!   [`JOB_WORK_DIR`] (0700, owned by its uid) and the model cache
+//!   read-only at [`JOB_MODELS_DIR`]. The data dir, with the key, the
+//!   database and every other job's directory and log, is not in its view.
+//!   Its stdout and stderr are a pipe the server drains into its log.
+//! - **GPUs.** `/dev/nvidia<N>` of its own cards and the driver's control
+//!   nodes, when present.
+//! - **Processes.** Its own PID, IPC and UTS namespaces, so the server and
+//!   other jobs are invisible and cannot be signalled; a pids cgroup with
+//!   `pids.max` (see [`cgroup`]); `--die-with-parent` and a parent-death
+//!   signal on bubblewrap, so the job dies with the server. Killing the
+//!   namespace's init kills every process in it (see [`procs`]).
+
+pub mod cgroup;
+pub mod procs;
+pub mod uids;
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use finpool_domain::{JobId, Placement};
+use thiserror::Error;
+
+use self::cgroup::{Cgroups, JobCgroup};
+pub use self::uids::UidRange;
+use self::uids::UidMap;
+
+/// Where a sandboxed job finds its work dir (also its `HOME`).
+pub const JOB_WORK_DIR: &str = "/finpool/work";
+/// Where a sandboxed job finds the model cache, read-only.
+pub const JOB_MODELS_DIR: &str = "/finpool/models";
+/// The tenant-to-uid table in the data dir.
+pub const UID_FILE: &str = "sandbox-uids";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SandboxMode {
+    /// Every job is sandboxed; a host that cannot do it refuses to start.
+    #[default]
+    Required,
+    /// Sandbox what the host allows; warn about the rest.
+    BestEffort,
+    /// Jobs run as the server's user, as plain child processes.
+    Off,
+}
+
+impl FromStr for SandboxMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "required" => Ok(Self::Required),
+            "best-effort" => Ok(Self::BestEffort),
+            "off" => Ok(Self::Off),
+            other => Err(format!(
+                "{other:?}: expected required, best-effort or off"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for SandboxMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Required => "required",
+            Self::BestEffort => "best-effort",
+            Self::Off => "off",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub mode: SandboxMode,
+    /// The uids (and gids) tenants' jobs run as.
+    pub uids: UidRange,
+    /// The most processes (and threads) one job may have.
+    pub pids_max: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            mode: SandboxMode::Required,
+            uids: UidRange::default(),
+            pids_max: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum SandboxError {
+    #[error(
+        "--sandbox required: this host cannot sandbox jobs; missing: {}. \
+         Install what is missing, or start with --sandbox best-effort (or off) \
+         to run jobs with less isolation",
+        .0.join("; ")
+    )]
+    Unavailable(Vec<String>),
+    #[error("sandbox uid table {path}: {source}")]
+    Uids {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A host's sandbox, checked at start.
+#[derive(Debug)]
+pub struct Sandbox {
+    bwrap: PathBuf,
+    setpriv: PathBuf,
+    /// The read-only view of the system, as bubblewrap arguments.
+    system: Vec<OsString>,
+    cgroups: Option<Cgroups>,
+    pids_max: u32,
+    uids: Mutex<UidMap>,
+    range: UidRange,
+}
+
+/// What a sandboxed job's start needs beyond the command.
+pub struct Prepared {
+    pub command: tokio::process::Command,
+    /// Where its work dir and the model cache are in its view.
+    pub work_dir: PathBuf,
+    pub models_dir: PathBuf,
+    pub cgroup: Option<JobCgroup>,
+    /// The cgroup's `cgroup.procs`, for the child to join before exec.
+    pub cgroup_procs: Option<OwnedFd>,
+    pub uid: u32,
+}
+
+impl Sandbox {
+    /// Checks what the host offers against `config.mode`. `Ok(None)`:
+    /// jobs run unsandboxed (mode off, or best-effort on a host with no
+    /// sandbox at all).
+    pub fn prepare(
+        config: &SandboxConfig,
+        data_dir: &Path,
+    ) -> Result<Option<Sandbox>, SandboxError> {
+        if config.mode == SandboxMode::Off {
+            tracing::warn!(
+                "--sandbox off: jobs run as the server's user and can reach its data dir"
+            );
+            return Ok(None);
+        }
+        let mut missing = Vec::new();
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        if euid != 0 {
+            missing.push(format!(
+                "root (the server runs as uid {euid}; it must be root to switch each job to its tenant's uid)"
+            ));
+        }
+        let bwrap = find_program("bwrap");
+        if bwrap.is_none() {
+            missing.push(
+                "bubblewrap (`bwrap` is not on PATH; Debian: apt-get install bubblewrap)".into(),
+            );
+        }
+        let setpriv = find_program("setpriv");
+        if setpriv.is_none() {
+            missing.push("setpriv (`setpriv` is not on PATH; Debian: util-linux)".into());
+        }
+        let system = system_view();
+        let mut sandbox = None;
+        if let (Some(bwrap), Some(setpriv), 0) = (bwrap, setpriv, euid) {
+            match trial(&bwrap, &setpriv, &system, config.uids.start) {
+                Ok(()) => sandbox = Some((bwrap, setpriv)),
+                Err(why) => missing.push(why),
+            }
+        }
+        let cgroups = match Cgroups::detect() {
+            Ok(c) => Some(c),
+            Err(why) => {
+                missing.push(why);
+                None
+            }
+        };
+        if !missing.is_empty() {
+            if config.mode == SandboxMode::Required {
+                return Err(SandboxError::Unavailable(missing));
+            }
+            tracing::warn!(missing = %missing.join("; "),
+                "--sandbox best-effort: jobs get less isolation than they should");
+        }
+        let Some((bwrap, setpriv)) = sandbox else {
+            tracing::warn!("--sandbox best-effort: jobs run unsandboxed, as the server's user");
+            return Ok(None);
+        };
+        let path = data_dir.join(UID_FILE);
+        let uids = UidMap::load(path.clone(), config.uids)
+            .map_err(|source| SandboxError::Uids { path, source })?;
+        Ok(Some(Sandbox {
+            bwrap,
+            setpriv,
+            system,
+            cgroups,
+            pids_max: config.pids_max,
+            uids: Mutex::new(uids),
+            range: config.uids,
+        }))
+    }
+
+    /// One line for the server's start-up output.
+    pub fn describe(&self) -> String {
+        format!(
+            "bubblewrap {}, tenant uids {}, {}",
+            self.bwrap.display(),
+            self.range,
+            match &self.cgroups {
+                Some(c) => format!("pids.max {} ({})", self.pids_max, c.describe()),
+                None => "no pids limit (no cgroup pids controller)".into(),
+            }
+        )
+    }
+
+    /// Kills whatever is left in `jobs`' cgroups (after a crash) and
+    /// removes them. Returns how many processes it found.
+    pub async fn kill_leftovers(&self, jobs: impl IntoIterator<Item = JobId>) -> usize {
+        let Some(cgroups) = &self.cgroups else {
+            return 0;
+        };
+        let mut killed = 0;
+        for job in jobs {
+            killed += cgroups.job(job).kill_and_remove(Duration::ZERO).await;
+        }
+        killed
+    }
+
+    /// Makes the job's work dir its tenant's, its cgroup, and the command
+    /// that runs `argv` in the sandbox.
+    pub fn prepare_job(
+        &self,
+        job: JobId,
+        tenant: &str,
+        placement: &Placement,
+        host_work_dir: &Path,
+        host_models_dir: &Path,
+        argv: &[String],
+    ) -> std::io::Result<Prepared> {
+        let uid = self
+            .uids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .uid_for(tenant)?;
+        std::os::unix::fs::chown(host_work_dir, Some(uid), Some(uid))?;
+        std::fs::set_permissions(host_work_dir, std::fs::Permissions::from_mode(0o700))?;
+        let cgroup = match &self.cgroups {
+            Some(c) => Some(c.create(job, self.pids_max)?),
+            None => None,
+        };
+        let cgroup_procs = cgroup.as_ref().map(|c| c.procs_file()).transpose()?;
+
+        let mut command = tokio::process::Command::new(&self.bwrap);
+        command
+            .args([
+                "--die-with-parent",
+                "--new-session",
+                "--unshare-pid",
+                "--unshare-ipc",
+                "--unshare-uts",
+                "--unshare-cgroup-try",
+            ])
+            .args(&self.system)
+            .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
+            .args(["--perms", "0755", "--dir", "/finpool"])
+            .arg("--bind")
+            .arg(host_work_dir)
+            .arg(JOB_WORK_DIR);
+        if host_models_dir.is_dir() {
+            command
+                .arg("--ro-bind")
+                .arg(host_models_dir)
+                .arg(JOB_MODELS_DIR);
+        }
+        for dev in gpu_devices(placement) {
+            command.arg("--dev-bind").arg(&dev).arg(&dev);
+        }
+        command
+            .args(["--chdir", JOB_WORK_DIR])
+            .arg(&self.setpriv)
+            .args(drop_to(uid))
+            .arg("--")
+            .args(argv);
+        Ok(Prepared {
+            command,
+            work_dir: PathBuf::from(JOB_WORK_DIR),
+            models_dir: PathBuf::from(JOB_MODELS_DIR),
+            cgroup,
+            cgroup_procs,
+            uid,
+        })
+    }
+}
+
+/// setpriv's arguments: become `uid`/`uid` with no groups, no
+/// capabilities (none to inherit, none to regain) and no new privileges.
+fn drop_to(uid: u32) -> Vec<String> {
+    vec![
+        format!("--reuid={uid}"),
+        format!("--regid={uid}"),
+        "--clear-groups".into(),
+        "--inh-caps=-all".into(),
+        "--bounding-set=-all".into(),
+        "--no-new-privs".into(),
+    ]
+}
+
+/// The device nodes of the job's own cards, plus the driver's shared
+/// control nodes, that exist on this host.
+fn gpu_devices(placement: &Placement) -> Vec<PathBuf> {
+    if placement.gpus.is_empty() {
+        return Vec::new();
+    }
+    let mut indices: Vec<u32> = placement.gpus.iter().map(|g| g.index).collect();
+    indices.sort_unstable();
+    indices.dedup();
+    indices
+        .into_iter()
+        .map(|i| PathBuf::from(format!("/dev/nvidia{i}")))
+        .chain(
+            [
+                "/dev/nvidiactl",
+                "/dev/nvidia-uvm",
+                "/dev/nvidia-uvm-tools",
+                "/dev/nvidia-modeset",
+            ]
+            .map(PathBuf::from),
+        )
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// Read-only binds of the system directories that exist, in order; the
+/// merged-/usr links (`/bin -> usr/bin`) as links.
+fn system_view() -> Vec<OsString> {
+    let mut args = Vec::new();
+    for dir in [
+        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc",
+    ] {
+        let path = Path::new(dir);
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            if let Ok(target) = std::fs::read_link(path) {
+                args.extend(["--symlink".into(), target.into_os_string(), dir.into()]);
+            }
+        } else if meta.is_dir() {
+            args.extend(["--ro-bind".into(), dir.into(), dir.into()]);
+        }
+    }
+    args
+}
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .chain(["/usr/bin".into(), "/bin".into()])
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+        .and_then(|p| std::fs::canonicalize(p).ok())
+}
+
+/// Runs `true` the way a job runs, to find out early whether it works.
+fn trial(bwrap: &Path, setpriv: &Path, system: &[OsString], uid: u32) -> Result<(), String> {
+    let out = std::process::Command::new(bwrap)
+        .args([
+            "--die-with-parent",
+            "--new-session",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+        ])
+        .args(system)
+        .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
+        .args(["--perms", "0755", "--dir", "/finpool"])
+        .arg(setpriv)
+        .args(drop_to(uid))
+        .args(["--", "true"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("a working bubblewrap ({}: {e})", bwrap.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "a working bubblewrap (a trial sandbox failed, {}: {})",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_and_print() {
+        for m in ["required", "best-effort", "off"] {
+            assert_eq!(m.parse::<SandboxMode>().unwrap().to_string(), m);
+        }
+        assert!("on".parse::<SandboxMode>().is_err());
+        assert_eq!(SandboxMode::default(), SandboxMode::Required);
+    }
+
+    #[test]
+    fn no_gpu_nodes_for_a_cpu_job() {
+        let p = Placement {
+            node: "n".into(),
+            gpus: vec![],
+        };
+        assert!(gpu_devices(&p).is_empty());
+    }
+}
