@@ -123,7 +123,8 @@ pub enum SandboxError {
 pub struct Sandbox {
     bwrap: PathBuf,
     setpriv: PathBuf,
-    /// The read-only view of the system, as bubblewrap arguments.
+    /// The read-only view of the system, as bubblewrap arguments (with a
+    /// tmpfs over the data dir should it lie inside that view).
     system: Vec<OsString>,
     cgroups: Option<Cgroups>,
     pids_max: u32,
@@ -175,7 +176,12 @@ impl Sandbox {
         if setpriv.is_none() {
             missing.push("setpriv (`setpriv` is not on PATH; Debian: util-linux)".into());
         }
-        let system = system_view();
+        let mut system = system_view();
+        if let Ok(data) = std::fs::canonicalize(data_dir)
+            && system_dirs().any(|d| data.starts_with(d))
+        {
+            system.extend(["--tmpfs".into(), data.into_os_string()]);
+        }
         let mut sandbox = None;
         if let (Some(bwrap), Some(setpriv), 0) = (bwrap, setpriv, euid) {
             match trial(&bwrap, &setpriv, &system, config.uids.start) {
@@ -276,7 +282,8 @@ impl Sandbox {
                 "--unshare-cgroup-try",
             ])
             .args(&self.system)
-            .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
+            .args(["--proc", "/proc", "--dev", "/dev"])
+            .args(["--perms", "1777", "--tmpfs", "/tmp"])
             .args(["--perms", "0755", "--dir", "/finpool"])
             .arg("--bind")
             .arg(host_work_dir)
@@ -345,13 +352,19 @@ fn gpu_devices(placement: &Placement) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The system directories a job sees, read-only.
+fn system_dirs() -> impl Iterator<Item = &'static str> {
+    [
+        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc",
+    ]
+    .into_iter()
+}
+
 /// Read-only binds of the system directories that exist, in order; the
 /// merged-/usr links (`/bin -> usr/bin`) as links.
 fn system_view() -> Vec<OsString> {
     let mut args = Vec::new();
-    for dir in [
-        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc",
-    ] {
+    for dir in system_dirs() {
         let path = Path::new(dir);
         let Ok(meta) = std::fs::symlink_metadata(path) else {
             continue;
@@ -392,7 +405,8 @@ fn trial(bwrap: &Path, setpriv: &Path, system: &[OsString], uid: u32) -> Result<
             "--unshare-cgroup-try",
         ])
         .args(system)
-        .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
+        .args(["--proc", "/proc", "--dev", "/dev"])
+            .args(["--perms", "1777", "--tmpfs", "/tmp"])
         .args(["--perms", "0755", "--dir", "/finpool"])
         .arg(setpriv)
         .args(drop_to(uid))
