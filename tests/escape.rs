@@ -70,7 +70,10 @@ fn assert_unprivileged(log: &str) -> u32 {
 }
 
 fn assert_has(log: &str, what: &str) {
-    assert!(log.contains(what), "expected {what:?} in the job's log:\n{log}");
+    assert!(
+        log.contains(what),
+        "expected {what:?} in the job's log:\n{log}"
+    );
 }
 
 /// Some line of the log names `what` and says `error`.
@@ -82,7 +85,10 @@ fn assert_line(log: &str, what: &str, error: &str) {
 }
 
 fn assert_lacks(log: &str, what: &str) {
-    assert!(!log.contains(what), "{what:?} leaked into the job's log:\n{log}");
+    assert!(
+        !log.contains(what),
+        "{what:?} leaked into the job's log:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +117,11 @@ async fn a_job_cannot_read_the_signing_key() {
     assert_line(&log, "/proc/1/root", "Permission denied");
     assert_lacks(&log, &key_hex);
     assert_has(&log, "end");
-    assert_eq!(std::fs::read(&key_path).unwrap(), key, "the key is unchanged");
+    assert_eq!(
+        std::fs::read(&key_path).unwrap(),
+        key,
+        "the key is unchanged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,7 +180,10 @@ async fn a_job_cannot_read_another_tenants_log_or_work_dir() {
     let secret = beta_dir.join("work").join("secret");
     let start = Instant::now();
     while !secret.exists() {
-        assert!(start.elapsed() < Duration::from_secs(30), "beta's job never wrote its secret");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "beta's job never wrote its secret"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let b = beta_dir.display();
@@ -186,8 +199,16 @@ async fn a_job_cannot_read_another_tenants_log_or_work_dir() {
     )
     .await;
     assert_lacks(&log, "beta-secret");
-    assert_line(&log, &format!("{b}/output.log"), "No such file or directory");
-    assert_line(&log, &format!("{b}/work/secret"), "No such file or directory");
+    assert_line(
+        &log,
+        &format!("{b}/output.log"),
+        "No such file or directory",
+    );
+    assert_line(
+        &log,
+        &format!("{b}/work/secret"),
+        "No such file or directory",
+    );
     assert_has(&log, "log=1");
     assert_has(&log, "file=1");
     assert_has(&log, "end");
@@ -311,7 +332,11 @@ async fn a_job_cannot_read_the_servers_environ() {
     )
     .await;
     assert_lacks(&log, &canary);
-    assert_line(&log, &format!("/proc/{pid}/environ"), "No such file or directory");
+    assert_line(
+        &log,
+        &format!("/proc/{pid}/environ"),
+        "No such file or directory",
+    );
     assert_has(&log, "server=1");
     assert_has(&log, "end");
 }
@@ -347,8 +372,17 @@ async fn a_setsid_child_does_not_survive_a_cancel() {
     };
     for (pid, _) in &found {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
-        assert_eq!(fields[3], pid.to_string(), "process {pid} leads its own session");
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            fields[3],
+            pid.to_string(),
+            "process {pid} leads its own session"
+        );
         let uid = std::fs::metadata(format!("/proc/{pid}")).unwrap().uid();
         assert_ne!(uid, 0);
     }
@@ -444,7 +478,10 @@ async fn the_data_dir_is_private_and_held_by_one_server() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(!second.status.success(), "a second server started:\n{stderr}");
+    assert!(
+        !second.status.success(),
+        "a second server started:\n{stderr}"
+    );
     assert!(
         stderr.contains("is in use by another finpool server")
             && stderr.contains(&format!("pid {}", server.child.id())),
@@ -470,7 +507,10 @@ async fn sandboxed_jobs_start_within_100ms_of_admission_p95() {
     println!("admit-to-process-start latency, {} jobs each:", on.n);
     println!("  sandbox on:  {on}");
     println!("  sandbox off: {off}");
-    assert!(p95 <= 100.0, "p95 {p95:.1} ms over 100 ms with the sandbox on");
+    assert!(
+        p95 <= 100.0,
+        "p95 {p95:.1} ms over 100 ms with the sandbox on"
+    );
 }
 
 struct Latencies {
@@ -489,7 +529,13 @@ impl std::fmt::Display for Latencies {
             "p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms \
              (admitted to Running recorded: p50 {:.1}, p95 {:.1}; \
              Running recorded to the command's first line: p50 {:.1}, p95 {:.1})",
-            self.p50, self.p95, self.max, self.to_running.0, self.to_running.1, self.spawn.0, self.spawn.1
+            self.p50,
+            self.p95,
+            self.max,
+            self.to_running.0,
+            self.to_running.1,
+            self.spawn.0,
+            self.spawn.1
         )
     }
 }

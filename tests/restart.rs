@@ -121,14 +121,13 @@ async fn a_crash_loses_no_job_and_leaves_none_running() {
         Duration::from_secs(30),
         "requeued jobs to run again",
         |jobs| {
-            requeued
+            requeued.iter().all(|id| {
+                job_pids(id).iter().any(|p| !old_pids.contains(p)) && running_sleeps(id) >= 1
+            }) && jobs
                 .iter()
-                .all(|id| job_pids(id).iter().any(|p| !old_pids.contains(p)) && running_sleeps(id) >= 1)
-                && jobs
-                    .iter()
-                    .filter(|j| j.state == pb::JobState::Running as i32)
-                    .count()
-                    == 4
+                .filter(|j| j.state == pb::JobState::Running as i32)
+                .count()
+                == 4
         },
     )
     .await;

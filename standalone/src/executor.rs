@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -201,64 +201,41 @@ impl Actor {
             tracing::debug!(job = %job.id, %busy, "cards still in use; starting once they are free");
             return;
         }
-        let now = Timestamp::now();
-        let started = Change::new(
-            JobState::Running,
-            format!(
-                "started on {} (GPUs {})",
-                placement.node,
-                describe_gpus(&placement)
-            ),
-            now,
-        );
-        match self
-            .store
-            .transition(job.id, Some(JobState::Admitted), started)
-            .await
-        {
-            Ok(_) => {}
-            Err(StoreError::Conflict(why)) => {
-                tracing::debug!(job = %job.id, %why, "not starting: the job moved on");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(job = %job.id, error = %e, "could not record the start; will retry");
-                return;
-            }
-        }
-        let spawned = match self.spawn_process(&job, &placement) {
-            Ok(spawned) => spawned,
-            Err(e) => {
-                tracing::warn!(job = %job.id, error = %e, "could not start the job's process");
-                let change = Change::new(
-                    JobState::Failed,
-                    format!("could not start: {e}"),
-                    Timestamp::now(),
-                );
-                record(&self.store, job.id, change).await;
-                return;
-            }
-        };
-        tracing::info!(job = %job.id, tenant = %job.tenant_id, node = %placement.node,
-            gpus = %placement.visible_devices(), pid = spawned.child.id(), "job started");
+        // The job counts as running here from now on (so neither a second
+        // Start nor another job takes its cards), while its start is
+        // recorded and its process spawned in its own task: one job's
+        // start does not hold up the others', nor stops.
         let (stop_tx, stop_rx) = mpsc::channel(4);
         self.running.insert(job.id, stop_tx);
         self.holding
             .insert(job.id, (job.tenant_id.clone(), placement.clone()));
-        let max_runtime = job
-            .spec
-            .max_runtime_ms
-            .map(Duration::from_millis)
-            .unwrap_or(self.config.default_max_runtime);
-        let watcher = Watcher {
-            store: self.store.clone(),
-            job_id: job.id,
-            restart_policy: job.spec.restart_policy,
-            grace: self.config.stop_grace,
-            max_runtime,
-            done: self.tx.clone(),
-        };
-        self.watchers.spawn(watcher.watch(spawned, stop_rx));
+        let store = self.store.clone();
+        let config = self.config.clone();
+        let done = self.tx.clone();
+        self.watchers.spawn(async move {
+            let id = job.id;
+            match launch(&store, &config, &job, &placement).await {
+                Some(spawned) => {
+                    let max_runtime = job
+                        .spec
+                        .max_runtime_ms
+                        .map(Duration::from_millis)
+                        .unwrap_or(config.default_max_runtime);
+                    let watcher = Watcher {
+                        store,
+                        job_id: id,
+                        restart_policy: job.spec.restart_policy,
+                        grace: config.stop_grace,
+                        max_runtime,
+                        done,
+                    };
+                    watcher.watch(spawned, stop_rx).await;
+                }
+                None => {
+                    let _ = done.send(Command::Finished(id)).await;
+                }
+            }
+        });
     }
 
     /// A running job whose cards `placement` may not share: the same card
@@ -276,153 +253,215 @@ impl Actor {
             clash.then_some(*id)
         })
     }
+}
 
-    fn spawn_process(&self, job: &Job, placement: &Placement) -> std::io::Result<Spawned> {
-        let job_dir = self.config.jobs_dir.join(job.id.to_string());
-        let work_dir = self.config.work_dir(job.id);
-        for dir in [&self.config.jobs_dir, &job_dir, &work_dir] {
+/// Records the start (Admitted to Running) and spawns the job's process;
+/// `None` if it is not to run after all.
+async fn launch(
+    store: &Store,
+    config: &ExecutorConfig,
+    job: &Job,
+    placement: &Placement,
+) -> Option<Spawned> {
+    let started = Change::new(
+        JobState::Running,
+        format!(
+            "started on {} (GPUs {})",
+            placement.node,
+            describe_gpus(placement)
+        ),
+        Timestamp::now(),
+    );
+    match store
+        .transition(job.id, Some(JobState::Admitted), started)
+        .await
+    {
+        Ok(_) => {}
+        Err(StoreError::Conflict(why)) => {
+            tracing::debug!(job = %job.id, %why, "not starting: the job moved on");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "could not record the start; will retry");
+            return None;
+        }
+    }
+    match spawn_process(config, job, placement) {
+        Ok(spawned) => {
+            tracing::info!(job = %job.id, tenant = %job.tenant_id, node = %placement.node,
+                gpus = %placement.visible_devices(), pid = spawned.child.id(), "job started");
+            Some(spawned)
+        }
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "could not start the job's process");
+            let change = Change::new(
+                JobState::Failed,
+                format!("could not start: {e}"),
+                Timestamp::now(),
+            );
+            record(store, job.id, change).await;
+            None
+        }
+    }
+}
+
+fn spawn_process(
+    config: &ExecutorConfig,
+    job: &Job,
+    placement: &Placement,
+) -> std::io::Result<Spawned> {
+    let job_dir = config.jobs_dir.join(job.id.to_string());
+    let work_dir = config.work_dir(job.id);
+    for dir in [&config.jobs_dir, &job_dir, &work_dir] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    // The server writes the log; the job only has a pipe into it.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(config.log_path(job.id))?;
+    let (reader, writer) = std::io::pipe()?;
+    let argv: Vec<String> = job
+        .spec
+        .command
+        .iter()
+        .chain(&job.spec.args)
+        .cloned()
+        .collect();
+    if argv.is_empty() {
+        return Err(std::io::Error::other("empty command"));
+    }
+    let model_dir = match &job.spec.model {
+        Some(model) => {
+            let path = config.model_cache_dir.join(model.as_str());
             std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
+                .mode(0o755)
+                .create(&path)?;
+            // Readable by the jobs' uids whatever the server's umask.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+            Some(model.as_str().to_owned())
         }
-        // The server writes the log; the job only has a pipe into it.
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(self.config.log_path(job.id))?;
-        let (reader, writer) = std::io::pipe()?;
-        let argv: Vec<String> = job
-            .spec
-            .command
-            .iter()
-            .chain(&job.spec.args)
-            .cloned()
-            .collect();
-        if argv.is_empty() {
-            return Err(std::io::Error::other("empty command"));
-        }
-        let model_dir = match &job.spec.model {
-            Some(model) => {
-                let path = self.config.model_cache_dir.join(model.as_str());
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o755)
-                    .create(&path)?;
-                Some(model.as_str().to_owned())
-            }
-            None => None,
-        };
-        let (mut command, home, models, cgroup, cgroup_procs) = match &self.config.sandbox {
-            Some(sandbox) => {
-                let p = sandbox.prepare_job(
-                    job.id,
-                    job.tenant_id.as_str(),
-                    placement,
-                    &work_dir,
-                    &self.config.model_cache_dir,
-                    &argv,
-                )?;
-                (p.command, p.work_dir, p.models_dir, p.cgroup, p.cgroup_procs)
-            }
-            None => {
-                let mut command = tokio::process::Command::new(&argv[0]);
-                command.args(&argv[1..]).current_dir(&work_dir);
-                (
-                    command,
-                    work_dir.clone(),
-                    self.config.model_cache_dir.clone(),
-                    None,
-                    None,
-                )
-            }
-        };
-        command
-            // The server's own environment (tokens, database URLs) is not
-            // the job's business.
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+        None => None,
+    };
+    let (mut command, home, models, cgroup, cgroup_procs) = match &config.sandbox {
+        Some(sandbox) => {
+            let p = sandbox.prepare_job(
+                job.id,
+                job.tenant_id.as_str(),
+                placement,
+                &work_dir,
+                &config.model_cache_dir,
+                &argv,
+            )?;
+            (
+                p.command,
+                p.work_dir,
+                p.models_dir,
+                p.cgroup,
+                p.cgroup_procs,
             )
-            .env("HOME", &home)
-            .env("LANG", "C.UTF-8")
-            .env("TZ", "UTC")
-            .envs(&job.spec.env)
-            .env("CUDA_VISIBLE_DEVICES", placement.visible_devices())
-            .env("FINPOOL_JOB_ID", job.id.to_string())
-            .env("FINPOOL_TENANT_ID", job.tenant_id.as_str())
-            .env("FINPOOL_NODE", &placement.node)
-            .stdin(Stdio::null())
-            .stdout(writer.try_clone()?)
-            .stderr(writer)
-            .kill_on_drop(false)
-            // Its own process group, so a stop reaches every child it forks
-            // (unsandboxed; a sandboxed job is its PID namespace).
-            .process_group(0);
-        if let finpool_domain::GpuRequest::Share { milli, memory_mib } = job.spec.resources.gpu {
-            command.env("FINPOOL_GPU_MILLI", milli.to_string());
-            if memory_mib > 0 {
-                command.env("FINPOOL_GPU_MEMORY_MIB", memory_mib.to_string());
-            }
         }
-        if let Some(model) = model_dir {
-            command.env("FINPOOL_MODEL_PATH", models.join(model));
+        None => {
+            let mut command = tokio::process::Command::new(&argv[0]);
+            command.args(&argv[1..]).current_dir(&work_dir);
+            (
+                command,
+                work_dir.clone(),
+                config.model_cache_dir.clone(),
+                None,
+                None,
+            )
         }
-        let parent = std::process::id() as libc::pid_t;
-        let join_cgroup = cgroup_procs.as_ref().map(|fd| fd.as_raw_fd());
-        // SAFETY: only async-signal-safe calls (prctl, getppid, write,
-        // _exit) between fork and exec; the cgroup fd stays open in the
-        // parent until spawn returns.
-        unsafe {
-            command.pre_exec(move || {
-                // Die with the server, so no job outlives a crash unrecorded.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                // Into the job's cgroup before anything can fork.
-                if let Some(fd) = join_cgroup
-                    && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+    };
+    command
+        // The server's own environment (tokens, database URLs) is not
+        // the job's business.
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+        )
+        .env("HOME", &home)
+        .env("LANG", "C.UTF-8")
+        .env("TZ", "UTC")
+        .envs(&job.spec.env)
+        .env("CUDA_VISIBLE_DEVICES", placement.visible_devices())
+        .env("FINPOOL_JOB_ID", job.id.to_string())
+        .env("FINPOOL_TENANT_ID", job.tenant_id.as_str())
+        .env("FINPOOL_NODE", &placement.node)
+        .stdin(Stdio::null())
+        .stdout(writer.try_clone()?)
+        .stderr(writer)
+        .kill_on_drop(false)
+        // Its own process group, so a stop reaches every child it forks
+        // (unsandboxed; a sandboxed job is its PID namespace).
+        .process_group(0);
+    if let finpool_domain::GpuRequest::Share { milli, memory_mib } = job.spec.resources.gpu {
+        command.env("FINPOOL_GPU_MILLI", milli.to_string());
+        if memory_mib > 0 {
+            command.env("FINPOOL_GPU_MEMORY_MIB", memory_mib.to_string());
         }
-        let child = command.spawn();
-        drop(cgroup_procs);
-        // Our copies of the pipe's write end go with the command, so the
-        // log sees end-of-file once the job's last process is gone.
-        drop(command);
-        let child = match child {
-            Ok(child) => child,
-            Err(e) => {
-                if let Some(cg) = cgroup {
-                    tokio::spawn(async move {
-                        cg.kill_and_remove(Duration::ZERO).await;
-                    });
-                }
-                return Err(e);
-            }
-        };
-        let pid = child.id().map(|p| p as libc::pid_t).unwrap_or(0);
-        let procs = match self.config.sandbox {
-            Some(_) => JobProcs::Sandboxed {
-                monitor: pid,
-                cgroup,
-            },
-            None => JobProcs::Group(pid),
-        };
-        Ok(Spawned {
-            child,
-            procs,
-            log: tokio::spawn(copy_log(reader, log)),
-        })
     }
+    if let Some(model) = model_dir {
+        command.env("FINPOOL_MODEL_PATH", models.join(model));
+    }
+    let parent = std::process::id() as libc::pid_t;
+    let join_cgroup = cgroup_procs.as_ref().map(|fd| fd.as_raw_fd());
+    // SAFETY: only async-signal-safe calls (prctl, getppid, write,
+    // _exit) between fork and exec; the cgroup fd stays open in the
+    // parent until spawn returns.
+    unsafe {
+        command.pre_exec(move || {
+            // Die with the server, so no job outlives a crash unrecorded.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            // Into the job's cgroup before anything can fork.
+            if let Some(fd) = join_cgroup
+                && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn();
+    drop(cgroup_procs);
+    // Our copies of the pipe's write end go with the command, so the
+    // log sees end-of-file once the job's last process is gone.
+    drop(command);
+    let child = match child {
+        Ok(child) => child,
+        Err(e) => {
+            if let Some(cg) = cgroup {
+                tokio::spawn(async move {
+                    cg.kill_and_remove(Duration::ZERO).await;
+                });
+            }
+            return Err(e);
+        }
+    };
+    let pid = child.id().map(|p| p as libc::pid_t).unwrap_or(0);
+    let procs = match config.sandbox {
+        Some(_) => JobProcs::Sandboxed {
+            monitor: pid,
+            cgroup,
+        },
+        None => JobProcs::Group(pid),
+    };
+    Ok(Spawned {
+        child,
+        procs,
+        log: tokio::spawn(copy_log(reader, log)),
+    })
 }
 
 /// A started job: its process, every process of it, and the task
@@ -511,7 +550,10 @@ impl Watcher {
         // Its output, to the last byte, is in the log before its end is
         // recorded. A sandboxed job's processes are all gone by now; an
         // unsandboxed one may have left a `setsid` child holding the pipe.
-        if tokio::time::timeout(Duration::from_secs(2), log).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), log)
+            .await
+            .is_err()
+        {
             tracing::warn!(job = %self.job_id, "a process outside the job's group still holds its output");
         }
         let now = Timestamp::now();

@@ -147,7 +147,10 @@ pub async fn start(config: StandaloneConfig) -> Result<RunningPool, StartError> 
     let sandbox = Sandbox::prepare(&config.sandbox, &config.data_dir)?.map(Arc::new);
     let sandbox_status = match &sandbox {
         Some(s) => s.describe(),
-        None => format!("off (--sandbox {}): jobs run as the server's user", config.sandbox.mode),
+        None => format!(
+            "off (--sandbox {}): jobs run as the server's user",
+            config.sandbox.mode
+        ),
     };
     tracing::info!(sandbox = %sandbox_status, "job sandbox");
     let key = SigningKey::load_or_create(&config.data_dir)?;

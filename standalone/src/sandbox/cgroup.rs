@@ -47,7 +47,8 @@ impl Cgroups {
             && let Some(path) = own_path(&own, |controllers| controllers.is_empty())
         {
             let dir = m.dir_of(path);
-            let controllers = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+            let controllers =
+                fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
             if controllers.split_whitespace().any(|c| c == "pids") {
                 return setup_v2(&dir).map(|base| Self {
                     base,
@@ -61,8 +62,9 @@ impl Cgroups {
         else {
             return Err("a cgroup pids controller (neither a cgroup v1 `pids` hierarchy nor cgroup v2 with `pids` is mounted)".into());
         };
-        let Some(path) = own_path(&own, |controllers| controllers.split(',').any(|c| c == "pids"))
-        else {
+        let Some(path) = own_path(&own, |controllers| {
+            controllers.split(',').any(|c| c == "pids")
+        }) else {
             return Err("a cgroup pids controller (this process is in no v1 pids cgroup)".into());
         };
         let base = m.dir_of(path).join("finpool");
@@ -249,7 +251,12 @@ fn setup_v2(own: &Path) -> Result<PathBuf, String> {
     let base = own.join("finpool");
     fs::create_dir_all(&base)
         .and_then(|()| enable(&base))
-        .map_err(|e| format!("a cgroup v2 pids controller for jobs ({}: {e})", base.display()))?;
+        .map_err(|e| {
+            format!(
+                "a cgroup v2 pids controller for jobs ({}: {e})",
+                base.display()
+            )
+        })?;
     Ok(base)
 }
 

@@ -38,8 +38,8 @@ use finpool_domain::{JobId, Placement};
 use thiserror::Error;
 
 use self::cgroup::{Cgroups, JobCgroup};
-pub use self::uids::UidRange;
 use self::uids::UidMap;
+pub use self::uids::UidRange;
 
 /// Where a sandboxed job finds its work dir (also its `HOME`).
 pub const JOB_WORK_DIR: &str = "/finpool/work";
@@ -66,9 +66,7 @@ impl FromStr for SandboxMode {
             "required" => Ok(Self::Required),
             "best-effort" => Ok(Self::BestEffort),
             "off" => Ok(Self::Off),
-            other => Err(format!(
-                "{other:?}: expected required, best-effort or off"
-            )),
+            other => Err(format!("{other:?}: expected required, best-effort or off")),
         }
     }
 }
@@ -406,7 +404,7 @@ fn trial(bwrap: &Path, setpriv: &Path, system: &[OsString], uid: u32) -> Result<
         ])
         .args(system)
         .args(["--proc", "/proc", "--dev", "/dev"])
-            .args(["--perms", "1777", "--tmpfs", "/tmp"])
+        .args(["--perms", "1777", "--tmpfs", "/tmp"])
         .args(["--perms", "0755", "--dir", "/finpool"])
         .arg(setpriv)
         .args(drop_to(uid))

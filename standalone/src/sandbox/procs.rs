@@ -64,7 +64,9 @@ impl JobProcs {
             JobProcs::Group(pgid) => signal(-pgid, libc::SIGKILL),
             JobProcs::Sandboxed { cgroup, .. } => {
                 if let Some(cg) = cgroup {
-                    let left = cg.kill_and_remove(std::time::Duration::from_millis(100)).await;
+                    let left = cg
+                        .kill_and_remove(std::time::Duration::from_millis(100))
+                        .await;
                     if left > 0 {
                         tracing::warn!(processes = left, "killed processes a job left behind");
                     }

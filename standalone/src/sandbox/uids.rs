@@ -36,19 +36,21 @@ impl FromStr for UidRange {
         let (start, count) = s
             .split_once(':')
             .ok_or_else(|| format!("{s:?}: expected START:COUNT, e.g. 1500000000:1000000"))?;
-        let start: u32 = start
-            .parse()
-            .map_err(|e| format!("{s:?}: start: {e}"))?;
-        let count: u32 = count
-            .parse()
-            .map_err(|e| format!("{s:?}: count: {e}"))?;
+        let start: u32 = start.parse().map_err(|e| format!("{s:?}: start: {e}"))?;
+        let count: u32 = count.parse().map_err(|e| format!("{s:?}: count: {e}"))?;
         if start < 1000 {
             return Err(format!(
                 "{s:?}: the range must start at 1000 or above, clear of system users"
             ));
         }
-        if count == 0 || start.checked_add(count).is_none_or(|end| end > u32::MAX - 1) {
-            return Err(format!("{s:?}: count must be at least 1 and the range below 2^32-1"));
+        if count == 0
+            || start
+                .checked_add(count)
+                .is_none_or(|end| end > u32::MAX - 1)
+        {
+            return Err(format!(
+                "{s:?}: count must be at least 1 and the range below 2^32-1"
+            ));
         }
         Ok(Self { start, count })
     }
@@ -139,7 +141,10 @@ impl UidMap {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        writeln!(f, "# tenant uid: each tenant's jobs run as this uid and gid")?;
+        writeln!(
+            f,
+            "# tenant uid: each tenant's jobs run as this uid and gid"
+        )?;
         for (tenant, uid) in lines {
             writeln!(f, "{tenant} {uid}")?;
         }
