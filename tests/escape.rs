@@ -641,3 +641,55 @@ fn uuid_like() -> String {
         .as_nanos();
     format!("{t:x}-{}", std::process::id())
 }
+
+/// `--sandbox required` (the default) on a host that cannot sandbox jobs
+/// (here: not root) refuses to start, naming what is missing;
+/// `--sandbox best-effort` starts, and says jobs run unsandboxed.
+#[test]
+fn a_host_without_the_sandbox_refuses_to_start_unless_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("pool.toml"), TEST_POOL).unwrap();
+    std::os::unix::fs::chown(&data, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let up = |mode: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(finpool_bin())
+            .args(["up", "--listen", "127.0.0.1:0", "--sandbox", mode, "--data-dir"])
+            .arg(&data)
+            .arg("--pool")
+            .arg(data.join("pool.toml"))
+            .env_remove("FINPOOL_DATABASE_URL")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let out = up("required").wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without a sandbox:\n{stderr}");
+    assert!(
+        stderr.contains("--sandbox required: this host cannot sandbox jobs")
+            && stderr.contains("missing: root"),
+        "{stderr}"
+    );
+    let mut child = up("best-effort");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.starts_with("finpool is serving on") {
+            break;
+        }
+        line.clear();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.contains("job sandbox: off (--sandbox best-effort)"),
+        "{seen}"
+    );
+}
