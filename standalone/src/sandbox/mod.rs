@@ -26,6 +26,7 @@ pub mod cgroup;
 pub mod procs;
 pub mod uids;
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
@@ -128,6 +129,8 @@ pub struct Sandbox {
     pids_max: u32,
     uids: Mutex<UidMap>,
     range: UidRange,
+    /// Each NVIDIA card's device minor (`/dev/nvidia<minor>`) by UUID.
+    gpu_minors: HashMap<String, u32>,
 }
 
 /// What a sandboxed job's start needs beyond the command.
@@ -216,6 +219,7 @@ impl Sandbox {
             pids_max: config.pids_max,
             uids: Mutex::new(uids),
             range: config.uids,
+            gpu_minors: gpu_minors(Path::new("/proc/driver/nvidia/gpus")),
         }))
     }
 
@@ -292,7 +296,7 @@ impl Sandbox {
                 .arg(host_models_dir)
                 .arg(JOB_MODELS_DIR);
         }
-        for dev in gpu_devices(placement) {
+        for dev in gpu_devices(placement, &self.gpu_minors) {
             command.arg("--dev-bind").arg(&dev).arg(&dev);
         }
         command
@@ -326,12 +330,18 @@ fn drop_to(uid: u32) -> Vec<String> {
 }
 
 /// The device nodes of the job's own cards, plus the driver's shared
-/// control nodes, that exist on this host.
-fn gpu_devices(placement: &Placement) -> Vec<PathBuf> {
+/// control nodes, that exist on this host. A card's node is found by its
+/// UUID when the driver lists it (the minor need not be the index), else
+/// by its index.
+fn gpu_devices(placement: &Placement, minors: &HashMap<String, u32>) -> Vec<PathBuf> {
     if placement.gpus.is_empty() {
         return Vec::new();
     }
-    let mut indices: Vec<u32> = placement.gpus.iter().map(|g| g.index).collect();
+    let mut indices: Vec<u32> = placement
+        .gpus
+        .iter()
+        .map(|g| minors.get(&g.uuid).copied().unwrap_or(g.index))
+        .collect();
     indices.sort_unstable();
     indices.dedup();
     indices
@@ -356,6 +366,26 @@ fn system_dirs() -> impl Iterator<Item = &'static str> {
         "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc",
     ]
     .into_iter()
+}
+
+/// `Device Minor` by `GPU UUID` from the driver's
+/// `/proc/driver/nvidia/gpus/<bus id>/information` files.
+fn gpu_minors(dir: &Path) -> HashMap<String, u32> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return HashMap::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let info = std::fs::read_to_string(e.path().join("information")).ok()?;
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim_start().strip_prefix(':'))
+                    .map(|v| v.trim().to_owned())
+            };
+            Some((field("GPU UUID")?, field("Device Minor")?.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Read-only binds of the system directories that exist, in order; the
@@ -444,6 +474,20 @@ mod tests {
             node: "n".into(),
             gpus: vec![],
         };
-        assert!(gpu_devices(&p).is_empty());
+        assert!(gpu_devices(&p, &HashMap::new()).is_empty());
+    }
+
+    #[test]
+    fn gpu_minors_come_from_the_driver() {
+        let dir = tempfile::tempdir().unwrap();
+        let card = dir.path().join("0000:3b:00.0");
+        std::fs::create_dir(&card).unwrap();
+        std::fs::write(
+            card.join("information"),
+            "Model: \t\t NVIDIA H200\nIRQ:   \t\t 42\nGPU UUID: \t GPU-1234\nDevice Minor: \t 3\n",
+        )
+        .unwrap();
+        let minors = gpu_minors(dir.path());
+        assert_eq!(minors.get("GPU-1234"), Some(&3));
     }
 }
