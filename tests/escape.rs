@@ -443,6 +443,76 @@ async fn a_job_cannot_fork_past_the_pids_limit() {
     assert!(left.is_empty(), "outlived the job: {left:?}");
 }
 
+/// The loader variables a tenant may set (`LD_AUDIT`, `LD_LIBRARY_PATH`,
+/// ...) would load the tenant's code into any process that gets them. No
+/// process of the job that runs as root (bubblewrap, its init, setpriv)
+/// may have the job's environment; nor may it show on the host's process
+/// list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_environment_never_reaches_a_root_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, mut alpha, _) = pool(dir.path(), &[], &[]).await;
+    let secret = format!("secret-{}", uuid_like());
+    let mut spec = shell_job(
+        "loader",
+        whole(1),
+        &attack("echo \"audit=$LD_AUDIT\"; sleep 60"),
+    );
+    spec.env = [
+        ("LD_AUDIT".to_owned(), "/finpool/work/evil.so".to_owned()),
+        ("LD_LIBRARY_PATH".to_owned(), "/finpool/work".to_owned()),
+        ("API_TOKEN".to_owned(), secret.clone()),
+    ]
+    .into();
+    let job = submit(&mut alpha, spec).await;
+    let marker = format!("FINPOOL_JOB_ID={}", job.id);
+    let start = Instant::now();
+    let procs = loop {
+        let procs: Vec<(i32, u32, String, String)> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter_map(|pid| {
+                let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+                let env = String::from_utf8_lossy(&env).replace('\0', "\n");
+                if !env.lines().any(|l| l == marker) {
+                    return None;
+                }
+                let uid = std::fs::metadata(format!("/proc/{pid}")).ok()?.uid();
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                Some((pid, uid, env, String::from_utf8_lossy(&cmdline).into_owned()))
+            })
+            .collect();
+        if procs.iter().any(|(_, _, _, cmd)| cmd.starts_with("sleep")) {
+            break procs;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the job never started: {procs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = read_logs(&mut alpha, &job.id).await;
+    assert_unprivileged(&log);
+    assert_has(&log, "audit=/finpool/work/evil.so");
+    assert!(procs.iter().any(|(_, uid, _, _)| *uid == 0), "bubblewrap runs as root: {procs:?}");
+    for (pid, uid, env, cmdline) in &procs {
+        assert!(!cmdline.contains(&secret), "process {pid} shows the secret: {cmdline}");
+        if *uid == 0 {
+            for var in ["LD_AUDIT", "LD_LIBRARY_PATH", "API_TOKEN"] {
+                assert!(!env.contains(var), "root process {pid} ({cmdline}) got {var}:\n{env}");
+            }
+        }
+    }
+    // Every process on the host: the secret is on none's command line.
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) {
+            assert!(
+                !String::from_utf8_lossy(&cmdline).contains(&secret),
+                "{:?} shows the secret",
+                e.path()
+            );
+        }
+    }
+}
+
 /// The data dir is private (0700, files 0600) and one server holds it:
 /// a second `finpool up` on it exits with a clear error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@
 //! kills whatever of it is left, and records how it ended.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
@@ -23,7 +24,7 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::sandbox::Sandbox;
+use crate::sandbox::{self, Sandbox};
 use crate::sandbox::procs::JobProcs;
 
 #[derive(Debug, Clone)]
@@ -348,7 +349,49 @@ fn spawn_process(
         }
         None => None,
     };
-    let (mut command, home, models, cgroup, cgroup_procs) = match &config.sandbox {
+    let (home, models) = match &config.sandbox {
+        Some(_) => (
+            PathBuf::from(sandbox::JOB_WORK_DIR),
+            PathBuf::from(sandbox::JOB_MODELS_DIR),
+        ),
+        None => (work_dir.clone(), config.model_cache_dir.clone()),
+    };
+    // The job's whole environment. The server's own (tokens, database
+    // URLs) is not the job's business.
+    let mut env: Vec<(OsString, OsString)> = vec![
+        (
+            "PATH".into(),
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+        ),
+        ("HOME".into(), home.into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("TZ".into(), "UTC".into()),
+    ];
+    env.extend(
+        job.spec
+            .env
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+    );
+    env.extend([
+        (
+            "CUDA_VISIBLE_DEVICES".into(),
+            placement.visible_devices().into(),
+        ),
+        ("FINPOOL_JOB_ID".into(), job.id.to_string().into()),
+        ("FINPOOL_TENANT_ID".into(), job.tenant_id.as_str().into()),
+        ("FINPOOL_NODE".into(), placement.node.clone().into()),
+    ]);
+    if let finpool_domain::GpuRequest::Share { milli, memory_mib } = job.spec.resources.gpu {
+        env.push(("FINPOOL_GPU_MILLI".into(), milli.to_string().into()));
+        if memory_mib > 0 {
+            env.push(("FINPOOL_GPU_MEMORY_MIB".into(), memory_mib.to_string().into()));
+        }
+    }
+    if let Some(model) = model_dir {
+        env.push(("FINPOOL_MODEL_PATH".into(), models.join(model).into()));
+    }
+    let (mut command, cgroup, cgroup_procs, env_file) = match &config.sandbox {
         Some(sandbox) => {
             let p = sandbox.prepare_job(
                 job.id,
@@ -357,43 +400,21 @@ fn spawn_process(
                 &work_dir,
                 &config.model_cache_dir,
                 &argv,
+                &env,
             )?;
-            (
-                p.command,
-                p.work_dir,
-                p.models_dir,
-                p.cgroup,
-                p.cgroup_procs,
-            )
+            (p.command, p.cgroup, p.cgroup_procs, Some(p.env_file))
         }
         None => {
             let mut command = tokio::process::Command::new(&argv[0]);
-            command.args(&argv[1..]).current_dir(&work_dir);
-            (
-                command,
-                work_dir.clone(),
-                config.model_cache_dir.clone(),
-                None,
-                None,
-            )
+            command
+                .args(&argv[1..])
+                .current_dir(&work_dir)
+                .env_clear()
+                .envs(env);
+            (command, None, None, None)
         }
     };
     command
-        // The server's own environment (tokens, database URLs) is not
-        // the job's business.
-        .env_clear()
-        .env(
-            "PATH",
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
-        )
-        .env("HOME", &home)
-        .env("LANG", "C.UTF-8")
-        .env("TZ", "UTC")
-        .envs(&job.spec.env)
-        .env("CUDA_VISIBLE_DEVICES", placement.visible_devices())
-        .env("FINPOOL_JOB_ID", job.id.to_string())
-        .env("FINPOOL_TENANT_ID", job.tenant_id.as_str())
-        .env("FINPOOL_NODE", &placement.node)
         .stdin(Stdio::null())
         .stdout(writer.try_clone()?)
         .stderr(writer)
@@ -401,20 +422,12 @@ fn spawn_process(
         // Its own process group, so a stop reaches every child it forks
         // (unsandboxed; a sandboxed job is its PID namespace).
         .process_group(0);
-    if let finpool_domain::GpuRequest::Share { milli, memory_mib } = job.spec.resources.gpu {
-        command.env("FINPOOL_GPU_MILLI", milli.to_string());
-        if memory_mib > 0 {
-            command.env("FINPOOL_GPU_MEMORY_MIB", memory_mib.to_string());
-        }
-    }
-    if let Some(model) = model_dir {
-        command.env("FINPOOL_MODEL_PATH", models.join(model));
-    }
     let parent = std::process::id() as libc::pid_t;
     let join_cgroup = cgroup_procs.as_ref().map(|fd| fd.as_raw_fd());
-    // SAFETY: only async-signal-safe calls (prctl, getppid, write,
-    // _exit) between fork and exec; the cgroup fd stays open in the
-    // parent until spawn returns.
+    let pass_env = env_file.as_ref().map(|fd| fd.as_raw_fd());
+    // SAFETY: only async-signal-safe calls (prctl, getppid, write, fcntl,
+    // _exit) between fork and exec; the fds stay open in the parent until
+    // spawn returns.
     unsafe {
         command.pre_exec(move || {
             // Die with the server, so no job outlives a crash unrecorded.
@@ -430,11 +443,19 @@ fn spawn_process(
             {
                 return Err(std::io::Error::last_os_error());
             }
+            // bubblewrap copies the job's environment from this fd: kept
+            // open across exec in this child only.
+            if let Some(fd) = pass_env
+                && libc::fcntl(fd, libc::F_SETFD, 0) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
     let child = command.spawn();
     drop(cgroup_procs);
+    drop(env_file);
     // Our copies of the pipe's write end go with the command, so the
     // log sees end-of-file once the job's last process is gone.
     drop(command);

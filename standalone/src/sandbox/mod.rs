@@ -28,7 +28,7 @@ pub mod uids;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -46,6 +46,11 @@ pub use self::uids::UidRange;
 pub const JOB_WORK_DIR: &str = "/finpool/work";
 /// Where a sandboxed job finds the model cache, read-only.
 pub const JOB_MODELS_DIR: &str = "/finpool/models";
+/// The job's environment, as a file in its view (read-only).
+pub const JOB_ENV_FILE: &str = "/finpool/job.env";
+/// What runs the job's command, as the tenant's uid: with only the
+/// environment in [`JOB_ENV_FILE`].
+const LOAD_ENV_AND_EXEC: &str = "unset PATH FINPOOL_JOB_ID; set -a; . /finpool/job.env || exit 127; set +a; exec \"$@\"";
 /// The tenant-to-uid table in the data dir.
 pub const UID_FILE: &str = "sandbox-uids";
 
@@ -122,6 +127,9 @@ pub enum SandboxError {
 pub struct Sandbox {
     bwrap: PathBuf,
     setpriv: PathBuf,
+    /// The shell that loads the job's environment once `setpriv` has
+    /// dropped root, then execs the job's command.
+    sh: PathBuf,
     /// The read-only view of the system, as bubblewrap arguments (with a
     /// tmpfs over the data dir should it lie inside that view).
     system: Vec<OsString>,
@@ -135,10 +143,12 @@ pub struct Sandbox {
 
 /// What a sandboxed job's start needs beyond the command.
 pub struct Prepared {
+    /// bubblewrap, with a minimal environment of its own.
     pub command: tokio::process::Command,
-    /// Where its work dir and the model cache are in its view.
-    pub work_dir: PathBuf,
-    pub models_dir: PathBuf,
+    /// The job's environment, which bubblewrap copies into the sandbox
+    /// (a memfd, close-on-exec: the child must clear that flag before it
+    /// execs).
+    pub env_file: OwnedFd,
     pub cgroup: Option<JobCgroup>,
     /// The cgroup's `cgroup.procs`, for the child to join before exec.
     pub cgroup_procs: Option<OwnedFd>,
@@ -177,6 +187,10 @@ impl Sandbox {
         if setpriv.is_none() {
             missing.push("setpriv (`setpriv` is not on PATH; Debian: util-linux)".into());
         }
+        let sh = find_program("sh");
+        if sh.is_none() {
+            missing.push("a shell (`sh` is not on PATH)".into());
+        }
         let mut system = system_view();
         if let Ok(data) = std::fs::canonicalize(data_dir)
             && system_dirs().any(|d| data.starts_with(d))
@@ -184,9 +198,9 @@ impl Sandbox {
             system.extend(["--tmpfs".into(), data.into_os_string()]);
         }
         let mut sandbox = None;
-        if let (Some(bwrap), Some(setpriv), 0) = (bwrap, setpriv, euid) {
+        if let (Some(bwrap), Some(setpriv), Some(sh), 0) = (bwrap, setpriv, sh, euid) {
             match trial(&bwrap, &setpriv, &system, config.uids.start) {
-                Ok(()) => sandbox = Some((bwrap, setpriv)),
+                Ok(()) => sandbox = Some((bwrap, setpriv, sh)),
                 Err(why) => missing.push(why),
             }
         }
@@ -204,7 +218,7 @@ impl Sandbox {
             tracing::warn!(missing = %missing.join("; "),
                 "--sandbox best-effort: jobs get less isolation than they should");
         }
-        let Some((bwrap, setpriv)) = sandbox else {
+        let Some((bwrap, setpriv, sh)) = sandbox else {
             tracing::warn!("--sandbox best-effort: jobs run unsandboxed, as the server's user");
             return Ok(None);
         };
@@ -214,6 +228,7 @@ impl Sandbox {
         Ok(Some(Sandbox {
             bwrap,
             setpriv,
+            sh,
             system,
             cgroups,
             pids_max: config.pids_max,
@@ -250,7 +265,15 @@ impl Sandbox {
     }
 
     /// Makes the job's work dir its tenant's, its cgroup, and the command
-    /// that runs `argv` in the sandbox.
+    /// that runs `argv` in the sandbox with exactly `env`.
+    ///
+    /// Nothing of the job's environment reaches a process that still runs
+    /// as root: bubblewrap and `setpriv` get a minimal one (a tenant's
+    /// `LD_AUDIT` or `LD_LIBRARY_PATH` must not load into them). The
+    /// job's own goes into the sandbox as a file, [`JOB_ENV_FILE`], which
+    /// a shell running as the tenant's uid loads before it execs the
+    /// job's command; so it is never on a command line either.
+    #[allow(clippy::too_many_arguments)]
     pub fn prepare_job(
         &self,
         job: JobId,
@@ -259,6 +282,7 @@ impl Sandbox {
         host_work_dir: &Path,
         host_models_dir: &Path,
         argv: &[String],
+        env: &[(OsString, OsString)],
     ) -> std::io::Result<Prepared> {
         let uid = self
             .uids
@@ -267,53 +291,125 @@ impl Sandbox {
             .uid_for(tenant)?;
         std::os::unix::fs::chown(host_work_dir, Some(uid), Some(uid))?;
         std::fs::set_permissions(host_work_dir, std::fs::Permissions::from_mode(0o700))?;
+
+        let env_file = env_memfd(env)?;
+        let mut args: Vec<OsString> = [
+            "--die-with-parent",
+            "--new-session",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+        ]
+        .map(OsString::from)
+        .to_vec();
+        args.extend(self.system.iter().cloned());
+        args.extend(
+            [
+                "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp",
+                "--perms", "0755", "--dir", "/finpool", "--bind",
+            ]
+            .map(OsString::from),
+        );
+        args.extend([host_work_dir.into(), JOB_WORK_DIR.into()]);
+        if host_models_dir.is_dir() {
+            args.extend([
+                "--ro-bind".into(),
+                host_models_dir.into(),
+                JOB_MODELS_DIR.into(),
+            ]);
+        }
+        for dev in gpu_devices(placement, &self.gpu_minors) {
+            args.extend(["--dev-bind".into(), dev.clone().into(), dev.into()]);
+        }
+        args.extend([
+            "--perms".into(),
+            "0444".into(),
+            "--ro-bind-data".into(),
+            env_file.as_raw_fd().to_string().into(),
+            JOB_ENV_FILE.into(),
+        ]);
+        args.extend(["--chdir".into(), JOB_WORK_DIR.into()]);
+        args.push(self.setpriv.clone().into());
+        args.extend(drop_to(uid).into_iter().map(OsString::from));
+        args.extend([
+            "--".into(),
+            self.sh.clone().into(),
+            "-c".into(),
+            LOAD_ENV_AND_EXEC.into(),
+            "finpool-job".into(),
+        ]);
+        args.extend(argv.iter().map(OsString::from));
+
         let cgroup = match &self.cgroups {
             Some(c) => Some(c.create(job, self.pids_max)?),
             None => None,
         };
-        let cgroup_procs = cgroup.as_ref().map(|c| c.procs_file()).transpose()?;
-
+        let cgroup_procs = match cgroup.as_ref().map(|c| c.procs_file()).transpose() {
+            Ok(fd) => fd,
+            Err(e) => {
+                if let Some(cg) = &cgroup {
+                    cg.kill_all();
+                }
+                return Err(e);
+            }
+        };
         let mut command = tokio::process::Command::new(&self.bwrap);
         command
-            .args([
-                "--die-with-parent",
-                "--new-session",
-                "--unshare-pid",
-                "--unshare-ipc",
-                "--unshare-uts",
-                "--unshare-cgroup-try",
-            ])
-            .args(&self.system)
-            .args(["--proc", "/proc", "--dev", "/dev"])
-            .args(["--perms", "1777", "--tmpfs", "/tmp"])
-            .args(["--perms", "0755", "--dir", "/finpool"])
-            .arg("--bind")
-            .arg(host_work_dir)
-            .arg(JOB_WORK_DIR);
-        if host_models_dir.is_dir() {
-            command
-                .arg("--ro-bind")
-                .arg(host_models_dir)
-                .arg(JOB_MODELS_DIR);
-        }
-        for dev in gpu_devices(placement, &self.gpu_minors) {
-            command.arg("--dev-bind").arg(&dev).arg(&dev);
-        }
-        command
-            .args(["--chdir", JOB_WORK_DIR])
-            .arg(&self.setpriv)
-            .args(drop_to(uid))
-            .arg("--")
-            .args(argv);
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            // So start-up reconciliation's scan finds bubblewrap too.
+            .env("FINPOOL_JOB_ID", job.to_string());
         Ok(Prepared {
             command,
-            work_dir: PathBuf::from(JOB_WORK_DIR),
-            models_dir: PathBuf::from(JOB_MODELS_DIR),
+            env_file,
             cgroup,
             cgroup_procs,
             uid,
         })
     }
+}
+
+/// The job's environment as `export NAME='value'` lines, in a memfd read
+/// from its start. Names are checked by job validation (and ours are
+/// fixed); values are single-quoted, so nothing in them is interpreted.
+fn env_memfd(env: &[(OsString, OsString)]) -> std::io::Result<OwnedFd> {
+    use std::io::{Seek, Write};
+    use std::os::unix::ffi::OsStrExt;
+    let mut text = Vec::new();
+    for (key, value) in env {
+        let key = key.as_bytes();
+        let valid = key.first().is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+            && key.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
+        if !valid || value.as_bytes().contains(&0) {
+            return Err(std::io::Error::other(format!(
+                "environment variable {:?} cannot be passed on",
+                String::from_utf8_lossy(key)
+            )));
+        }
+        text.extend_from_slice(b"export ");
+        text.extend_from_slice(key);
+        text.extend_from_slice(b"='");
+        for b in value.as_bytes() {
+            if *b == b'\'' {
+                text.extend_from_slice(b"'\\''");
+            } else {
+                text.push(*b);
+            }
+        }
+        text.extend_from_slice(b"'\n");
+    }
+    // SAFETY: a valid C string; the fd returned is ours to own.
+    let fd = unsafe { libc::memfd_create(c"finpool-job-env".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.write_all(&text)?;
+    file.rewind()?;
+    Ok(file.into())
 }
 
 /// setpriv's arguments: become `uid`/`uid` with no groups, no
@@ -466,6 +562,31 @@ mod tests {
         }
         assert!("on".parse::<SandboxMode>().is_err());
         assert_eq!(SandboxMode::default(), SandboxMode::Required);
+    }
+
+    #[test]
+    fn the_environment_file_quotes_every_value() {
+        use std::io::Read;
+        let env = [
+            (OsString::from("A"), OsString::from("it's $HOME `x` \\n")),
+            (OsString::from("B"), OsString::from("line\nbreak")),
+        ];
+        let mut text = String::new();
+        std::fs::File::from(env_memfd(&env).unwrap())
+            .read_to_string(&mut text)
+            .unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{text}\nprintf '%s|%s' \"$A\" \"$B\""))
+            .env_clear()
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "it's $HOME `x` \\n|line\nbreak"
+        );
+        let bad = [(OsString::from("A B"), OsString::from("x"))];
+        assert!(env_memfd(&bad).is_err());
     }
 
     #[test]
