@@ -138,6 +138,7 @@ async fn a_job_cannot_read_or_write_the_database() {
              printf PWNED-%s DB >> {d}; echo append=$?; \
              printf PWNED-%s DB >> {d}-wal; echo wal=$?; \
              mkdir -p {p} 2>&1; echo mkdir=$?; \
+             printf fds=; ls /proc/$$/fd | sort -n | tr '\\n' ' '; echo; \
              for f in /proc/[0-9]*/fd/*; do head -c 16 \"$f\" 2>/dev/null; done; echo end",
             p = dir.path().display()
         ),
@@ -146,6 +147,8 @@ async fn a_job_cannot_read_or_write_the_database() {
     assert_lacks(&log, "SQLite format 3");
     assert_line(&log, &format!("{d}'"), "No such file or directory");
     assert_has(&log, "read=1");
+    // No descriptor of the server's (the database's, say) is inherited.
+    assert_has(&log, "fds=0 1 2 \n");
     assert_lacks(&log, "append=0");
     assert_lacks(&log, "wal=0");
     assert_has(&log, "end");

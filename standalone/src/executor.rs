@@ -391,7 +391,7 @@ fn spawn_process(
     if let Some(model) = model_dir {
         env.push(("FINPOOL_MODEL_PATH".into(), models.join(model).into()));
     }
-    let (mut command, cgroup, cgroup_procs, env_file) = match &config.sandbox {
+    let (mut command, cgroup, cgroup_procs, sandbox_fds) = match &config.sandbox {
         Some(sandbox) => {
             let p = sandbox.prepare_job(
                 job.id,
@@ -402,7 +402,7 @@ fn spawn_process(
                 &argv,
                 &env,
             )?;
-            (p.command, p.cgroup, p.cgroup_procs, Some(p.env_file))
+            (p.command, p.cgroup, p.cgroup_procs, Some((p.args, p.env_file)))
         }
         None => {
             let mut command = tokio::process::Command::new(&argv[0]);
@@ -424,7 +424,10 @@ fn spawn_process(
         .process_group(0);
     let parent = std::process::id() as libc::pid_t;
     let join_cgroup = cgroup_procs.as_ref().map(|fd| fd.as_raw_fd());
-    let pass_env = env_file.as_ref().map(|fd| fd.as_raw_fd());
+    let pass: [libc::c_int; 2] = match &sandbox_fds {
+        Some((args, env)) => [args.as_raw_fd(), env.as_raw_fd()],
+        None => [-1, -1],
+    };
     // SAFETY: only async-signal-safe calls (prctl, getppid, write, fcntl,
     // _exit) between fork and exec; the fds stay open in the parent until
     // spawn returns.
@@ -443,19 +446,22 @@ fn spawn_process(
             {
                 return Err(std::io::Error::last_os_error());
             }
-            // bubblewrap copies the job's environment from this fd: kept
-            // open across exec in this child only.
-            if let Some(fd) = pass_env
-                && libc::fcntl(fd, libc::F_SETFD, 0) != 0
-            {
-                return Err(std::io::Error::last_os_error());
+            // bubblewrap reads its arguments and the job's environment
+            // from these fds: kept open across exec in this child only.
+            for fd in pass {
+                if fd >= 0 && libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
+            // Nothing else the server has open (or inherited from
+            // whoever started it) reaches the job.
+            close_fds_except(pass);
             Ok(())
         });
     }
     let child = command.spawn();
     drop(cgroup_procs);
-    drop(env_file);
+    drop(sandbox_fds);
     // Our copies of the pipe's write end go with the command, so the
     // log sees end-of-file once the job's last process is gone.
     drop(command);
@@ -483,6 +489,42 @@ fn spawn_process(
         procs,
         log: tokio::spawn(copy_log(reader, log)),
     })
+}
+
+/// Closes every fd from 3 up except those in `keep` (sorted or not; -1
+/// for none). Async-signal-safe: for between fork and exec.
+fn close_fds_except(keep: [libc::c_int; 2]) {
+    let (a, b) = if keep[0] <= keep[1] {
+        (keep[0], keep[1])
+    } else {
+        (keep[1], keep[0])
+    };
+    let mut from: libc::c_uint = 3;
+    for k in [a, b] {
+        if k >= from as libc::c_int {
+            close_range(from, k as libc::c_uint - 1);
+            from = k as libc::c_uint + 1;
+        }
+    }
+    close_range(from, libc::c_uint::MAX);
+}
+
+fn close_range(first: libc::c_uint, last: libc::c_uint) {
+    if first > last {
+        return;
+    }
+    // SAFETY: close_range only closes descriptors.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    if r != 0 {
+        // Before Linux 5.9: one by one, up to the fd limit.
+        // SAFETY: sysconf and close have no memory-safety preconditions.
+        let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) }.clamp(0, 1 << 20) as libc::c_uint;
+        for fd in first..=last.min(max) {
+            unsafe {
+                libc::close(fd as libc::c_int);
+            }
+        }
+    }
 }
 
 /// A started job: its process, every process of it, and the task

@@ -143,8 +143,12 @@ pub struct Sandbox {
 
 /// What a sandboxed job's start needs beyond the command.
 pub struct Prepared {
-    /// bubblewrap, with a minimal environment of its own.
+    /// bubblewrap, with a minimal environment of its own. It reads its
+    /// options from `args`, so the job does not see them (they name host
+    /// paths) on its init's command line.
     pub command: tokio::process::Command,
+    /// bubblewrap's options (a memfd, close-on-exec like `env_file`).
+    pub args: OwnedFd,
     /// The job's environment, which bubblewrap copies into the sandbox
     /// (a memfd, close-on-exec: the child must clear that flag before it
     /// execs).
@@ -330,7 +334,12 @@ impl Sandbox {
             JOB_ENV_FILE.into(),
         ]);
         args.extend(["--chdir".into(), JOB_WORK_DIR.into()]);
-        args.push(self.setpriv.clone().into());
+        let options = args_memfd(&args)?;
+        let mut args: Vec<OsString> = vec![
+            "--args".into(),
+            options.as_raw_fd().to_string().into(),
+            self.setpriv.clone().into(),
+        ];
         args.extend(drop_to(uid).into_iter().map(OsString::from));
         args.extend([
             "--".into(),
@@ -363,6 +372,7 @@ impl Sandbox {
             .env("FINPOOL_JOB_ID", job.to_string());
         Ok(Prepared {
             command,
+            args: options,
             env_file,
             cgroup,
             cgroup_procs,
@@ -371,11 +381,39 @@ impl Sandbox {
     }
 }
 
+/// bubblewrap's options, each NUL-terminated, in a memfd read from its
+/// start.
+fn args_memfd(args: &[OsString]) -> std::io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut bytes = Vec::new();
+    for arg in args {
+        if arg.as_bytes().contains(&0) {
+            return Err(std::io::Error::other("a NUL byte in a path"));
+        }
+        bytes.extend_from_slice(arg.as_bytes());
+        bytes.push(0);
+    }
+    memfd(c"finpool-bwrap-args", &bytes)
+}
+
+fn memfd(name: &std::ffi::CStr, bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    use std::io::{Seek, Write};
+    // SAFETY: a valid C string; the fd returned is ours to own.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.write_all(bytes)?;
+    file.rewind()?;
+    Ok(file.into())
+}
+
 /// The job's environment as `export NAME='value'` lines, in a memfd read
 /// from its start. Names are checked by job validation (and ours are
 /// fixed); values are single-quoted, so nothing in them is interpreted.
 fn env_memfd(env: &[(OsString, OsString)]) -> std::io::Result<OwnedFd> {
-    use std::io::{Seek, Write};
     use std::os::unix::ffi::OsStrExt;
     let mut text = Vec::new();
     for (key, value) in env {
@@ -400,16 +438,7 @@ fn env_memfd(env: &[(OsString, OsString)]) -> std::io::Result<OwnedFd> {
         }
         text.extend_from_slice(b"'\n");
     }
-    // SAFETY: a valid C string; the fd returned is ours to own.
-    let fd = unsafe { libc::memfd_create(c"finpool-job-env".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
-    file.write_all(&text)?;
-    file.rewind()?;
-    Ok(file.into())
+    memfd(c"finpool-job-env", &text)
 }
 
 /// setpriv's arguments: become `uid`/`uid` with no groups, no
