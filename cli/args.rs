@@ -286,6 +286,11 @@ pub struct SandboxArgs {
     /// pids.max).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub sandbox_pids_max: u32,
+    /// `host`: jobs share the host's network (they can reach whatever
+    /// listens there, the API included). `none`: a network namespace with
+    /// loopback only.
+    #[arg(long, default_value = "host", value_parser = ["host", "none"])]
+    pub sandbox_network: String,
 }
 
 impl SandboxArgs {
@@ -294,6 +299,7 @@ impl SandboxArgs {
             mode: self.sandbox,
             uids: self.sandbox_uids,
             pids_max: self.sandbox_pids_max,
+            network: self.sandbox_network == "host",
         }
     }
 }

@@ -24,8 +24,8 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::sandbox::{self, Sandbox};
 use crate::sandbox::procs::JobProcs;
+use crate::sandbox::{self, Sandbox};
 
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
@@ -385,7 +385,10 @@ fn spawn_process(
     if let finpool_domain::GpuRequest::Share { milli, memory_mib } = job.spec.resources.gpu {
         env.push(("FINPOOL_GPU_MILLI".into(), milli.to_string().into()));
         if memory_mib > 0 {
-            env.push(("FINPOOL_GPU_MEMORY_MIB".into(), memory_mib.to_string().into()));
+            env.push((
+                "FINPOOL_GPU_MEMORY_MIB".into(),
+                memory_mib.to_string().into(),
+            ));
         }
     }
     if let Some(model) = model_dir {
@@ -402,7 +405,12 @@ fn spawn_process(
                 &argv,
                 &env,
             )?;
-            (p.command, p.cgroup, p.cgroup_procs, Some((p.args, p.env_file)))
+            (
+                p.command,
+                p.cgroup,
+                p.cgroup_procs,
+                Some((p.args, p.env_file)),
+            )
         }
         None => {
             let mut command = tokio::process::Command::new(&argv[0]);

@@ -50,7 +50,8 @@ pub const JOB_MODELS_DIR: &str = "/finpool/models";
 pub const JOB_ENV_FILE: &str = "/finpool/job.env";
 /// What runs the job's command, as the tenant's uid: with only the
 /// environment in [`JOB_ENV_FILE`].
-const LOAD_ENV_AND_EXEC: &str = "unset PATH FINPOOL_JOB_ID; set -a; . /finpool/job.env || exit 127; set +a; exec \"$@\"";
+const LOAD_ENV_AND_EXEC: &str =
+    "unset PATH FINPOOL_JOB_ID; set -a; . /finpool/job.env || exit 127; set +a; exec \"$@\"";
 /// The tenant-to-uid table in the data dir.
 pub const UID_FILE: &str = "sandbox-uids";
 
@@ -94,6 +95,8 @@ pub struct SandboxConfig {
     pub uids: UidRange,
     /// The most processes (and threads) one job may have.
     pub pids_max: u32,
+    /// Whether jobs share the host's network or have none (loopback only).
+    pub network: bool,
 }
 
 impl Default for SandboxConfig {
@@ -102,6 +105,7 @@ impl Default for SandboxConfig {
             mode: SandboxMode::Required,
             uids: UidRange::default(),
             pids_max: 4096,
+            network: true,
         }
     }
 }
@@ -135,6 +139,7 @@ pub struct Sandbox {
     system: Vec<OsString>,
     cgroups: Option<Cgroups>,
     pids_max: u32,
+    network: bool,
     uids: Mutex<UidMap>,
     range: UidRange,
     /// Each NVIDIA card's device minor (`/dev/nvidia<minor>`) by UUID.
@@ -236,6 +241,7 @@ impl Sandbox {
             system,
             cgroups,
             pids_max: config.pids_max,
+            network: config.network,
             uids: Mutex::new(uids),
             range: config.uids,
             gpu_minors: gpu_minors(Path::new("/proc/driver/nvidia/gpus")),
@@ -245,9 +251,14 @@ impl Sandbox {
     /// One line for the server's start-up output.
     pub fn describe(&self) -> String {
         format!(
-            "bubblewrap {}, tenant uids {}, {}",
+            "bubblewrap {}, tenant uids {}, {}, {}",
             self.bwrap.display(),
             self.range,
+            if self.network {
+                "host network"
+            } else {
+                "no network"
+            },
             match &self.cgroups {
                 Some(c) => format!("pids.max {} ({})", self.pids_max, c.describe()),
                 None => "no pids limit (no cgroup pids controller)".into(),
@@ -307,6 +318,9 @@ impl Sandbox {
         ]
         .map(OsString::from)
         .to_vec();
+        if !self.network {
+            args.push("--unshare-net".into());
+        }
         args.extend(self.system.iter().cloned());
         args.extend(
             [
@@ -418,7 +432,9 @@ fn env_memfd(env: &[(OsString, OsString)]) -> std::io::Result<OwnedFd> {
     let mut text = Vec::new();
     for (key, value) in env {
         let key = key.as_bytes();
-        let valid = key.first().is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+        let valid = key
+            .first()
+            .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
             && key.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
         if !valid || value.as_bytes().contains(&0) {
             return Err(std::io::Error::other(format!(
