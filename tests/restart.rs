@@ -175,7 +175,7 @@ fn running_sleeps(job: &str) -> usize {
     job_pids(job)
         .into_iter()
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\0600\0")
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\x00600\x00")
         })
         .count()
 }

@@ -103,15 +103,13 @@ pub fn open(dir: &Path, sqlite: bool) -> Result<DataDirLock, DataDirError> {
             .open(&db)
             .map_err(io(&db))?;
     }
-    for sub in ["jobs"] {
-        let path = dir.join(sub);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&path)
-            .map_err(io(&path))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).map_err(io(&path))?;
-    }
+    let jobs = dir.join("jobs");
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&jobs)
+        .map_err(io(&jobs))?;
+    fs::set_permissions(&jobs, fs::Permissions::from_mode(0o700)).map_err(io(&jobs))?;
     // The model cache is bound read-only into sandboxed jobs, which run as
     // other uids: it must be readable by them (the data dir above it is
     // not reachable from outside).
