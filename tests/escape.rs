@@ -419,6 +419,66 @@ async fn a_setsid_child_does_not_survive_a_cancel() {
     }
 }
 
+/// The same escape when the job simply ends, or hits its max runtime:
+/// its `setsid` child goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setsid_child_does_not_outlive_its_jobs_end_or_max_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, mut alpha, _) = pool(dir.path(), &[], &[]).await;
+    let marker = uuid_like();
+    let ends = format!("sleep 600; : ends-{marker}");
+    let times_out = format!("sleep 600; : times-out-{marker}");
+    let a = submit(
+        &mut alpha,
+        shell_job(
+            "ends",
+            whole(1),
+            &attack(&format!("setsid sh -c '{ends}' & sleep 1; echo bye")),
+        ),
+    )
+    .await;
+    let mut spec = shell_job(
+        "times-out",
+        whole(1),
+        &attack(&format!("setsid sh -c '{times_out}' & sleep 600")),
+    );
+    spec.max_runtime = Some(prost_types::Duration {
+        seconds: 2,
+        nanos: 0,
+    });
+    let b = submit(&mut alpha, spec).await;
+    // Both escapees run before their jobs end.
+    let start = Instant::now();
+    while processes_running(&["sh", "-c", &ends]).is_empty()
+        || processes_running(&["sh", "-c", &times_out]).is_empty()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the escapees never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (id, cmd, state) in [
+        (&a.id, &ends, pb::JobState::Succeeded),
+        (&b.id, &times_out, pb::JobState::Failed),
+    ] {
+        wait_for(
+            &mut alpha,
+            Duration::from_secs(30),
+            "the job's end",
+            |jobs| {
+                let done = jobs.iter().any(|j| &j.id == id && j.state == state as i32);
+                if done {
+                    let left = processes_running(&["sh", "-c", cmd]);
+                    assert!(left.is_empty(), "outlived its job: {left:?}");
+                }
+                done
+            },
+        )
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_cannot_fork_past_the_pids_limit() {
     let dir = tempfile::tempdir().unwrap();
