@@ -290,7 +290,8 @@ async fn launch(
     match spawn_process(config, job, placement) {
         Ok(spawned) => {
             tracing::info!(job = %job.id, tenant = %job.tenant_id, node = %placement.node,
-                gpus = %placement.visible_devices(), pid = spawned.child.id(), "job started");
+                gpus = %placement.visible_devices(), pid = spawned.child.id(), uid = spawned.uid,
+                "job started");
             Some(spawned)
         }
         Err(e) => {
@@ -394,7 +395,7 @@ fn spawn_process(
     if let Some(model) = model_dir {
         env.push(("FINPOOL_MODEL_PATH".into(), models.join(model).into()));
     }
-    let (mut command, cgroup, cgroup_procs, sandbox_fds) = match &config.sandbox {
+    let (mut command, cgroup, cgroup_procs, sandbox_fds, uid) = match &config.sandbox {
         Some(sandbox) => {
             let p = sandbox.prepare_job(
                 job.id,
@@ -410,6 +411,7 @@ fn spawn_process(
                 p.cgroup,
                 p.cgroup_procs,
                 Some((p.args, p.env_file)),
+                Some(p.uid),
             )
         }
         None => {
@@ -419,7 +421,7 @@ fn spawn_process(
                 .current_dir(&work_dir)
                 .env_clear()
                 .envs(env);
-            (command, None, None, None)
+            (command, None, None, None, None)
         }
     };
     command
@@ -494,6 +496,7 @@ fn spawn_process(
     };
     Ok(Spawned {
         child,
+        uid,
         procs,
         log: tokio::spawn(copy_log(reader, log)),
     })
@@ -539,6 +542,8 @@ fn close_range(first: libc::c_uint, last: libc::c_uint) {
 /// copying its output into its log.
 struct Spawned {
     child: Child,
+    /// The tenant uid it runs as, when sandboxed.
+    uid: Option<u32>,
     procs: JobProcs,
     log: tokio::task::JoinHandle<()>,
 }
@@ -604,6 +609,7 @@ impl Watcher {
             mut child,
             procs,
             log,
+            ..
         } = spawned;
         let end = tokio::select! {
             status = child.wait() => match status {
