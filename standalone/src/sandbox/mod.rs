@@ -208,7 +208,7 @@ impl Sandbox {
         }
         let mut sandbox = None;
         if let (Some(bwrap), Some(setpriv), Some(sh), 0) = (bwrap, setpriv, sh, euid) {
-            match trial(&bwrap, &setpriv, &system, config.uids.start) {
+            match trial(&bwrap, &setpriv, &system, config) {
                 Ok(()) => sandbox = Some((bwrap, setpriv, sh)),
                 Err(why) => missing.push(why),
             }
@@ -563,7 +563,12 @@ fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// Runs `true` the way a job runs, to find out early whether it works.
-fn trial(bwrap: &Path, setpriv: &Path, system: &[OsString], uid: u32) -> Result<(), String> {
+fn trial(
+    bwrap: &Path,
+    setpriv: &Path,
+    system: &[OsString],
+    config: &SandboxConfig,
+) -> Result<(), String> {
     let out = std::process::Command::new(bwrap)
         .args([
             "--die-with-parent",
@@ -573,12 +578,13 @@ fn trial(bwrap: &Path, setpriv: &Path, system: &[OsString], uid: u32) -> Result<
             "--unshare-uts",
             "--unshare-cgroup-try",
         ])
+        .args((!config.network).then_some("--unshare-net"))
         .args(system)
         .args(["--proc", "/proc", "--dev", "/dev"])
         .args(["--perms", "1777", "--tmpfs", "/tmp"])
         .args(["--perms", "0755", "--dir", "/finpool"])
         .arg(setpriv)
-        .args(drop_to(uid))
+        .args(drop_to(config.uids.start))
         .args(["--", "true"])
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
