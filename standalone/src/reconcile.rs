@@ -72,7 +72,7 @@ pub async fn after_restart(
         .chain(requeue_after.iter().copied())
         .collect();
     if let Some(sandbox) = sandbox {
-        out.orphans_killed += sandbox.kill_leftovers(touched.iter().copied()).await;
+        out.orphans_killed += sandbox.kill_leftovers().await;
     }
     out.orphans_killed += kill_orphans(&touched);
     for result in store.transition_many(changes).await? {

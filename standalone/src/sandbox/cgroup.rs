@@ -3,7 +3,10 @@
 //! the kill at the end and at start-up reconciliation.
 //!
 //! cgroup v2 is used when its hierarchy offers the `pids` controller, else
-//! the v1 `pids` hierarchy. Jobs live in `<server's cgroup>/finpool/<job id>`.
+//! the v1 `pids` hierarchy. Jobs live in
+//! `<server's cgroup>/finpool/<data dir's scope>/<job id>`: one scope per
+//! data dir, which only the server holding that data dir's lock uses, so
+//! at start it can empty and remove whatever its previous run left there.
 
 use std::fs;
 use std::io::{self, Write};
@@ -34,9 +37,9 @@ pub struct JobCgroup {
 }
 
 impl Cgroups {
-    /// Finds a pids controller and prepares `<own cgroup>/finpool`. The
-    /// error says what is missing.
-    pub fn detect() -> Result<Self, String> {
+    /// Finds a pids controller and prepares `<own cgroup>/finpool/<scope>`.
+    /// The error says what is missing.
+    pub fn detect(scope: &str) -> Result<Self, String> {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
         let own = fs::read_to_string("/proc/self/cgroup")
@@ -50,7 +53,7 @@ impl Cgroups {
             let controllers =
                 fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
             if controllers.split_whitespace().any(|c| c == "pids") {
-                return setup_v2(&dir).map(|base| Self {
+                return setup_v2(&dir, scope).map(|base| Self {
                     base,
                     version: Version::V2,
                 });
@@ -67,7 +70,7 @@ impl Cgroups {
         }) else {
             return Err("a cgroup pids controller (this process is in no v1 pids cgroup)".into());
         };
-        let base = m.dir_of(path).join("finpool");
+        let base = m.dir_of(path).join("finpool").join(scope);
         fs::create_dir_all(&base)
             .map_err(|e| format!("a writable cgroup pids hierarchy ({}: {e})", base.display()))?;
         Ok(Self {
@@ -95,6 +98,26 @@ impl Cgroups {
         fs::create_dir(&cg.dir)?;
         fs::write(cg.dir.join("pids.max"), pids_max.to_string())?;
         Ok(cg)
+    }
+
+    /// Empties and removes every job cgroup in this scope: at start, none
+    /// of this data dir's jobs runs, so anything found there is left over
+    /// from the previous run. Returns how many processes it killed.
+    pub async fn clear(&self) -> usize {
+        let Ok(entries) = fs::read_dir(&self.base) else {
+            return 0;
+        };
+        let mut killed = 0;
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let cg = JobCgroup {
+                    dir: entry.path(),
+                    version: self.version,
+                };
+                killed += cg.kill_and_remove(Duration::ZERO).await;
+            }
+        }
+        killed
     }
 
     /// The cgroup `job` has (or would have).
@@ -226,10 +249,11 @@ fn own_path(cgroup: &str, matches: impl Fn(&str) -> bool) -> Option<&str> {
     })
 }
 
-/// cgroup v2: `pids` must be enabled for `own`'s children. A cgroup that
-/// holds processes cannot enable controllers for children, so the server
-/// first moves itself into a leaf, `own/server`, as delegated services do.
-fn setup_v2(own: &Path) -> Result<PathBuf, String> {
+/// cgroup v2: `pids` must be enabled for `own`'s children, and for those
+/// of each level down to the scope. A cgroup that holds processes cannot
+/// enable controllers for children, so the server first moves itself into
+/// a leaf, `own/server`, as delegated services do.
+fn setup_v2(own: &Path, scope: &str) -> Result<PathBuf, String> {
     let enable = |dir: &Path| {
         fs::OpenOptions::new()
             .write(true)
@@ -248,16 +272,19 @@ fn setup_v2(own: &Path) -> Result<PathBuf, String> {
                 )
             })?;
     }
-    let base = own.join("finpool");
-    fs::create_dir_all(&base)
-        .and_then(|()| enable(&base))
-        .map_err(|e| {
-            format!(
-                "a cgroup v2 pids controller for jobs ({}: {e})",
-                base.display()
-            )
-        })?;
-    Ok(base)
+    let mut dir = own.to_path_buf();
+    for level in ["finpool", scope] {
+        dir.push(level);
+        fs::create_dir_all(&dir)
+            .and_then(|()| enable(&dir))
+            .map_err(|e| {
+                format!(
+                    "a cgroup v2 pids controller for jobs ({}: {e})",
+                    dir.display()
+                )
+            })?;
+    }
+    Ok(dir)
 }
 
 #[cfg(test)]

@@ -33,7 +33,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use finpool_domain::{JobId, Placement};
 use thiserror::Error;
@@ -213,7 +212,7 @@ impl Sandbox {
                 Err(why) => missing.push(why),
             }
         }
-        let cgroups = match Cgroups::detect() {
+        let cgroups = match Cgroups::detect(&cgroup_scope(data_dir)) {
             Ok(c) => Some(c),
             Err(why) => {
                 missing.push(why);
@@ -266,17 +265,14 @@ impl Sandbox {
         )
     }
 
-    /// Kills whatever is left in `jobs`' cgroups (after a crash) and
-    /// removes them. Returns how many processes it found.
-    pub async fn kill_leftovers(&self, jobs: impl IntoIterator<Item = JobId>) -> usize {
-        let Some(cgroups) = &self.cgroups else {
-            return 0;
-        };
-        let mut killed = 0;
-        for job in jobs {
-            killed += cgroups.job(job).kill_and_remove(Duration::ZERO).await;
+    /// At start (no job of this data dir runs yet): kills whatever the
+    /// previous run's jobs left in their cgroups and removes them. Returns
+    /// how many processes it found.
+    pub async fn kill_leftovers(&self) -> usize {
+        match &self.cgroups {
+            Some(cgroups) => cgroups.clear().await,
+            None => 0,
         }
-        killed
     }
 
     /// Makes the job's work dir its tenant's, its cgroup, and the command
@@ -455,6 +451,20 @@ fn env_memfd(env: &[(OsString, OsString)]) -> std::io::Result<OwnedFd> {
         text.extend_from_slice(b"'\n");
     }
     memfd(c"finpool-job-env", &text)
+}
+
+/// The cgroup scope of a data dir: a digest of its canonical path.
+fn cgroup_scope(data_dir: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let digest = path
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("{digest:016x}")
 }
 
 /// setpriv's arguments: become `uid`/`uid` with no groups, no
