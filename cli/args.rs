@@ -283,12 +283,48 @@ pub struct UpArgs {
     /// a load time and not yet measured: load time = size ÷ bandwidth.
     #[arg(long, default_value_t = finpool_scheduler::cycle::DEFAULT_NODE_BANDWIDTH_MIB_S)]
     pub node_bandwidth_mib_s: u64,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Locality {
     On,
     Off,
+}
+
+/// How jobs are isolated (see the README's "Job sandbox").
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// `required`: every job runs in a bubblewrap sandbox as its tenant's
+    /// uid, and a host that cannot do that refuses to start.
+    /// `best-effort`: as much of it as the host allows, with warnings.
+    /// `off`: jobs run as the server's user.
+    #[arg(long, default_value = "required", value_name = "MODE")]
+    pub sandbox: finpool_standalone::SandboxMode,
+    /// The uids (and gids) tenants' jobs run as, one per tenant.
+    #[arg(long, default_value_t = finpool_standalone::UidRange::default(), value_name = "START:COUNT")]
+    pub sandbox_uids: finpool_standalone::UidRange,
+    /// The most processes and threads one job may have (its cgroup's
+    /// pids.max).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sandbox_pids_max: u32,
+    /// `host`: jobs share the host's network (they can reach whatever
+    /// listens there, the API included). `none`: a network namespace with
+    /// loopback only.
+    #[arg(long, default_value = "host", value_parser = ["host", "none"])]
+    pub sandbox_network: String,
+}
+
+impl SandboxArgs {
+    pub fn config(&self) -> finpool_standalone::SandboxConfig {
+        finpool_standalone::SandboxConfig {
+            mode: self.sandbox,
+            uids: self.sandbox_uids,
+            pids_max: self.sandbox_pids_max,
+            network: self.sandbox_network == "host",
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -299,6 +335,10 @@ pub struct DemoArgs {
     /// Run on this pool file instead of the built-in example pool.
     #[arg(long)]
     pub pool: Option<PathBuf>,
+    /// The demo's jobs are its own, so it sandboxes them as far as the
+    /// host allows (`best-effort`) unless told otherwise.
+    #[arg(long, default_value = "best-effort", value_name = "MODE")]
+    pub sandbox: finpool_standalone::SandboxMode,
 }
 
 #[derive(Debug, Subcommand)]

@@ -100,6 +100,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut config = StandaloneConfig::new(&data_dir, "127.0.0.1:0".parse()?);
     config.pool_file = args.pool.clone();
     config.stop_grace = Duration::from_secs(2);
+    config.sandbox.mode = args.sandbox;
     let pool = finpool_standalone::start(config)
         .await
         .context("starting the demo pool")?;
@@ -126,6 +127,7 @@ async fn drive(
         pool.origin,
         pool.addr
     );
+    println!("job sandbox: {}", pool.sandbox);
     let class = |i: usize| {
         classes
             .get(i)

@@ -18,11 +18,12 @@ async fn a_crash_loses_no_job_and_leaves_none_running() {
     create_tenant(&mut op, "alpha", 2, 4).await;
     let mut alpha = server.tenant("alpha").await;
 
-    // Long jobs record their PIDs (the shell and its child) so we can check
-    // the processes die with the server.
-    let pids = dir.path().join("pids");
-    std::fs::create_dir_all(&pids).unwrap();
-    let script = |name: &str| format!("sleep 600 & echo $$ $! > {}/{name}; wait", pids.display());
+    // Long jobs leave a child running; we find every process of a job on
+    // the host by the job id in its environment, so we can check they die
+    // with the server.
+    // One child escapes into its own session, as a tenant trying to
+    // outlive a crash would.
+    let script = |_: &str| "setsid sleep 600 & sleep 600 & echo started; wait".to_owned();
     let mut acknowledged = Vec::new();
     for i in 0..2 {
         let name = format!("fail-{i}");
@@ -32,13 +33,17 @@ async fn a_crash_loses_no_job_and_leaves_none_running() {
                 .id,
         );
     }
+    let mut requeued = Vec::new();
     for i in 0..2 {
         let name = format!("requeue-{i}");
         let mut spec = shell_job(&name, whole(1), &script(&name));
         spec.restart_policy = pb::RestartPolicy::Requeue as i32;
         spec.idempotency_key = format!("key-{name}");
-        acknowledged.push(submit(&mut alpha, spec).await.id);
+        let id = submit(&mut alpha, spec).await.id;
+        requeued.push(id.clone());
+        acknowledged.push(id);
     }
+    let first_four = acknowledged.clone();
     // More than the limit of 4: these wait in the queue.
     for i in 0..3 {
         acknowledged.push(
@@ -59,29 +64,15 @@ async fn a_crash_loses_no_job_and_leaves_none_running() {
                 .filter(|j| j.state == pb::JobState::Running as i32)
                 .count()
                 == 4
-                && (0..2).all(|i| {
-                    pids.join(format!("fail-{i}")).exists()
-                        && pids.join(format!("requeue-{i}")).exists()
-                })
+                && first_four.iter().all(|id| running_sleeps(id) >= 2)
         },
     )
     .await;
-    let old_pids: Vec<i32> = std::fs::read_dir(&pids)
-        .unwrap()
-        .flat_map(|e| {
-            std::fs::read_to_string(e.unwrap().path())
-                .unwrap()
-                .split_whitespace()
-                .map(|p| p.parse::<i32>().unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    assert_eq!(old_pids.len(), 8);
+    let old_pids: Vec<i32> = first_four.iter().flat_map(|id| job_pids(id)).collect();
+    // At least the shell and its two sleeps for each of the four.
+    assert!(old_pids.len() >= 12, "{old_pids:?}");
 
     server.kill();
-    for f in std::fs::read_dir(&pids).unwrap() {
-        std::fs::remove_file(f.unwrap().path()).unwrap();
-    }
 
     let server = Server::start(dir.path());
     let mut alpha = server.tenant("alpha").await;
@@ -132,12 +123,13 @@ async fn a_crash_loses_no_job_and_leaves_none_running() {
         Duration::from_secs(30),
         "requeued jobs to run again",
         |jobs| {
-            (0..2).all(|i| pids.join(format!("requeue-{i}")).exists())
-                && jobs
-                    .iter()
-                    .filter(|j| j.state == pb::JobState::Running as i32)
-                    .count()
-                    == 4
+            requeued.iter().all(|id| {
+                job_pids(id).iter().any(|p| !old_pids.contains(p)) && running_sleeps(id) >= 1
+            }) && jobs
+                .iter()
+                .filter(|j| j.state == pb::JobState::Running as i32)
+                .count()
+                == 4
         },
     )
     .await;
@@ -163,6 +155,31 @@ async fn a_crash_loses_no_job_and_leaves_none_running() {
     assert!(!response.created);
     assert_eq!(response.job.unwrap().id, acknowledged[2]);
     assert_eq!(list_all(&mut alpha).await.len(), acknowledged.len());
+}
+
+/// Every live process carrying `FINPOOL_JOB_ID=<job>` in its environment.
+fn job_pids(job: &str) -> Vec<i32> {
+    let want = format!("FINPOOL_JOB_ID={job}").into_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == want.as_slice()))
+        })
+        .filter(|pid| !is_zombie(*pid))
+        .collect()
+}
+
+/// How many of the job's processes are its `sleep 600`.
+fn running_sleeps(job: &str) -> usize {
+    job_pids(job)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\x00600\x00")
+        })
+        .count()
 }
 
 fn is_zombie(pid: i32) -> bool {

@@ -76,6 +76,8 @@ async fn submit(args: BenchSubmitArgs) -> anyhow::Result<()> {
         .unwrap_or(u32::MAX)
         .saturating_add(1);
     config.schedule = false;
+    // No job runs, so none needs a sandbox (nor the host one).
+    config.sandbox.mode = finpool_standalone::SandboxMode::Off;
     let pool = finpool_standalone::start(config)
         .await
         .context("starting the server")?;

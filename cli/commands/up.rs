@@ -44,9 +44,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         wait_factor: args.locality_wait_factor,
         node_bandwidth_mib_s: args.node_bandwidth_mib_s,
     };
+    config.sandbox = args.sandbox.config();
     let pool = finpool_standalone::start(config)
         .await
         .context("starting the pool")?;
+    eprintln!("job sandbox: {}", pool.sandbox);
     eprintln!(
         "finpool is serving on {} ({} nodes, {} GPUs from {}; {} store in {})",
         pool.addr,

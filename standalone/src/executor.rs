@@ -1,16 +1,21 @@
-//! The standalone executor: runs each placed job as a local child process in
-//! its own working directory and process group, with the GPUs it was given
-//! in `CUDA_VISIBLE_DEVICES`, its output in a per-job log, and its end
-//! recorded from the exit code.
+//! The standalone executor: runs each placed job as a local process in its
+//! sandbox (see [`crate::sandbox`]; or, with the sandbox off, as a plain
+//! child in its own working directory and process group), with the GPUs
+//! it was given in `CUDA_VISIBLE_DEVICES`, its output piped into a per-job
+//! log the server writes, and its end recorded from the exit code.
 //!
 //! One actor task owns the table of running jobs; each job has a watcher
 //! task that waits for the process, stops it on cancel, preemption, max
-//! runtime or shutdown (SIGTERM, then SIGKILL after the grace period), and
-//! records how it ended.
+//! runtime or shutdown (SIGTERM, then SIGKILL after the grace period),
+//! kills whatever of it is left, and records how it ended.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use finpool_domain::{Job, JobId, JobState, Placement, RestartPolicy, Timestamp};
@@ -18,6 +23,9 @@ use finpool_store::{Change, Store, StoreError};
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
+
+use crate::sandbox::procs::JobProcs;
+use crate::sandbox::{self, Sandbox};
 
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
@@ -29,6 +37,8 @@ pub struct ExecutorConfig {
     pub stop_grace: Duration,
     /// For jobs that set no max runtime.
     pub default_max_runtime: Duration,
+    /// Where jobs run; `None`: as plain child processes of the server.
+    pub sandbox: Option<Arc<Sandbox>>,
 }
 
 impl ExecutorConfig {
@@ -192,64 +202,41 @@ impl Actor {
             tracing::debug!(job = %job.id, %busy, "cards still in use; starting once they are free");
             return;
         }
-        let now = Timestamp::now();
-        let started = Change::new(
-            JobState::Running,
-            format!(
-                "started on {} (GPUs {})",
-                placement.node,
-                describe_gpus(&placement)
-            ),
-            now,
-        );
-        match self
-            .store
-            .transition(job.id, Some(JobState::Admitted), started)
-            .await
-        {
-            Ok(_) => {}
-            Err(StoreError::Conflict(why)) => {
-                tracing::debug!(job = %job.id, %why, "not starting: the job moved on");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(job = %job.id, error = %e, "could not record the start; will retry");
-                return;
-            }
-        }
-        let child = match self.spawn_process(&job, &placement) {
-            Ok(child) => child,
-            Err(e) => {
-                tracing::warn!(job = %job.id, error = %e, "could not start the job's process");
-                let change = Change::new(
-                    JobState::Failed,
-                    format!("could not start: {e}"),
-                    Timestamp::now(),
-                );
-                record(&self.store, job.id, change).await;
-                return;
-            }
-        };
-        tracing::info!(job = %job.id, tenant = %job.tenant_id, node = %placement.node,
-            gpus = %placement.visible_devices(), pid = child.id(), "job started");
+        // The job counts as running here from now on (so neither a second
+        // Start nor another job takes its cards), while its start is
+        // recorded and its process spawned in its own task: one job's
+        // start does not hold up the others', nor stops.
         let (stop_tx, stop_rx) = mpsc::channel(4);
         self.running.insert(job.id, stop_tx);
         self.holding
             .insert(job.id, (job.tenant_id.clone(), placement.clone()));
-        let max_runtime = job
-            .spec
-            .max_runtime_ms
-            .map(Duration::from_millis)
-            .unwrap_or(self.config.default_max_runtime);
-        let watcher = Watcher {
-            store: self.store.clone(),
-            job_id: job.id,
-            restart_policy: job.spec.restart_policy,
-            grace: self.config.stop_grace,
-            max_runtime,
-            done: self.tx.clone(),
-        };
-        self.watchers.spawn(watcher.watch(child, stop_rx));
+        let store = self.store.clone();
+        let config = self.config.clone();
+        let done = self.tx.clone();
+        self.watchers.spawn(async move {
+            let id = job.id;
+            match launch(&store, &config, &job, &placement).await {
+                Some(spawned) => {
+                    let max_runtime = job
+                        .spec
+                        .max_runtime_ms
+                        .map(Duration::from_millis)
+                        .unwrap_or(config.default_max_runtime);
+                    let watcher = Watcher {
+                        store,
+                        job_id: id,
+                        restart_policy: job.spec.restart_policy,
+                        grace: config.stop_grace,
+                        max_runtime,
+                        done,
+                    };
+                    watcher.watch(spawned, stop_rx).await;
+                }
+                None => {
+                    let _ = done.send(Command::Finished(id)).await;
+                }
+            }
+        });
     }
 
     /// A running job whose cards `placement` may not share: the same card
@@ -267,71 +254,330 @@ impl Actor {
             clash.then_some(*id)
         })
     }
+}
 
-    fn spawn_process(&self, job: &Job, placement: &Placement) -> std::io::Result<Child> {
-        let work_dir = self.config.work_dir(job.id);
-        std::fs::create_dir_all(&work_dir)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.config.log_path(job.id))?;
-        let mut argv = job.spec.command.iter().chain(&job.spec.args);
-        let program = argv
-            .next()
-            .ok_or_else(|| std::io::Error::other("empty command"))?;
-        let mut command = tokio::process::Command::new(program);
-        command
-            .args(argv)
-            .current_dir(&work_dir)
-            // The server's own environment (tokens, database URLs) is not
-            // the job's business.
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+/// Records the start (Admitted to Running) and spawns the job's process;
+/// `None` if it is not to run after all.
+async fn launch(
+    store: &Store,
+    config: &ExecutorConfig,
+    job: &Job,
+    placement: &Placement,
+) -> Option<Spawned> {
+    let started = Change::new(
+        JobState::Running,
+        format!(
+            "started on {} (GPUs {})",
+            placement.node,
+            describe_gpus(placement)
+        ),
+        Timestamp::now(),
+    );
+    match store
+        .transition(job.id, Some(JobState::Admitted), started)
+        .await
+    {
+        Ok(_) => {}
+        Err(StoreError::Conflict(why)) => {
+            tracing::debug!(job = %job.id, %why, "not starting: the job moved on");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "could not record the start; will retry");
+            return None;
+        }
+    }
+    match spawn_process(config, job, placement) {
+        Ok(spawned) => {
+            tracing::info!(job = %job.id, tenant = %job.tenant_id, node = %placement.node,
+                gpus = %placement.visible_devices(), pid = spawned.child.id(), uid = spawned.uid,
+                "job started");
+            Some(spawned)
+        }
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "could not start the job's process");
+            let change = Change::new(
+                JobState::Failed,
+                format!("could not start: {e}"),
+                Timestamp::now(),
+            );
+            record(store, job.id, change).await;
+            None
+        }
+    }
+}
+
+fn spawn_process(
+    config: &ExecutorConfig,
+    job: &Job,
+    placement: &Placement,
+) -> std::io::Result<Spawned> {
+    let job_dir = config.jobs_dir.join(job.id.to_string());
+    let work_dir = config.work_dir(job.id);
+    for dir in [&config.jobs_dir, &job_dir, &work_dir] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    // The server writes the log; the job only has a pipe into it.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(config.log_path(job.id))?;
+    let (reader, writer) = std::io::pipe()?;
+    let argv: Vec<String> = job
+        .spec
+        .command
+        .iter()
+        .chain(&job.spec.args)
+        .cloned()
+        .collect();
+    if argv.is_empty() {
+        return Err(std::io::Error::other("empty command"));
+    }
+    let model_dir = match &job.spec.model {
+        Some(model) => {
+            let path = config.model_cache_dir.join(model.as_str());
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&path)?;
+            // Readable by the jobs' uids whatever the server's umask.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+            Some(model.as_str().to_owned())
+        }
+        None => None,
+    };
+    let (home, models) = match &config.sandbox {
+        Some(_) => (
+            PathBuf::from(sandbox::JOB_WORK_DIR),
+            PathBuf::from(sandbox::JOB_MODELS_DIR),
+        ),
+        None => (work_dir.clone(), config.model_cache_dir.clone()),
+    };
+    // The job's whole environment. The server's own (tokens, database
+    // URLs) is not the job's business.
+    let mut env: Vec<(OsString, OsString)> = vec![
+        (
+            "PATH".into(),
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+        ),
+        ("HOME".into(), home.into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("TZ".into(), "UTC".into()),
+    ];
+    env.extend(
+        job.spec
+            .env
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+    );
+    env.extend([
+        (
+            "CUDA_VISIBLE_DEVICES".into(),
+            placement.visible_devices().into(),
+        ),
+        ("FINPOOL_JOB_ID".into(), job.id.to_string().into()),
+        ("FINPOOL_TENANT_ID".into(), job.tenant_id.as_str().into()),
+        ("FINPOOL_NODE".into(), placement.node.clone().into()),
+    ]);
+    if let finpool_domain::GpuRequest::Share { milli, memory_mib } = job.spec.resources.gpu {
+        env.push(("FINPOOL_GPU_MILLI".into(), milli.to_string().into()));
+        if memory_mib > 0 {
+            env.push((
+                "FINPOOL_GPU_MEMORY_MIB".into(),
+                memory_mib.to_string().into(),
+            ));
+        }
+    }
+    if let Some(model) = model_dir {
+        env.push(("FINPOOL_MODEL_PATH".into(), models.join(model).into()));
+    }
+    let (mut command, cgroup, cgroup_procs, sandbox_fds, uid) = match &config.sandbox {
+        Some(sandbox) => {
+            let p = sandbox.prepare_job(
+                job.id,
+                job.tenant_id.as_str(),
+                placement,
+                &work_dir,
+                &config.model_cache_dir,
+                &argv,
+                &env,
+            )?;
+            (
+                p.command,
+                p.cgroup,
+                p.cgroup_procs,
+                Some((p.args, p.env_file)),
+                Some(p.uid),
             )
-            .env("HOME", &work_dir)
-            .env("LANG", "C.UTF-8")
-            .env("TZ", "UTC")
-            .envs(&job.spec.env)
-            .env("CUDA_VISIBLE_DEVICES", placement.visible_devices())
-            .env("FINPOOL_JOB_ID", job.id.to_string())
-            .env("FINPOOL_TENANT_ID", job.tenant_id.as_str())
-            .env("FINPOOL_NODE", &placement.node)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(false)
-            // Its own process group, so a stop reaches every child it forks.
-            .process_group(0);
-        if let finpool_domain::GpuRequest::Share { milli, memory_mib } = job.spec.resources.gpu {
-            command.env("FINPOOL_GPU_MILLI", milli.to_string());
-            if memory_mib > 0 {
-                command.env("FINPOOL_GPU_MEMORY_MIB", memory_mib.to_string());
+        }
+        None => {
+            let mut command = tokio::process::Command::new(&argv[0]);
+            command
+                .args(&argv[1..])
+                .current_dir(&work_dir)
+                .env_clear()
+                .envs(env);
+            (command, None, None, None, None)
+        }
+    };
+    command
+        .stdin(Stdio::null())
+        .stdout(writer.try_clone()?)
+        .stderr(writer)
+        .kill_on_drop(false)
+        // Its own process group, so a stop reaches every child it forks
+        // (unsandboxed; a sandboxed job is its PID namespace).
+        .process_group(0);
+    let parent = std::process::id() as libc::pid_t;
+    let join_cgroup = cgroup_procs.as_ref().map(|fd| fd.as_raw_fd());
+    let pass: [libc::c_int; 2] = match &sandbox_fds {
+        Some((args, env)) => [args.as_raw_fd(), env.as_raw_fd()],
+        None => [-1, -1],
+    };
+    // SAFETY: only async-signal-safe calls (prctl, getppid, write, fcntl,
+    // _exit) between fork and exec; the fds stay open in the parent until
+    // spawn returns.
+    unsafe {
+        command.pre_exec(move || {
+            // Die with the server, so no job outlives a crash unrecorded.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
             }
-        }
-        if let Some(model) = &job.spec.model {
-            let path = self.config.model_cache_dir.join(model.as_str());
-            std::fs::create_dir_all(&path)?;
-            command.env("FINPOOL_MODEL_PATH", path);
-        }
-        let parent = std::process::id() as libc::pid_t;
-        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit)
-        // between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                // Die with the server, so no job outlives a crash unrecorded.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            // Into the job's cgroup before anything can fork.
+            if let Some(fd) = join_cgroup
+                && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // bubblewrap reads its arguments and the job's environment
+            // from these fds: kept open across exec in this child only.
+            for fd in pass {
+                if fd >= 0 && libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
-        command.spawn()
+            }
+            // Nothing else the server has open (or inherited from
+            // whoever started it) reaches the job.
+            close_fds_except(pass);
+            Ok(())
+        });
     }
+    let child = command.spawn();
+    drop(cgroup_procs);
+    drop(sandbox_fds);
+    // Our copies of the pipe's write end go with the command, so the
+    // log sees end-of-file once the job's last process is gone.
+    drop(command);
+    let child = match child {
+        Ok(child) => child,
+        Err(e) => {
+            if let Some(cg) = cgroup {
+                tokio::spawn(async move {
+                    cg.kill_and_remove(Duration::ZERO).await;
+                });
+            }
+            return Err(e);
+        }
+    };
+    let pid = child.id().map(|p| p as libc::pid_t).unwrap_or(0);
+    let procs = match config.sandbox {
+        Some(_) => JobProcs::Sandboxed {
+            monitor: pid,
+            cgroup,
+        },
+        None => JobProcs::Group(pid),
+    };
+    Ok(Spawned {
+        child,
+        uid,
+        procs,
+        log: tokio::spawn(copy_log(reader, log)),
+    })
+}
+
+/// Closes every fd from 3 up except those in `keep` (sorted or not; -1
+/// for none). Async-signal-safe: for between fork and exec.
+fn close_fds_except(keep: [libc::c_int; 2]) {
+    let (a, b) = if keep[0] <= keep[1] {
+        (keep[0], keep[1])
+    } else {
+        (keep[1], keep[0])
+    };
+    let mut from: libc::c_uint = 3;
+    for k in [a, b] {
+        if k >= from as libc::c_int {
+            close_range(from, k as libc::c_uint - 1);
+            from = k as libc::c_uint + 1;
+        }
+    }
+    close_range(from, libc::c_uint::MAX);
+}
+
+fn close_range(first: libc::c_uint, last: libc::c_uint) {
+    if first > last {
+        return;
+    }
+    // SAFETY: close_range only closes descriptors.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    if r != 0 {
+        // Before Linux 5.9: one by one, up to the fd limit.
+        // SAFETY: sysconf and close have no memory-safety preconditions.
+        let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) }.clamp(0, 1 << 20) as libc::c_uint;
+        for fd in first..=last.min(max) {
+            unsafe {
+                libc::close(fd as libc::c_int);
+            }
+        }
+    }
+}
+
+/// A started job: its process, every process of it, and the task
+/// copying its output into its log.
+struct Spawned {
+    child: Child,
+    /// The tenant uid it runs as, when sandboxed.
+    uid: Option<u32>,
+    procs: JobProcs,
+    log: tokio::task::JoinHandle<()>,
+}
+
+/// Copies the job's output pipe into its log until every process holding
+/// the pipe is gone.
+async fn copy_log(reader: std::io::PipeReader, log: std::fs::File) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "could not read a job's output");
+            return;
+        }
+    };
+    let mut log = tokio::fs::File::from_std(log);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => {
+                if let Err(e) = log.write_all(&buf[..n]).await {
+                    tracing::warn!(error = %e, "could not write a job's log");
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a job's output");
+                break;
+            }
+        }
+    }
+    let _ = log.flush().await;
 }
 
 fn describe_gpus(p: &Placement) -> String {
@@ -358,8 +604,13 @@ enum End {
 }
 
 impl Watcher {
-    async fn watch(self, mut child: Child, mut stop: mpsc::Receiver<StopOrder>) {
-        let pgid = child.id().map(|p| p as libc::pid_t);
+    async fn watch(self, spawned: Spawned, mut stop: mpsc::Receiver<StopOrder>) {
+        let Spawned {
+            mut child,
+            procs,
+            log,
+            ..
+        } = spawned;
         let end = tokio::select! {
             status = child.wait() => match status {
                 Ok(status) => End::Exited(status),
@@ -368,12 +619,19 @@ impl Watcher {
                     End::TimedOut(None)
                 }
             },
-            Some(order) = stop.recv() => End::Stopped(order, terminate(&mut child, pgid, self.grace).await),
-            _ = tokio::time::sleep(self.max_runtime) => End::TimedOut(terminate(&mut child, pgid, self.grace).await),
+            Some(order) = stop.recv() => End::Stopped(order, terminate(&mut child, &procs, self.grace).await),
+            _ = tokio::time::sleep(self.max_runtime) => End::TimedOut(terminate(&mut child, &procs, self.grace).await),
         };
         // Whatever the job forked and left behind goes too.
-        if let Some(pgid) = pgid {
-            signal_group(pgid, libc::SIGKILL);
+        procs.finish().await;
+        // Its output, to the last byte, is in the log before its end is
+        // recorded. A sandboxed job's processes are all gone by now; an
+        // unsandboxed one may have left a `setsid` child holding the pipe.
+        if tokio::time::timeout(Duration::from_secs(2), log)
+            .await
+            .is_err()
+        {
+            tracing::warn!(job = %self.job_id, "a process outside the job's group still holds its output");
         }
         let now = Timestamp::now();
         let exit_code = |s: &Option<ExitStatus>| s.as_ref().and_then(|s| s.code());
@@ -426,30 +684,16 @@ impl Watcher {
     }
 }
 
-/// SIGTERM to the group; SIGKILL if it is still there after `grace`.
-async fn terminate(
-    child: &mut Child,
-    pgid: Option<libc::pid_t>,
-    grace: Duration,
-) -> Option<ExitStatus> {
-    let Some(pgid) = pgid else {
-        return child.wait().await.ok();
-    };
-    signal_group(pgid, libc::SIGTERM);
+/// SIGTERM to the job; SIGKILL to all of it if it is still there after
+/// `grace`.
+async fn terminate(child: &mut Child, procs: &JobProcs, grace: Duration) -> Option<ExitStatus> {
+    procs.terminate();
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(status) => status.ok(),
         Err(_) => {
-            signal_group(pgid, libc::SIGKILL);
+            procs.kill();
             child.wait().await.ok()
         }
-    }
-}
-
-pub(crate) fn signal_group(pgid: libc::pid_t, signal: libc::c_int) {
-    // SAFETY: kill has no memory-safety preconditions; a group that is
-    // already gone returns ESRCH, which is fine.
-    unsafe {
-        libc::kill(-pgid, signal);
     }
 }
 

@@ -16,11 +16,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::datadir::{self, DataDirError, DataDirLock};
 use crate::driver::{self, DriverConfig};
 use crate::executor::{Executor, ExecutorConfig};
 use crate::inventory::{self, Origin, PoolFileError};
 use crate::logs::FileLogs;
 use crate::reconcile::{self, Reconciled};
+use crate::sandbox::{Sandbox, SandboxConfig, SandboxError};
 
 #[derive(Debug, Clone)]
 pub struct StandaloneConfig {
@@ -50,6 +52,8 @@ pub struct StandaloneConfig {
     pub schedule: bool,
     /// Base-model locality: on or off, the wait factor, node bandwidth.
     pub locality: finpool_scheduler::LocalityConfig,
+    /// How jobs are isolated from the server and each other.
+    pub sandbox: SandboxConfig,
 }
 
 impl StandaloneConfig {
@@ -70,6 +74,7 @@ impl StandaloneConfig {
             jwks: None,
             schedule: true,
             locality: finpool_scheduler::LocalityConfig::default(),
+            sandbox: SandboxConfig::default(),
         }
     }
 
@@ -80,23 +85,25 @@ impl StandaloneConfig {
         }
     }
 
-    pub fn executor_config(&self) -> ExecutorConfig {
+    /// The executor's settings, with the sandbox the host was found to
+    /// offer (`None`: jobs run unsandboxed).
+    pub fn executor_config(&self, sandbox: Option<Arc<Sandbox>>) -> ExecutorConfig {
         ExecutorConfig {
             jobs_dir: self.data_dir.join("jobs"),
             model_cache_dir: self.data_dir.join("models"),
             stop_grace: self.stop_grace,
             default_max_runtime: self.default_max_runtime,
+            sandbox,
         }
     }
 }
 
 #[derive(Debug, Error)]
 pub enum StartError {
-    #[error("data dir {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     #[error(transparent)]
     Key(#[from] finpool_api::auth::AuthError),
     #[error("reading the JWKS file {path}: {source}")]
@@ -128,19 +135,29 @@ pub struct RunningPool {
     pub store: Store,
     /// What start-up reconciliation did.
     pub reconciled: Reconciled,
+    /// How jobs are sandboxed, in words.
+    pub sandbox: String,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     driver: JoinHandle<()>,
     executor: Executor,
+    /// The data dir's lock, released when the pool is dropped.
+    _lock: DataDirLock,
 }
 
 /// Starts a pool: opens the store, settles jobs a previous server left
 /// running, then starts the executor, the scheduling loop and the API.
 pub async fn start(config: StandaloneConfig) -> Result<RunningPool, StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    let lock = datadir::open(&config.data_dir, config.database_url.is_none())?;
+    let sandbox = Sandbox::prepare(&config.sandbox, &config.data_dir)?.map(Arc::new);
+    let sandbox_status = match &sandbox {
+        Some(s) => s.describe(),
+        None => format!(
+            "off (--sandbox {}): jobs run as the server's user",
+            config.sandbox.mode
+        ),
+    };
+    tracing::info!(sandbox = %sandbox_status, "job sandbox");
     let key = SigningKey::load_or_create(&config.data_dir)?;
     let mut verifier = key.verifier();
     if let Some((path, issuer)) = &config.jwks {
@@ -163,9 +180,9 @@ pub async fn start(config: StandaloneConfig) -> Result<RunningPool, StartError> 
     .build()?;
     tracing::info!(nodes = inventory.nodes.len(), gpus = inventory.gpu_count(), %origin,
         database = store.backend_kind(), "pool inventory loaded");
-    let reconciled = reconcile::after_restart(&store).await?;
+    let reconciled = reconcile::after_restart(&store, sandbox.as_deref()).await?;
 
-    let executor_config = config.executor_config();
+    let executor_config = config.executor_config(sandbox);
     let executor = Executor::spawn(store.clone(), executor_config.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let driver = driver::driver(
@@ -228,10 +245,12 @@ pub async fn start(config: StandaloneConfig) -> Result<RunningPool, StartError> 
         origin,
         store,
         reconciled,
+        sandbox: sandbox_status,
         shutdown,
         server,
         driver,
         executor,
+        _lock: lock,
     })
 }
 

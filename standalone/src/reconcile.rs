@@ -1,11 +1,14 @@
 //! Start-up reconciliation. When the server died, so did its jobs'
 //! processes (they are bound to it); jobs the store still shows as running
-//! are settled so that none stays Running forever.
+//! are settled so that none stays Running forever, and anything of theirs
+//! still alive (in their cgroups, or carrying their job id) is killed.
 
 use std::collections::HashSet;
 
 use finpool_domain::{JobId, JobState, RestartPolicy, Timestamp};
 use finpool_store::{Change, Store, StoreError};
+
+use crate::sandbox::Sandbox;
 
 /// What reconciliation did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -18,7 +21,10 @@ pub struct Reconciled {
 
 pub const SERVER_RESTARTED: &str = "server restarted";
 
-pub async fn after_restart(store: &Store) -> Result<Reconciled, StoreError> {
+pub async fn after_restart(
+    store: &Store,
+    sandbox: Option<&Sandbox>,
+) -> Result<Reconciled, StoreError> {
     let now = Timestamp::now();
     let mut out = Reconciled::default();
     let mut changes = Vec::new();
@@ -65,7 +71,10 @@ pub async fn after_restart(store: &Store) -> Result<Reconciled, StoreError> {
         .map(|(id, _, _)| *id)
         .chain(requeue_after.iter().copied())
         .collect();
-    out.orphans_killed = kill_orphans(&touched);
+    if let Some(sandbox) = sandbox {
+        out.orphans_killed += sandbox.kill_leftovers().await;
+    }
+    out.orphans_killed += kill_orphans(&touched);
     for result in store.transition_many(changes).await? {
         result?;
     }

@@ -63,12 +63,18 @@ impl Server {
 
     /// As [`Server::start`], with more `finpool up` arguments.
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Server {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    /// As [`Server::start_with`], with more variables in the server's
+    /// environment.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let pool = data_dir.join("pool.toml");
         if !pool.exists() {
             std::fs::create_dir_all(data_dir).unwrap();
             std::fs::write(&pool, TEST_POOL).unwrap();
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_finpool"))
+        let mut child = Command::new(finpool_bin())
             .args([
                 "up",
                 "--listen",
@@ -81,6 +87,7 @@ impl Server {
             .arg("--pool")
             .arg(&pool)
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env_remove("FINPOOL_DATABASE_URL")
             .stdout(Stdio::null())
@@ -167,6 +174,14 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `finpool` binary under test: this build's, or `FINPOOL_TEST_BIN`
+/// (say, a release build, for timings).
+pub fn finpool_bin() -> PathBuf {
+    std::env::var_os("FINPOOL_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_finpool")))
 }
 
 /// An HTTP client for the REST tests (one per call: each test has its
