@@ -127,8 +127,9 @@ pub struct BenchSchedulerArgs {
     /// decision; 0 places tenant-less work.
     #[arg(long, default_value_t = 0)]
     pub tenants: usize,
-    /// Jobs that arrive per scheduling cycle.
-    #[arg(long, default_value_t = 1_000)]
+    /// Jobs that arrive per scheduling cycle (each cycle rebuilds its
+    /// snapshot of the pool and its running jobs, as every driver does).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub batch: usize,
     /// Seeds the queue's draw (and random-fit).
     #[arg(long, default_value_t = 42)]

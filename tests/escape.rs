@@ -244,6 +244,7 @@ async fn a_job_cannot_write_the_model_cache() {
             name: "base-7b".into(),
             size_mib: 1024,
             min_gpu_memory_mib: 1024,
+            load_time_ms: 0,
         })
         .await
         .unwrap();
