@@ -51,6 +51,19 @@ fn the_demo_runs_every_brokerages_jobs_to_completion() {
         stdout.contains("no GPU was ever shared by two tenants"),
         "{stdout}"
     );
+    // The pool is kept busy: no job holds out for its model's card while
+    // the rest of the pool idles.
+    let utilization: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("GPU utilization over the demo: "))
+        .and_then(|rest| rest.split('%').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no utilization line:\n{stdout}"));
+    assert!(utilization >= 50.0, "utilization {utilization}%:\n{stdout}");
+    assert!(
+        stdout.contains("longest wait while a card the job could use was idle: "),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
