@@ -128,13 +128,7 @@ async fn drive(
         pool.addr
     );
     println!("job sandbox: {}", pool.sandbox);
-    let class = |i: usize| {
-        classes
-            .get(i)
-            .or(classes.last())
-            .cloned()
-            .unwrap_or_default()
-    };
+    let class = |i: usize| class_name(&classes, i);
     let key = SigningKey::load(data_dir)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -337,6 +331,16 @@ async fn drive(
         );
     }
     Ok(())
+}
+
+/// The pool's `i`-th GPU class, or its last when it has fewer (a pool file
+/// with one class runs the demo too).
+fn class_name(classes: &[String], i: usize) -> String {
+    classes
+        .get(i)
+        .or(classes.last())
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn is_terminal(state: i32) -> bool {
@@ -565,13 +569,7 @@ fn worst_idle_wait(
     inventory: &finpool_domain::Inventory,
     classes: &[String],
 ) -> (String, u64) {
-    let class = |i: usize| {
-        classes
-            .get(i)
-            .or(classes.last())
-            .cloned()
-            .unwrap_or_default()
-    };
+    let class = |i: usize| class_name(classes, i);
     let limit = |tenant: &str, c: &str| -> i64 {
         BROKERAGES.iter().find(|b| b.id == tenant).map_or(0, |b| {
             b.quotas

@@ -97,18 +97,6 @@ fn job(n: u128, tenant: &str, gpus: u32, minutes: u64, at: i64) -> Job {
     )
 }
 
-fn queued(job: &Job) -> QueuedJob {
-    QueuedJob {
-        id: job.id,
-        tenant: job.tenant_id.clone(),
-        priority: job.spec.priority,
-        submitted_at: job.created_at,
-        resources: job.spec.resources.clone(),
-        model: job.spec.model.clone(),
-        max_runtime_ms: job.spec.max_runtime_ms,
-    }
-}
-
 /// The scenario: per cycle, (time, arrivals, jobs that end before it).
 fn scenario() -> Vec<(i64, Vec<Job>, Vec<u128>)> {
     vec![
@@ -298,7 +286,7 @@ async fn the_standalone_shell_and_the_simulator_decide_alike() {
         }
         for job in &arrivals {
             store.submit(job.clone()).await.unwrap();
-            sim.submit(queued(job));
+            sim.submit(QueuedJob::of(job));
         }
         let a = standalone.run_cycle(Timestamp(at)).await.unwrap();
         let b = sim.cycle(Timestamp(at));

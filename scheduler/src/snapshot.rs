@@ -133,6 +133,21 @@ pub struct QueuedJob {
     pub max_runtime_ms: Option<u64>,
 }
 
+impl QueuedJob {
+    /// A pending job as the scheduler sees it.
+    pub fn of(job: &finpool_domain::Job) -> Self {
+        Self {
+            id: job.id,
+            tenant: job.tenant_id.clone(),
+            priority: job.spec.priority,
+            submitted_at: job.created_at,
+            resources: job.spec.resources.clone(),
+            model: job.spec.model.clone(),
+            max_runtime_ms: job.spec.max_runtime_ms,
+        }
+    }
+}
+
 /// A snapshot the scheduler cannot work with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SnapshotError {

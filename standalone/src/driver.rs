@@ -146,15 +146,7 @@ impl JobSource for StoreJobs {
                     };
                     holding.push((running, job));
                 }
-                (JobState::Pending, _) => queued.push(QueuedJob {
-                    id: job.id,
-                    tenant: job.tenant_id.clone(),
-                    priority: job.spec.priority,
-                    submitted_at: job.created_at,
-                    resources: job.spec.resources.clone(),
-                    model: job.spec.model.clone(),
-                    max_runtime_ms: job.spec.max_runtime_ms,
-                }),
+                (JobState::Pending, _) => queued.push(QueuedJob::of(&job)),
                 _ => {}
             }
         }
