@@ -332,6 +332,38 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A case proptest found: jobs alike to one that held out for a warm card
+/// skipped their own attempt (the failed-attempt cache), so their hold
+/// clocks never ran while an A100 stayed idle.
+#[test]
+fn jobs_alike_to_one_holding_out_hold_out_on_the_clock_too() {
+    let a = |at_cycle, tenant, model: Option<usize>, runtime_cycles| Arrival {
+        at_cycle,
+        tenant,
+        share: false,
+        class: None,
+        model,
+        runtime_cycles,
+    };
+    let case = Case {
+        nodes: vec![(1, 3), (0, 3)],
+        models: vec![(23652, true), (10406, false)],
+        exclusive: vec![false, false],
+        arrivals: vec![
+            a(4, 0, Some(0), 7),
+            a(6, 0, Some(0), 1),
+            a(2, 0, None, 1),
+            a(2, 1, Some(0), 4),
+            a(1, 0, Some(0), 6),
+            a(7, 1, Some(0), 7),
+            a(2, 0, Some(0), 1),
+            a(2, 1, Some(0), 1),
+            a(2, 0, Some(0), 7),
+        ],
+    };
+    run(&case).unwrap();
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(192))]
 

@@ -41,8 +41,10 @@ pub(super) struct Planner<'a> {
     pub(super) reservation: Option<(JobId, NodeIdx, Timestamp)>,
     pub(super) outcome: Outcome,
     pub(super) now: Timestamp,
-    /// Borrowing attempts that failed since the last preemption.
-    pub(super) failed: HashSet<AttemptKey>,
+    /// Borrowing attempts that failed since the last preemption, and
+    /// whether the job held out for its model while another card could
+    /// take it (a job that fails alike holds out alike).
+    pub(super) failed: HashMap<AttemptKey, bool>,
     /// Jobs some held job displaced (they may not preempt it back).
     pub(super) displacers: HashSet<JobId>,
     /// The reason each job that may hold out for its model would get.
@@ -112,7 +114,7 @@ impl<'a> Planner<'a> {
             reservation: None,
             outcome,
             now: snapshot.now,
-            failed: HashSet::new(),
+            failed: HashMap::new(),
             displacers,
             locality_hints,
             holding_out: Vec::new(),
@@ -142,9 +144,17 @@ impl<'a> Planner<'a> {
             job.priority,
             avoid,
         ));
-        if key.as_ref().is_some_and(|k| self.failed.contains(k)) {
+        if let Some(held) = key.as_ref().and_then(|k| self.failed.get(k)) {
+            if *held {
+                let any_card = Task {
+                    model_fit: ModelFit::Any,
+                    ..*task
+                };
+                self.holding_out.push((job.id, any_card, bound, avoid));
+            }
             return false;
         }
+        let holding_out = self.holding_out.len();
         let admitted = self.try_admit(job, task, bound, caps.as_deref(), avoid);
         let preempted = admitted
             && self
@@ -155,7 +165,8 @@ impl<'a> Planner<'a> {
         if preempted {
             self.failed.clear();
         } else if !admitted && let Some(key) = key {
-            self.failed.insert(key);
+            self.failed
+                .insert(key, self.holding_out.len() > holding_out);
         }
         admitted
     }
