@@ -106,24 +106,29 @@ where
                 .map_err(|e| PortError::new("scheduler memory", e))?;
             // Saved again next cycle if this fails.
             self.unsaved = true;
-            self.source.save_memory(&memory).await?;
+            if let Err(e) = self.source.save_memory(&memory).await {
+                self.cycle.forget_stops(&plan.stop);
+                return Err(e);
+            }
             self.unsaved = false;
         }
         let mut report = CycleReport {
             queued,
             ..CycleReport::default()
         };
-        if !plan.admit.is_empty() {
-            for (id, job) in self.source.admit(&plan.admit, now).await? {
-                report.admitted += 1;
-                startable.insert(id, job);
-            }
-        }
+        // Stops before admissions: a victim's stop is never lost to a
+        // store error on the admissions (those are decided again).
         for stop in &plan.stop {
             tracing::info!(job = %stop.preemption.job, for_job = %stop.preemption.for_job,
                 reason = %stop.preemption, "preempting");
             self.runtime.stop(stop.preemption.job, stop).await;
             report.preempted += 1;
+        }
+        if !plan.admit.is_empty() {
+            for (id, job) in self.source.admit(&plan.admit, now).await? {
+                report.admitted += 1;
+                startable.insert(id, job);
+            }
         }
         for id in &plan.start {
             if let Some(job) = startable.get(id) {

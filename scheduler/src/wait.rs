@@ -26,10 +26,12 @@ pub enum WaitReason {
     WarmCard {
         model: String,
         node: String,
-        /// When the warm card frees, by the jobs on it.
+        /// When the warm card frees for it, by the jobs on it and the
+        /// older jobs of its model queued for it.
         free_by: Timestamp,
-        /// The model's load time, the longest it waits for that card.
-        load_ms: u64,
+        /// The longest it holds out with a usable card idle: the model's
+        /// load time times the wait factor.
+        limit_ms: u64,
     },
     /// Base-model locality: it may load its model only on an empty card or
     /// one whose model is less in demand, until it has waited `limit_ms`
@@ -140,12 +142,12 @@ impl fmt::Display for WaitReason {
                 model,
                 node,
                 free_by,
-                load_ms,
+                limit_ms,
             } => write!(
                 f,
                 "waiting for a card on {node} holding model {model}, free by {free_by}: \
-                 sooner than loading it elsewhere ({}); waits at most that long",
-                seconds(*load_ms)
+                 sooner than loading it elsewhere; holds out at most {} with a usable card idle",
+                seconds(*limit_ms)
             ),
             Self::ModelBalance { model, limit_ms } => write!(
                 f,
@@ -206,7 +208,7 @@ mod tests {
             model: "qwen".into(),
             node: "n1".into(),
             free_by: Timestamp(0),
-            load_ms: 12_500,
+            limit_ms: 12_500,
         };
         assert_eq!(r.code(), "WarmCard");
         assert!(r.to_string().contains("12.5 s"), "{r}");

@@ -128,7 +128,10 @@ impl JobSource for SimJobs {
     async fn set_waiting(&mut self, reasons: &[(JobId, WaitReason)]) -> Result<(), PortError> {
         let mut s = lock(&self.0);
         for (id, reason) in reasons {
-            s.reasons.insert(*id, reason.clone());
+            // Only queued jobs keep a waiting reason (as the store does).
+            if s.queued.contains_key(id) {
+                s.reasons.insert(*id, reason.clone());
+            }
         }
         Ok(())
     }

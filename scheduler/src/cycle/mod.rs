@@ -170,6 +170,16 @@ impl Cycle {
         &self.durable
     }
 
+    /// The driver could not carry out these stops (its store failed before
+    /// it sent them): forget them, so that the next cycle decides again
+    /// rather than counting the victims' cards as free.
+    pub fn forget_stops(&mut self, stops: &[Stop]) {
+        for s in stops {
+            self.durable.preempting.remove(&s.preemption.job);
+        }
+        self.dirty = true;
+    }
+
     /// Whether the durable memory changed since the last call: the driver
     /// stores it then.
     pub fn take_dirty(&mut self) -> bool {
@@ -395,12 +405,13 @@ impl Cycle {
                     .insert(model.to_string());
             }
         }
-        let still_holding: HashSet<JobId> = holding.iter().map(|j| j.id).collect();
+        // A preemptor starts once none of its victims is still stopping
+        // (a victim requeued and admitted again does not hold it back).
         let victims_gone = |job: &JobId, durable: &DurableMemory| {
             durable
                 .displaced
                 .get(job)
-                .is_none_or(|v| v.iter().all(|v| !still_holding.contains(v)))
+                .is_none_or(|v| v.iter().all(|v| !durable.preempting.contains_key(v)))
         };
         let mut start: Vec<JobId> = holding
             .iter()

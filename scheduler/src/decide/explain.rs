@@ -78,7 +78,7 @@ impl Planner<'_> {
                 at,
             };
         }
-        if self.outcome.held_back.contains(&job.id)
+        if self.outcome.held_back.binary_search(&job.id).is_ok()
             && let Some(hint) = self.locality_hints.get(&job.id)
         {
             return hint.clone();

@@ -57,6 +57,12 @@ pub(super) fn mark_model_waits(
         return hints;
     }
     let free_by = card_free_times(built, snapshot.now);
+    // When each node's running jobs have all ended, by their max runtimes.
+    let mut node_free_by: HashMap<u32, Timestamp> = HashMap::new();
+    for h in &built.held {
+        let at = node_free_by.entry(h.node).or_insert(snapshot.now);
+        *at = (*at).max(h.ends_by);
+    }
     // Oldest first: each job's turn at its model's warm cards.
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     order.sort_by_key(|&i| (jobs[i].0.submitted_at, jobs[i].0.id));
@@ -103,7 +109,7 @@ pub(super) fn mark_model_waits(
             if gang || !node_could_run(node, task) || !card_could_run(gpu, task) {
                 continue;
             }
-            let at = match next_free.get(&(n, g)) {
+            let mut at = match next_free.get(&(n, g)) {
                 Some(at) => *at,
                 None if card_has_room(gpu, task) => snapshot.now,
                 None => match free_by.get(&(n, g)) {
@@ -111,6 +117,10 @@ pub(super) fn mark_model_waits(
                     None => continue,
                 },
             };
+            // The node's CPU and memory must free too.
+            if node.free_cpu_milli() < task.cpu_milli || node.free_memory_mib() < task.memory_mib {
+                at = at.max(node_free_by.get(&n).copied().unwrap_or(snapshot.now));
+            }
             if at <= horizon && best.is_none_or(|(_, b)| at < b) {
                 best = Some(((n, g), at));
             }
@@ -131,7 +141,7 @@ pub(super) fn mark_model_waits(
                         model: model_name,
                         node: built.cluster.nodes[card.0 as usize].name.clone(),
                         free_by: at,
-                        load_ms: limit_ms,
+                        limit_ms,
                     },
                 );
             }
