@@ -212,11 +212,6 @@ impl Cycle {
         )
     }
 
-    /// Base models each card holds in memory, as far as the cycle knows.
-    pub fn resident(&self) -> &BTreeMap<(String, u32), Name> {
-        &self.volatile.resident
-    }
-
     pub fn run(&mut self, inputs: CycleInputs) -> Result<Plan, SnapshotError> {
         let CycleInputs {
             now,
