@@ -176,6 +176,60 @@ impl Drop for Server {
     }
 }
 
+/// A store backend for tests that must hold on both.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+    /// A fresh database of its own on the test PostgreSQL server.
+    Postgres { base: String, url: String },
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres { .. } => "postgres",
+        }
+    }
+
+    /// Starts `finpool up` on this backend.
+    pub fn start(&self, data_dir: &Path, extra: &[&str]) -> Server {
+        match self {
+            Backend::Sqlite => Server::start_with(data_dir, extra),
+            Backend::Postgres { url, .. } => {
+                let mut args = vec!["--database-url", url.as_str()];
+                args.extend_from_slice(extra);
+                Server::start_with(data_dir, &args)
+            }
+        }
+    }
+
+    /// Drops a PostgreSQL test database (best effort).
+    pub async fn cleanup(&self) {
+        if let Backend::Postgres { base, url } = self {
+            finpool_store::testing::drop_postgres_database(base, url).await;
+        }
+    }
+}
+
+/// SQLite, plus PostgreSQL when `FINPOOL_TEST_DATABASE_URL` names a server
+/// (CI sets it and fails without it; a plain local run prints a skip line).
+pub async fn backends() -> Vec<Backend> {
+    let mut all = vec![Backend::Sqlite];
+    match std::env::var(finpool_store::testing::TEST_DATABASE_URL_VAR) {
+        Ok(base) => {
+            let url = finpool_store::testing::fresh_postgres_database(&base)
+                .await
+                .expect("FINPOOL_TEST_DATABASE_URL is set but PostgreSQL is unreachable");
+            all.push(Backend::Postgres { base, url });
+        }
+        Err(_) => eprintln!(
+            "postgres half skipped: set FINPOOL_TEST_DATABASE_URL to run it (.ci/run does)"
+        ),
+    }
+    all
+}
+
 /// The `finpool` binary under test: this build's, or `FINPOOL_TEST_BIN`
 /// (say, a release build, for timings).
 pub fn finpool_bin() -> PathBuf {
