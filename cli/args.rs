@@ -261,9 +261,23 @@ pub struct UpArgs {
     /// Requests a caller may make in a burst above the sustained rate.
     #[arg(long, default_value_t = 400.0)]
     pub rate_burst: f64,
+    /// Requests per second from one source address without a valid token
+    /// (health probes, reflection, failed logins); 0 turns the limit off.
+    #[arg(long, default_value_t = finpool_api::RateLimit::ANONYMOUS.per_second)]
+    pub anonymous_rate_limit: f64,
     /// The most jobs one tenant may have pending.
     #[arg(long, default_value_t = finpool_api::state::DEFAULT_PENDING_CAP)]
     pub pending_cap: u32,
+    /// The most job watches and log follows one caller (a tenant's callers
+    /// together) may have open at once.
+    #[arg(long, default_value_t = finpool_api::streams::DEFAULT_STREAMS_PER_CALLER)]
+    pub streams_per_caller: u32,
+    /// The longest-lived tenant token the server accepts.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub max_tenant_token_ttl: Duration,
+    /// The longest-lived operator or regulator token the server accepts.
+    #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+    pub max_staff_token_ttl: Duration,
     /// A JWKS file with more token keys (an external OIDC issuer's), named
     /// by `kid`; tokens signed with them must carry --jwks-issuer.
     #[arg(long, requires = "jwks_issuer")]
@@ -346,6 +360,15 @@ pub struct DemoArgs {
 pub enum TokenCommand {
     /// Sign a token with the key in the data dir (created by `finpool up`).
     Issue(TokenIssueArgs),
+    /// Refuse every token of a subject issued before now (or --before):
+    /// for a leaked token, or someone who left.
+    Revoke {
+        /// The tokens' subject (`sub`), e.g. tenant:alpha.
+        subject: String,
+        /// Revoke tokens issued before this RFC 3339 time instead of now.
+        #[arg(long)]
+        before: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -375,6 +398,16 @@ pub enum TenantCommand {
     Get { id: String },
     /// Set a brokerage's quota on one GPU class.
     Quota(TenantQuotaArgs),
+    /// Suspend a brokerage: its tokens are refused and its pending jobs
+    /// wait (running jobs keep running) until it is resumed.
+    Suspend {
+        id: String,
+        /// Why; kept with the tenant and shown to operators.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Resume a suspended brokerage.
+    Resume { id: String },
 }
 
 #[derive(Debug, Args)]

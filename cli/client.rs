@@ -5,6 +5,7 @@ use finpool_proto::v1::job_service_client::JobServiceClient;
 use finpool_proto::v1::model_service_client::ModelServiceClient;
 use finpool_proto::v1::node_service_client::NodeServiceClient;
 use finpool_proto::v1::tenant_service_client::TenantServiceClient;
+use finpool_proto::v1::token_service_client::TokenServiceClient;
 use finpool_proto::v1::usage_service_client::UsageServiceClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -38,6 +39,7 @@ pub struct Clients {
     pub models: ModelServiceClient<Svc>,
     pub nodes: NodeServiceClient<Svc>,
     pub usage: UsageServiceClient<Svc>,
+    pub tokens: TokenServiceClient<Svc>,
 }
 
 impl Clients {
@@ -65,7 +67,8 @@ impl Clients {
             tenants: TenantServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             models: ModelServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             nodes: NodeServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-            usage: UsageServiceClient::with_interceptor(channel, bearer),
+            usage: UsageServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            tokens: TokenServiceClient::with_interceptor(channel, bearer),
         })
     }
 

@@ -27,7 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => commands::up::run(args).await,
         Command::Demo(args) => demo::run(args).await,
-        Command::Token(args) => commands::token::run(args),
+        Command::Token(args) => commands::token::run(&global, args).await,
         Command::Tenant(args) => commands::tenant::run(&global, args).await,
         Command::Model(args) => commands::model::run(&global, args).await,
         Command::Node(args) => commands::node::run(&global, args).await,

@@ -17,12 +17,31 @@ pub fn json_list<M: prost::Message + prost::Name>(messages: &[M]) {
     println!("{}", serde_json::to_string_pretty(&values).expect("JSON"));
 }
 
+/// Text from the server made safe for a terminal: control characters
+/// (escape sequences, carriage returns, bidi overrides) are shown as
+/// `\u{..}` escapes instead of acting on the terminal. The server refuses
+/// them in new input; rows stored before that still print safely.
+pub fn clean(text: &str) -> String {
+    if text.chars().all(finpool_domain::text::is_printable) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if finpool_domain::text::is_printable(c) {
+                c.to_string()
+            } else {
+                c.escape_unicode().to_string()
+            }
+        })
+        .collect()
+}
+
 pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY)
         .set_header(headers.to_vec());
     for row in rows {
-        t.add_row(row);
+        t.add_row(row.iter().map(|cell| clean(cell)).collect::<Vec<_>>());
     }
     t
 }
@@ -87,5 +106,19 @@ pub fn request(spec: &Option<pb::JobSpec>) -> String {
         }
         Some(pb::gpu_request::Kind::Share(s)) => format!("{}m GPU", s.milli),
         None => "CPU only".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_print_as_escapes() {
+        assert_eq!(clean("plain — text"), "plain — text");
+        assert_eq!(clean("\x1b[2Jgone"), "\\u{1b}[2Jgone");
+        let table = table(&["REASON"], vec![vec!["a\rb".into()]]).to_string();
+        assert!(table.contains("a\\u{d}b"), "{table}");
+        assert!(!table.contains('\r'));
     }
 }

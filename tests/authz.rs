@@ -52,6 +52,9 @@ fn expected() -> BTreeMap<&'static str, [Outcome; 5]> {
         ("GetTenant", read_alpha),
         ("ListTenants", read_any),
         ("SetQuota", operator_only),
+        ("SuspendTenant", operator_only),
+        ("ResumeTenant", operator_only),
+        ("RevokeTokens", operator_only),
         ("RegisterModel", operator_only),
         ("ListModels", read_any),
         ("ListNodes", read_any),
@@ -95,6 +98,8 @@ impl World {
         let mut op = server.operator().await;
         create_tenant(&mut op, "alpha", 1, 2).await;
         create_tenant(&mut op, "beta", 1, 2).await;
+        // Suspended and resumed by the matrix (alpha must stay usable).
+        create_tenant(&mut op, "delta", 1, 2).await;
         let mut alpha = server.tenant("alpha").await;
         let mut beta = server.tenant("beta").await;
         let alpha_job = submit(&mut alpha, shell_job("a-job", whole(1), "echo alpha"))
@@ -142,6 +147,7 @@ fn rest_request(
             "id",
             match rpc {
                 "GetTenant" => "alpha".to_owned(),
+                "SuspendTenant" | "ResumeTenant" => "delta".to_owned(),
                 _ => job.to_owned(),
             },
         ),
@@ -161,6 +167,8 @@ fn rest_request(
             "",
         ),
         "SetQuota" => (Some(json!({"guaranteed": 1, "limit": 2})), ""),
+        "SuspendTenant" => (Some(json!({"reason": "matrix"})), ""),
+        "RevokeTokens" => (Some(json!({"subject": "matrix-subject"})), ""),
         "RegisterModel" => (
             Some(
                 json!({"name": format!("model-rest-{n}"), "size_mib": 1024, "min_gpu_memory_mib": 1024}),
@@ -248,6 +256,27 @@ async fn grpc_call(c: &mut Clients, rpc: &str, job: &str, n: usize) -> Result<()
                     limit: 2,
                     ..Default::default()
                 }),
+            })
+            .await
+            .map(drop),
+        "SuspendTenant" => c
+            .tenants
+            .suspend_tenant(pb::SuspendTenantRequest {
+                id: "delta".into(),
+                reason: "matrix".into(),
+            })
+            .await
+            .map(drop),
+        "ResumeTenant" => c
+            .tenants
+            .resume_tenant(pb::ResumeTenantRequest { id: "delta".into() })
+            .await
+            .map(drop),
+        "RevokeTokens" => c
+            .tokens
+            .revoke_tokens(pb::RevokeTokensRequest {
+                subject: "matrix-subject".into(),
+                not_before: None,
             })
             .await
             .map(drop),
@@ -473,6 +502,10 @@ async fn forged_and_malformed_tokens_are_unauthenticated_on_both_doors() {
             jwks.to_str().unwrap(),
             "--jwks-issuer",
             "https://idp.example",
+            // Each attack is a failed authentication, which the per-address
+            // limit counts: this suite checks the answers, not the limit.
+            "--anonymous-rate-limit",
+            "0",
         ],
     );
     let mut op = server.operator().await;

@@ -96,6 +96,7 @@ async fn bad_input_is_refused_by_field_and_nothing_is_stored() {
     // Not JSON at all.
     let r = server
         .rest(Method::POST, "/v1/jobs", Some(&token))
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await

@@ -268,6 +268,13 @@ pub fn tenant_to_pb(t: &d::Tenant) -> pb::Tenant {
         weight: t.weight as i64,
         isolation: isolation_to_pb(t.isolation) as i32,
         created_at: Some(timestamp(t.created_at)),
+        suspended: t.suspended.is_some(),
+        suspended_reason: t
+            .suspended
+            .as_ref()
+            .map(|s| s.reason.clone())
+            .unwrap_or_default(),
+        suspended_at: t.suspended.as_ref().map(|s| timestamp(s.at)),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod rest;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod streams;
 
-pub use auth::{Principal, Role, SigningKey, Verifier};
+pub use auth::{Principal, Role, SigningKey, TokenLifetimes, Verifier};
 pub use state::{ApiConfig, ApiState, InventorySource, LogSource, RateLimit};

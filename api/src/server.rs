@@ -6,6 +6,7 @@ use finpool_proto::v1::job_service_server::JobServiceServer;
 use finpool_proto::v1::model_service_server::ModelServiceServer;
 use finpool_proto::v1::node_service_server::NodeServiceServer;
 use finpool_proto::v1::tenant_service_server::TenantServiceServer;
+use finpool_proto::v1::token_service_server::TokenServiceServer;
 use finpool_proto::v1::usage_service_server::UsageServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -14,11 +15,11 @@ use tonic::service::Routes;
 use tower::{Layer, ServiceExt};
 
 use crate::auth::Verifier;
-use crate::auth::layer::AuthLayer;
+use crate::auth::layer::{AuthLayer, Gate};
 use crate::auth::limit::RateLimiter;
 use crate::service::jobs::Jobs;
 use crate::service::nodes::Nodes;
-use crate::service::tenants::{Models, Tenants, Usage};
+use crate::service::tenants::{Models, Tenants, Tokens, Usage};
 use crate::state::ApiState;
 
 /// The largest request accepted (a job spec's command alone may be 64 KiB).
@@ -43,6 +44,10 @@ pub fn grpc_routes(state: ApiState) -> Routes {
             .max_decoding_message_size(MAX_REQUEST_BYTES),
     )
     .add_service(
+        TokenServiceServer::new(Tokens::new(state.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
+    .add_service(
         ModelServiceServer::new(Models::new(state.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES),
     )
@@ -61,8 +66,13 @@ pub fn grpc_routes(state: ApiState) -> Routes {
 /// rate limits, and REST/JSON (HTTP/1.1 or 2), whose routes call the same
 /// authenticated gRPC stack.
 pub fn router(state: ApiState, verifier: Verifier) -> axum::Router {
-    let limiter = RateLimiter::new(state.config.rate_limit);
-    let grpc = AuthLayer::new(verifier, limiter).layer(grpc_routes(state).prepare());
+    let gate = Gate::new(
+        verifier.with_lifetimes(state.config.token_lifetimes),
+        RateLimiter::new(state.config.rate_limit),
+        RateLimiter::new(state.config.anonymous_rate_limit),
+        state.revocations.clone(),
+    );
+    let grpc = AuthLayer::new(std::sync::Arc::new(gate)).layer(grpc_routes(state).prepare());
     let fallback = grpc.clone();
     crate::rest::router(grpc).fallback_service(tower::service_fn(
         move |request: http::Request<axum::body::Body>| {
@@ -91,9 +101,25 @@ pub async fn serve(
     verifier: Verifier,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    // Revocations made before this start, then kept fresh (other replicas
+    // write to the same store).
+    if let Err(e) = state.revocations.reload(&state.store).await {
+        tracing::warn!(error = %e, "could not load token revocations yet; retrying in the background");
+    }
+    let refresh = state.revocations.clone().spawn_refresh(state.store.clone());
+    let _stop_refresh = AbortOnDrop(refresh);
     tonic::transport::Server::builder()
         .accept_http1(true)
         .add_routes(Routes::from(router(state, verifier)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
+}
+
+/// Aborts a background task when the server stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

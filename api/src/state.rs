@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use finpool_store::Store;
 
+use crate::auth::TokenLifetimes;
 pub use crate::auth::limit::RateLimit;
+use crate::auth::revocation::Revocations;
+use crate::streams::StreamSlots;
 
 pub use finpool_ports::{InventorySource, LogSource};
 
@@ -16,8 +19,16 @@ pub struct ApiConfig {
     /// Requests per caller (tenant, or operator/regulator subject); `None`:
     /// unlimited.
     pub rate_limit: Option<RateLimit>,
+    /// Requests per source address from callers without a valid token
+    /// (anonymous methods, failed authentications); `None`: unlimited.
+    pub anonymous_rate_limit: Option<RateLimit>,
     /// The most jobs a tenant may have pending at once.
     pub pending_cap: u32,
+    /// The most watch and log streams one caller (a tenant's callers
+    /// together) may have open.
+    pub streams_per_caller: u32,
+    /// The longest token lifetime accepted, per role.
+    pub token_lifetimes: TokenLifetimes,
 }
 
 /// The default cap on a tenant's pending jobs.
@@ -28,7 +39,10 @@ impl Default for ApiConfig {
         Self {
             max_runtime_cap: Duration::from_secs(7 * 24 * 3600),
             rate_limit: Some(RateLimit::default()),
+            anonymous_rate_limit: Some(RateLimit::ANONYMOUS),
             pending_cap: DEFAULT_PENDING_CAP,
+            streams_per_caller: crate::streams::DEFAULT_STREAMS_PER_CALLER,
+            token_lifetimes: TokenLifetimes::default(),
         }
     }
 }
@@ -39,4 +53,27 @@ pub struct ApiState {
     pub inventory: Arc<dyn InventorySource>,
     pub logs: Arc<dyn LogSource>,
     pub config: ApiConfig,
+    /// Suspended tenants and revoked subjects, shared with the auth layer.
+    pub revocations: Arc<Revocations>,
+    /// Open streams per caller.
+    pub streams: Arc<StreamSlots>,
+}
+
+impl ApiState {
+    pub fn new(
+        store: Store,
+        inventory: Arc<dyn InventorySource>,
+        logs: Arc<dyn LogSource>,
+        config: ApiConfig,
+    ) -> Self {
+        let streams = StreamSlots::new(config.streams_per_caller);
+        Self {
+            store,
+            inventory,
+            logs,
+            config,
+            revocations: Arc::default(),
+            streams,
+        }
+    }
 }

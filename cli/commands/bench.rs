@@ -71,8 +71,8 @@ async fn submit(args: BenchSubmitArgs) -> anyhow::Result<()> {
     };
     // The API alone: no rate limit, no cap below the run, no scheduling
     // (which would compete for the same database).
-    config.rate_limit = None;
-    config.pending_cap = u32::try_from(args.jobs)
+    config.api.rate_limit = None;
+    config.api.pending_cap = u32::try_from(args.jobs)
         .unwrap_or(u32::MAX)
         .saturating_add(1);
     config.schedule = false;

@@ -235,19 +235,24 @@ async fn list(global: &Global, c: &mut Clients, args: JobListArgs) -> anyhow::Re
 }
 
 fn print_job(global: &Global, job: &pb::Job) {
+    // Every line goes through `output::clean`: names, reasons and commands
+    // are the caller's text.
+    macro_rules! line {
+        ($($arg:tt)*) => { println!("{}", output::clean(&format!($($arg)*))) };
+    }
     if global.output == Output::Json {
         return output::json(job);
     }
     let spec = job.spec.clone().unwrap_or_default();
     let mut command = spec.command.clone();
     command.extend(spec.args.clone());
-    println!("job        {}", job.id);
-    println!("tenant     {}", job.tenant_id);
-    println!("name       {}", spec.name);
-    println!("state      {} ({})", output::state(job.state), job.reason);
-    println!("request    {}", output::request(&job.spec));
-    println!("gpus       {}", output::placement(&job.placement));
-    println!(
+    line!("job        {}", job.id);
+    line!("tenant     {}", job.tenant_id);
+    line!("name       {}", spec.name);
+    line!("state      {} ({})", output::state(job.state), job.reason);
+    line!("request    {}", output::request(&job.spec));
+    line!("gpus       {}", output::placement(&job.placement));
+    line!(
         "model      {}",
         if spec.model.is_empty() {
             "-"
@@ -255,14 +260,14 @@ fn print_job(global: &Global, job: &pb::Job) {
             &spec.model
         }
     );
-    println!("command    {}", command.join(" "));
-    println!("created    {}", output::timestamp(&job.created_at));
-    println!("started    {}", output::timestamp(&job.started_at));
-    println!("finished   {}", output::timestamp(&job.finished_at));
+    line!("command    {}", command.join(" "));
+    line!("created    {}", output::timestamp(&job.created_at));
+    line!("started    {}", output::timestamp(&job.started_at));
+    line!("finished   {}", output::timestamp(&job.finished_at));
     if let Some(code) = job.exit_code {
-        println!("exit code  {code}");
+        line!("exit code  {code}");
     }
-    println!("attempts   {}", job.attempts);
+    line!("attempts   {}", job.attempts);
     // The latest preemption stays in view while the job waits to rerun.
     if let Some(t) = job
         .history
@@ -270,7 +275,7 @@ fn print_job(global: &Global, job: &pb::Job) {
         .rev()
         .find(|t| t.to == pb::JobState::Preempted as i32)
     {
-        println!("preempted  {} ({})", output::timestamp(&t.at), t.reason);
+        line!("preempted  {} ({})", output::timestamp(&t.at), t.reason);
     }
     let rows = job
         .history

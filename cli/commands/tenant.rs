@@ -59,6 +59,18 @@ pub async fn run(global: &Global, command: TenantCommand) -> anyhow::Result<()> 
                     .into_inner(),
             ]
         }
+        TenantCommand::Suspend { id, reason } => vec![
+            c.tenants
+                .suspend_tenant(pb::SuspendTenantRequest { id, reason })
+                .await?
+                .into_inner(),
+        ],
+        TenantCommand::Resume { id } => vec![
+            c.tenants
+                .resume_tenant(pb::ResumeTenantRequest { id })
+                .await?
+                .into_inner(),
+        ],
         TenantCommand::Get { id } => vec![
             c.tenants
                 .get_tenant(pb::GetTenantRequest { id })
@@ -125,6 +137,11 @@ pub fn print(global: &Global, tenants: &[pb::Tenant]) {
                 t.display_name.clone(),
                 quotas.join(", "),
                 t.weight.to_string(),
+                if t.suspended {
+                    format!("suspended ({})", t.suspended_reason)
+                } else {
+                    "active".into()
+                },
                 pb::IsolationLevel::try_from(t.isolation)
                     .map(|i| {
                         i.as_str_name()
@@ -143,6 +160,7 @@ pub fn print(global: &Global, tenants: &[pb::Tenant]) {
                 "NAME",
                 "QUOTA (guaranteed/limit GPUs)",
                 "WEIGHT",
+                "STATUS",
                 "ISOLATION"
             ],
             rows

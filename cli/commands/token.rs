@@ -3,15 +3,48 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use finpool_api::{Role, SigningKey};
+use finpool_api::{Role, SigningKey, TokenLifetimes};
 use finpool_domain::Name;
 
-use crate::args::{TokenCommand, TokenIssueArgs};
+use crate::args::{Global, Output, TokenCommand, TokenIssueArgs};
+use crate::client::Clients;
+use finpool_proto::v1 as pb;
 
-pub fn run(command: TokenCommand) -> anyhow::Result<()> {
+pub async fn run(global: &Global, command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Issue(args) => {
             println!("{}", issue(&args)?);
+            Ok(())
+        }
+        TokenCommand::Revoke { subject, before } => {
+            let not_before = before
+                .map(|t| {
+                    finpool_domain::Timestamp::parse_rfc3339(&t)
+                        .map(|ts| prost_types::Timestamp {
+                            seconds: ts.0.div_euclid(1000),
+                            nanos: 0,
+                        })
+                        .ok_or_else(|| anyhow::anyhow!("--before {t:?}: not an RFC 3339 time"))
+                })
+                .transpose()?;
+            let mut c = Clients::from_global(global).await?;
+            let r = c
+                .tokens
+                .revoke_tokens(pb::RevokeTokensRequest {
+                    subject,
+                    not_before,
+                })
+                .await?
+                .into_inner();
+            if global.output == Output::Json {
+                crate::output::json(&r);
+            } else {
+                println!(
+                    "tokens of {} issued before {} are refused",
+                    crate::output::clean(&r.subject),
+                    crate::output::timestamp(&r.not_before)
+                );
+            }
             Ok(())
         }
     }
@@ -32,6 +65,10 @@ pub fn issue(args: &TokenIssueArgs) -> anyhow::Result<String> {
         _ => {}
     }
     let key = SigningKey::load(&args.data_dir)?;
+    // Bounded by what the server on this data dir accepts.
+    TokenLifetimes::load(&args.data_dir)?
+        .check_ttl(role, args.ttl)
+        .map_err(|e| anyhow::anyhow!("--{e}"))?;
     let subject = args.subject.clone().unwrap_or_else(|| match &tenant {
         Some(t) => format!("{role}:{t}"),
         None => role.to_string(),

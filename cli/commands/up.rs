@@ -11,8 +11,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.database_url = args.database_url;
     config.stop_grace = args.stop_grace;
     config.default_max_runtime = args.default_max_runtime;
-    config.pending_cap = args.pending_cap;
-    config.rate_limit = match (args.rate_limit, args.rate_burst) {
+    config.api.pending_cap = args.pending_cap;
+    config.api.rate_limit = match (args.rate_limit, args.rate_burst) {
         (0.0, _) => None,
         (r, b) if r.is_finite() && r > 0.0 && b.is_finite() && b >= 1.0 => {
             Some(finpool_api::RateLimit {
@@ -24,9 +24,37 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             "--rate-limit {r} / --rate-burst {b}: the rate must be positive (or 0 for none) and the burst at least 1"
         ),
     };
+    config.api.anonymous_rate_limit = match args.anonymous_rate_limit {
+        0.0 => None,
+        r if r.is_finite() && r > 0.0 => Some(finpool_api::RateLimit {
+            per_second: r,
+            burst: (2.0 * r).max(1.0),
+        }),
+        r => anyhow::bail!("--anonymous-rate-limit {r}: must be positive, or 0 for none"),
+    };
     if args.pending_cap == 0 {
         anyhow::bail!("--pending-cap 0: a tenant must be able to queue at least one job");
     }
+    if args.streams_per_caller == 0 {
+        anyhow::bail!("--streams-per-caller 0: a caller must be able to follow at least one job");
+    }
+    config.api.streams_per_caller = args.streams_per_caller;
+    for (flag, ttl) in [
+        ("--max-tenant-token-ttl", args.max_tenant_token_ttl),
+        ("--max-staff-token-ttl", args.max_staff_token_ttl),
+    ] {
+        if ttl.as_secs() < 60 {
+            anyhow::bail!(
+                "{flag} {}: must be at least 1m",
+                humantime::format_duration(ttl)
+            );
+        }
+    }
+    config.api.token_lifetimes = finpool_api::TokenLifetimes {
+        tenant: args.max_tenant_token_ttl,
+        operator: args.max_staff_token_ttl,
+        regulator: args.max_staff_token_ttl,
+    };
     config.jwks = args.jwks.zip(args.jwks_issuer);
     if !(args.locality_wait_factor.is_finite()
         && (0.0..=100.0).contains(&args.locality_wait_factor))

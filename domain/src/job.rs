@@ -768,6 +768,7 @@ mod tests {
                 weight: 1,
                 isolation: IsolationLevel::SharedWithinTenant,
                 created_at: Timestamp(0),
+                suspended: None,
             };
             tenant.quotas.insert(
                 "A100".into(),

@@ -12,6 +12,7 @@ pub mod inventory;
 pub mod job;
 pub mod model;
 pub mod tenant;
+pub mod text;
 pub mod time;
 
 pub use error::FieldError;
@@ -22,7 +23,7 @@ pub use job::{
     RestartPolicy, Transition,
 };
 pub use model::{BaseModel, BaseModelInput};
-pub use tenant::{IsolationLevel, Quota, Tenant, TenantInput};
+pub use tenant::{IsolationLevel, Quota, Suspension, Tenant, TenantInput};
 pub use time::Timestamp;
 
 /// One milli-GPU: a whole GPU is 1000.

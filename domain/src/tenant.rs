@@ -153,11 +153,26 @@ pub struct Tenant {
     pub weight: u32,
     pub isolation: IsolationLevel,
     pub created_at: Timestamp,
+    /// Set while an operator has suspended the tenant: its tokens are
+    /// refused and its jobs wait.
+    #[serde(default)]
+    pub suspended: Option<Suspension>,
+}
+
+/// Why and since when a tenant is suspended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspension {
+    pub reason: String,
+    pub at: Timestamp,
 }
 
 impl Tenant {
     pub fn quota(&self, class: &str) -> Quota {
         self.quotas.get(class).copied().unwrap_or_default()
+    }
+
+    pub fn is_suspended(&self) -> bool {
+        self.suspended.is_some()
     }
 }
 
@@ -211,12 +226,7 @@ impl TenantInput {
         } else {
             self.display_name.clone()
         };
-        if display_name.chars().count() > 128 || display_name.chars().any(char::is_control) {
-            return Err(FieldError::new(
-                "display_name",
-                "must be at most 128 printable characters",
-            ));
-        }
+        crate::text::check("display_name", &display_name, 128)?;
         let mut quotas = BTreeMap::new();
         for (class, q) in &self.quotas {
             let field = format!("quotas.{class}");
@@ -241,6 +251,7 @@ impl TenantInput {
             weight,
             isolation: IsolationLevel::parse("isolation", &self.isolation)?,
             created_at: now,
+            suspended: None,
         })
     }
 }

@@ -32,6 +32,14 @@ impl Timestamp {
         self.0.saturating_sub(earlier.0).max(0) as u64
     }
 
+    /// An RFC 3339 time (any offset), as UTC milliseconds.
+    pub fn parse_rfc3339(text: &str) -> Option<Self> {
+        let t = OffsetDateTime::parse(text.trim(), &Rfc3339).ok()?;
+        i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+            .ok()
+            .map(Self)
+    }
+
     pub fn to_rfc3339(self) -> String {
         OffsetDateTime::from_unix_timestamp_nanos(self.0 as i128 * 1_000_000)
             .ok()
@@ -54,5 +62,10 @@ mod tests {
     fn formats_as_utc_rfc3339() {
         assert_eq!(Timestamp(0).to_rfc3339(), "1970-01-01T00:00:00Z");
         assert_eq!(Timestamp(1_500).to_rfc3339(), "1970-01-01T00:00:01.5Z");
+        assert_eq!(
+            Timestamp::parse_rfc3339("1970-01-01T01:00:01.5+01:00"),
+            Some(Timestamp(1_500))
+        );
+        assert_eq!(Timestamp::parse_rfc3339("yesterday"), None);
     }
 }

@@ -266,6 +266,7 @@ impl Snapshot {
             let quotas = classes.iter().map(|c| t.quota(&c.name)).collect();
             let idx = tenants.push(t.id.as_str(), quotas, t.weight);
             tenants.set_mig(idx, t.isolation == IsolationLevel::Mig);
+            tenants.set_suspended(idx, t.is_suspended());
         }
         let node_index = nodes
             .iter()
@@ -384,6 +385,11 @@ impl Built {
     ) -> Result<Task, WaitReason> {
         let tenant = match self.tenants.index_of(job.tenant.as_str()) {
             _ if tenantless => None,
+            Some(t) if self.tenants.is_suspended(t) => {
+                return Err(WaitReason::TenantSuspended {
+                    tenant: job.tenant.to_string(),
+                });
+            }
             Some(t) => Some(t),
             None => {
                 return Err(WaitReason::UnknownTenant {

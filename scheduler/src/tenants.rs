@@ -21,6 +21,7 @@ pub struct TenantBook {
     quotas: Vec<Vec<Quota>>,
     weights: Vec<u32>,
     mig: Vec<bool>,
+    suspended: Vec<bool>,
 }
 
 impl TenantBook {
@@ -33,7 +34,22 @@ impl TenantBook {
         self.quotas.push(quotas);
         self.weights.push(weight.max(1));
         self.mig.push(false);
+        self.suspended.push(false);
         idx
+    }
+
+    /// Marks a tenant as suspended by an operator: its jobs wait.
+    pub fn set_suspended(&mut self, tenant: TenantIdx, suspended: bool) {
+        if let Some(s) = self.suspended.get_mut(tenant as usize) {
+            *s = suspended;
+        }
+    }
+
+    pub fn is_suspended(&self, tenant: TenantIdx) -> bool {
+        self.suspended
+            .get(tenant as usize)
+            .copied()
+            .unwrap_or(false)
     }
 
     /// Marks a tenant as isolating its shares in hardware (MIG).

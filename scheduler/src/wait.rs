@@ -12,6 +12,8 @@ use finpool_domain::Timestamp;
 pub enum WaitReason {
     /// The job's tenant is not (or no longer) known to the pool.
     UnknownTenant { tenant: String },
+    /// An operator suspended the job's tenant; it waits until resumed.
+    TenantSuspended { tenant: String },
     /// No node of the pool could ever run it, even empty.
     Infeasible { resource: Infeasible },
     /// It could run now, but its tenant's quota limit or the pool's
@@ -89,6 +91,7 @@ impl WaitReason {
     pub fn code(&self) -> &'static str {
         match self {
             Self::UnknownTenant { .. } => "UnknownTenant",
+            Self::TenantSuspended { .. } => "TenantSuspended",
             Self::Infeasible { .. } => "Infeasible",
             Self::QuotaLimit => "QuotaLimit",
             Self::NoCapacity { .. } => "NoCapacity",
@@ -118,6 +121,12 @@ impl fmt::Display for WaitReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::UnknownTenant { tenant } => write!(f, "tenant {tenant} is unknown"),
+            Self::TenantSuspended { tenant } => {
+                write!(
+                    f,
+                    "tenant {tenant} is suspended; its jobs wait until it is resumed"
+                )
+            }
             Self::Infeasible { resource } => write!(f, "fits no node of the pool: {resource}"),
             Self::QuotaLimit => write!(
                 f,

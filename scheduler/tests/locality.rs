@@ -156,6 +156,7 @@ fn tenants(case: &Case, cards: u32) -> Vec<Tenant> {
                 IsolationLevel::SharedWithinTenant
             },
             created_at: Timestamp(0),
+            suspended: None,
         })
         .collect()
 }

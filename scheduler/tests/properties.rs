@@ -90,6 +90,7 @@ fn arb_tenant(i: usize) -> impl Strategy<Value = Tenant> {
             weight,
             isolation,
             created_at: Timestamp(0),
+            suspended: None,
         })
 }
 
@@ -516,6 +517,7 @@ fn a_guarantee_taken_from_a_free_card_is_not_blamed_on_later_borrowing() {
         weight: 1,
         isolation: iso,
         created_at: Timestamp(0),
+        suspended: None,
     };
     let arr = |tenant: usize, gpu: GpuRequest, priority: i32, runtime_minutes: u64| Arrival {
         tenant,

@@ -45,6 +45,7 @@ fn run(guaranteed: u32, gang_priority: i32) -> (Option<Timestamp>, Timestamp) {
         weight: 1,
         isolation: IsolationLevel::SharedWithinTenant,
         created_at: Timestamp(0),
+        suspended: None,
     };
     let node = Node {
         name: "n0".into(),

@@ -157,6 +157,7 @@ pub fn tenants(config: &BenchConfig) -> Vec<Tenant> {
             weight: 1,
             isolation: IsolationLevel::SharedWithinTenant,
             created_at: Timestamp(0),
+            suspended: None,
         })
         .collect()
 }

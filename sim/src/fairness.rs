@@ -270,6 +270,7 @@ pub fn run(s: &Scenario) -> FairnessReport {
             weight: t.weight,
             isolation: IsolationLevel::SharedWithinTenant,
             created_at: Timestamp(0),
+            suspended: None,
         })
         .collect();
     let inventory = Arc::new(Inventory {

@@ -353,6 +353,7 @@ fn finpool_pool(
                 weight: 1,
                 isolation: IsolationLevel::SharedWithinTenant,
                 created_at: Timestamp(0),
+                suspended: None,
             })
             .collect();
         state.models = model_names

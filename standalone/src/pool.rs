@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use finpool_api::{ApiConfig, ApiState, SigningKey};
+use finpool_api::{ApiState, SigningKey};
 use finpool_domain::Inventory;
 use finpool_scheduler::Policy;
 use finpool_store::{Store, StoreConfig, StoreError};
@@ -37,14 +37,11 @@ pub struct StandaloneConfig {
     pub stop_grace: Duration,
     /// For jobs that set no max runtime.
     pub default_max_runtime: Duration,
-    /// The longest max runtime a job may ask for.
-    pub max_runtime_cap: Duration,
     /// How fast past borrowing is forgotten in the fair-share order.
     pub fair_share_half_life: Duration,
-    /// Per-caller request rate; `None`: unlimited.
-    pub rate_limit: Option<finpool_api::RateLimit>,
-    /// The most jobs a tenant may have pending.
-    pub pending_cap: u32,
+    /// The API's limits: max runtime cap, rate limits, pending cap,
+    /// streams per caller, token lifetimes.
+    pub api: finpool_api::ApiConfig,
     /// Extra token keys (a JWKS file) and the issuer their tokens carry.
     pub jwks: Option<(PathBuf, String)>,
     /// Whether the scheduling loop runs (benchmarks of the API alone turn
@@ -65,12 +62,10 @@ impl StandaloneConfig {
             database_url: None,
             stop_grace: Duration::from_secs(10),
             default_max_runtime: Duration::from_secs(24 * 3600),
-            max_runtime_cap: Duration::from_secs(7 * 24 * 3600),
             fair_share_half_life: Duration::from_secs(
                 finpool_scheduler::tenants::DEFAULT_FAIR_SHARE_HALF_LIFE_S,
             ),
-            rate_limit: Some(finpool_api::RateLimit::default()),
-            pending_cap: finpool_api::state::DEFAULT_PENDING_CAP,
+            api: finpool_api::ApiConfig::default(),
             jwks: None,
             schedule: true,
             locality: finpool_scheduler::LocalityConfig::default(),
@@ -159,6 +154,7 @@ pub async fn start(config: StandaloneConfig) -> Result<RunningPool, StartError> 
     };
     tracing::info!(sandbox = %sandbox_status, "job sandbox");
     let key = SigningKey::load_or_create(&config.data_dir)?;
+    config.api.token_lifetimes.save(&config.data_dir)?;
     let mut verifier = key.verifier();
     if let Some((path, issuer)) = &config.jwks {
         let text = std::fs::read_to_string(path).map_err(|source| StartError::Jwks {
@@ -216,19 +212,15 @@ pub async fn start(config: StandaloneConfig) -> Result<RunningPool, StartError> 
         addr: config.listen,
         source,
     })?;
-    let state = ApiState {
-        store: store.clone(),
-        inventory: Arc::new(inventory.clone()),
-        logs: Arc::new(FileLogs {
+    let state = ApiState::new(
+        store.clone(),
+        Arc::new(inventory.clone()),
+        Arc::new(FileLogs {
             store: store.clone(),
             config: executor_config,
         }),
-        config: ApiConfig {
-            max_runtime_cap: config.max_runtime_cap,
-            rate_limit: config.rate_limit,
-            pending_cap: config.pending_cap,
-        },
-    };
+        config.api.clone(),
+    );
     let mut stop = shutdown_rx;
     let server = tokio::spawn(finpool_api::server::serve(
         listener,

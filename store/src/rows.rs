@@ -98,6 +98,8 @@ pub(crate) struct TenantRow {
     pub isolation: String,
     pub quotas: String,
     pub created_at: i64,
+    pub suspended_at: Option<i64>,
+    pub suspended_reason: String,
 }
 
 impl TenantRow {
@@ -112,6 +114,10 @@ impl TenantRow {
             isolation: IsolationLevel::parse("isolation", &self.isolation)
                 .map_err(|e| corrupt("tenant isolation", e))?,
             created_at: Timestamp(self.created_at),
+            suspended: self.suspended_at.map(|at| finpool_domain::Suspension {
+                reason: self.suspended_reason,
+                at: Timestamp(at),
+            }),
         })
     }
 }

@@ -64,6 +64,7 @@ fn tenant(id: &str) -> Tenant {
         weight: 2,
         isolation: IsolationLevel::SharedWithinTenant,
         created_at: Timestamp(1_000),
+        suspended: None,
     }
 }
 

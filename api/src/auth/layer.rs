@@ -1,8 +1,12 @@
-//! A tower layer in front of every gRPC service: it authenticates the
-//! bearer token, applies the method's rule from [`super::policy`], and hands
-//! the [`Principal`](super::Principal) to the handler in the request's
-//! extensions.
+//! A tower layer in front of every gRPC service. Its [`Gate`] decides each
+//! call before any of the request's body is read: it authenticates the
+//! bearer token, refuses revoked ones, applies the method's rule from
+//! [`super::policy`] and the rate limits, and hands the
+//! [`Principal`](super::Principal) to the handler in the request's
+//! extensions. The REST gateway asks the same gate first, so a REST body
+//! is read only for a caller already admitted.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -12,20 +16,123 @@ use tower::{Layer, Service};
 
 use super::limit::RateLimiter;
 use super::policy::{self, Access};
-use super::{AuthError, Verifier};
+use super::revocation::Revocations;
+use super::{AuthError, Principal, Verifier};
+
+/// Who is calling and whether they may: one decision for both doors.
+#[derive(Debug)]
+pub struct Gate {
+    verifier: Verifier,
+    /// Per tenant (per subject for operators and regulators).
+    callers: RateLimiter,
+    /// Per source address, for calls without a valid token (anonymous
+    /// methods, and failed authentications, whose signature checks cost).
+    anonymous: RateLimiter,
+    revocations: Arc<Revocations>,
+}
+
+/// A call the gate has admitted; the REST gateway puts it on the gRPC
+/// request it makes, so the call is not counted twice. Only code in this
+/// crate can make one (extensions never come from the wire).
+#[derive(Debug, Clone)]
+pub struct Admitted(pub(crate) Option<Principal>);
+
+impl Gate {
+    pub fn new(
+        verifier: Verifier,
+        callers: RateLimiter,
+        anonymous: RateLimiter,
+        revocations: Arc<Revocations>,
+    ) -> Self {
+        Self {
+            verifier,
+            callers,
+            anonymous,
+            revocations,
+        }
+    }
+
+    /// Decides a call to `path` from `peer` with these headers: the caller
+    /// (`None` for an anonymous method), or the status refusing it.
+    pub fn admit(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<Option<Principal>, Status> {
+        let roles = match policy::rule(path) {
+            None => return Err(Status::unimplemented(format!("unknown method {path}"))),
+            Some(Access::Anonymous) => {
+                self.admit_anonymous(peer)?;
+                return Ok(None);
+            }
+            Some(Access::Roles(roles)) => roles,
+        };
+        let principal = match authenticate(&self.verifier, headers)
+            .and_then(|p| self.revocations.check(&p).map(|()| p))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                // A caller without a valid token is anonymous: limited by
+                // address, so guessing tokens is as slow as any flood.
+                self.admit_anonymous(peer)?;
+                tracing::debug!(path, error = %e, "unauthenticated call");
+                return Err(Status::unauthenticated(e.to_string()));
+            }
+        };
+        if !roles.contains(&principal.role) {
+            tracing::info!(path, subject = %principal.subject, role = %principal.role, "permission denied");
+            return Err(Status::permission_denied(format!(
+                "the {} role may not call {path}",
+                principal.role
+            )));
+        }
+        if let Err(wait) = self.callers.admit(&principal.bucket()) {
+            tracing::debug!(path, subject = %principal.subject, "rate limited");
+            let who = if principal.role == super::Role::Tenant {
+                "tenant"
+            } else {
+                "caller"
+            };
+            return Err(rate_limited(who, wait));
+        }
+        Ok(Some(principal))
+    }
+
+    fn admit_anonymous(&self, peer: Option<IpAddr>) -> Result<(), Status> {
+        let key = match peer {
+            Some(ip) => format!("address/{ip}"),
+            None => "address/unknown".to_owned(),
+        };
+        self.anonymous
+            .admit(&key)
+            .map_err(|wait| rate_limited("address", wait))
+    }
+}
+
+fn rate_limited(who: &str, wait: f64) -> Status {
+    Status::resource_exhausted(format!(
+        "rate limit: too many requests from this {who}; retry in {:.0} ms",
+        (wait * 1000.0).ceil()
+    ))
+}
+
+/// The caller's address, as the transport recorded it.
+pub fn peer_of(extensions: &http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|i| i.remote_addr())
+        .map(|a| a.ip())
+}
 
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
-    verifier: Arc<Verifier>,
-    limiter: Arc<RateLimiter>,
+    gate: Arc<Gate>,
 }
 
 impl AuthLayer {
-    pub fn new(verifier: Verifier, limiter: RateLimiter) -> Self {
-        Self {
-            verifier: Arc::new(verifier),
-            limiter: Arc::new(limiter),
-        }
+    pub fn new(gate: Arc<Gate>) -> Self {
+        Self { gate }
     }
 }
 
@@ -35,8 +142,7 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AuthService {
             inner,
-            verifier: self.verifier.clone(),
-            limiter: self.limiter.clone(),
+            gate: self.gate.clone(),
         }
     }
 }
@@ -44,8 +150,13 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Debug, Clone)]
 pub struct AuthService<S> {
     inner: S,
-    verifier: Arc<Verifier>,
-    limiter: Arc<RateLimiter>,
+    gate: Arc<Gate>,
+}
+
+impl<S> AuthService<S> {
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
 }
 
 impl<S, B, R> Service<http::Request<B>> for AuthService<S>
@@ -67,45 +178,20 @@ where
         // The ready service goes to this call; a fresh clone stays behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let path = request.uri().path();
-        let denied = match policy::rule(path) {
-            None => Some(Status::unimplemented(format!("unknown method {path}"))),
-            Some(Access::Anonymous) => None,
-            Some(Access::Roles(roles)) => match authenticate(&self.verifier, &request) {
-                Err(e) => {
-                    tracing::debug!(path, error = %e, "unauthenticated call");
-                    Some(Status::unauthenticated(e.to_string()))
-                }
-                Ok(principal) if !roles.contains(&principal.role) => {
-                    tracing::info!(path, subject = %principal.subject, role = %principal.role, "permission denied");
-                    Some(Status::permission_denied(format!(
-                        "the {} role may not call {path}",
-                        principal.role
-                    )))
-                }
-                Ok(principal) => match self.limiter.admit(&principal) {
-                    Err(wait) => {
-                        tracing::debug!(path, subject = %principal.subject, "rate limited");
-                        Some(Status::resource_exhausted(format!(
-                            "rate limit: too many requests from this {}; retry in {:.0} ms",
-                            if principal.role == super::Role::Tenant {
-                                "tenant"
-                            } else {
-                                "caller"
-                            },
-                            (wait * 1000.0).ceil()
-                        )))
-                    }
-                    Ok(()) => {
-                        request.extensions_mut().insert(principal);
-                        None
-                    }
-                },
-            },
-        };
-        match denied {
-            Some(status) => Box::pin(async move { Ok(status.into_http()) }),
+        let decided = match request.extensions_mut().remove::<Admitted>() {
+            Some(Admitted(principal)) => Ok(principal),
             None => {
+                let peer = peer_of(request.extensions());
+                self.gate
+                    .admit(request.uri().path(), request.headers(), peer)
+            }
+        };
+        match decided {
+            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
+            Ok(principal) => {
+                if let Some(p) = principal {
+                    request.extensions_mut().insert(p);
+                }
                 let call = inner.call(request);
                 Box::pin(async move { call.await.map(too_large_is_invalid) })
             }
@@ -113,12 +199,8 @@ where
     }
 }
 
-fn authenticate<B>(
-    verifier: &Verifier,
-    request: &http::Request<B>,
-) -> Result<super::Principal, AuthError> {
-    let header = request
-        .headers()
+fn authenticate(verifier: &Verifier, headers: &http::HeaderMap) -> Result<Principal, AuthError> {
+    let header = headers
         .get(http::header::AUTHORIZATION)
         .ok_or(AuthError::Missing)?
         .to_str()

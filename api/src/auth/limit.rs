@@ -1,7 +1,8 @@
-//! Per-caller request rate limits: a token bucket per tenant (per subject
-//! for operators and regulators). Each caller drains only its own bucket,
-//! so one tenant's flood is refused without slowing anyone else; the lock
-//! is held for a few arithmetic operations.
+//! Per-caller request rate limits: a token bucket per key (a tenant, an
+//! operator's or regulator's subject, or a source address for callers
+//! without a token). Each caller drains only its own bucket, so one
+//! tenant's flood is refused without slowing anyone else; the lock is held
+//! for a few arithmetic operations.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,11 +10,24 @@ use std::time::Instant;
 
 use super::{Principal, Role};
 
+/// Buckets kept before full (idle) ones are dropped: memory stays bounded
+/// however many addresses call.
+const MAX_BUCKETS: usize = 100_000;
+
 /// A sustained rate and a burst, per caller.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
     pub per_second: f64,
     pub burst: f64,
+}
+
+impl RateLimit {
+    /// Per source address, for callers without a valid token: enough for
+    /// health probes and reflection, not for guessing tokens.
+    pub const ANONYMOUS: RateLimit = RateLimit {
+        per_second: 20.0,
+        burst: 40.0,
+    };
 }
 
 impl Default for RateLimit {
@@ -47,22 +61,25 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one request from the caller's bucket; `Err` holds the seconds
+    /// Takes one request from `key`'s bucket; `Err` holds the seconds
     /// until the next request would be admitted.
-    pub fn admit(&self, who: &Principal) -> Result<(), f64> {
-        self.admit_at(who, Instant::now())
+    pub fn admit(&self, key: &str) -> Result<(), f64> {
+        self.admit_at(key, Instant::now())
     }
 
-    fn admit_at(&self, who: &Principal, now: Instant) -> Result<(), f64> {
+    fn admit_at(&self, key: &str, now: Instant) -> Result<(), f64> {
         let Some(limit) = self.limit else {
             return Ok(());
         };
-        let key = match (who.role, &who.tenant) {
-            (Role::Tenant, Some(t)) => format!("tenant/{t}"),
-            (role, _) => format!("{role}/{}", who.subject),
-        };
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let bucket = buckets.entry(key).or_insert(Bucket {
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
+            // A bucket refilled to its burst is the same as no bucket.
+            buckets.retain(|_, b| {
+                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * limit.per_second
+                    < limit.burst
+            });
+        }
+        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
             tokens: limit.burst,
             at: now,
         });
@@ -78,18 +95,30 @@ impl RateLimiter {
     }
 }
 
+impl Principal {
+    /// The rate-limit bucket: a tenant's callers share one.
+    pub fn bucket(&self) -> String {
+        match (self.role, &self.tenant) {
+            (Role::Tenant, Some(t)) => format!("tenant/{t}"),
+            (role, _) => format!("{role}/{}", self.subject),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use finpool_domain::Name;
     use std::time::Duration;
 
-    fn tenant(t: &str) -> Principal {
+    fn tenant(t: &str) -> String {
         Principal {
             subject: "s".into(),
             role: Role::Tenant,
             tenant: Some(Name::parse("t", t).unwrap()),
+            issued_at: None,
         }
+        .bucket()
     }
 
     #[test]

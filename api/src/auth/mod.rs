@@ -15,6 +15,7 @@
 pub mod layer;
 pub mod limit;
 pub mod policy;
+pub mod revocation;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,95 @@ pub const AUDIENCE: &str = "finpool-api";
 pub const LEEWAY_SECONDS: u64 = 30;
 /// The file in the data dir holding the signing key (PKCS#8 DER).
 pub const KEY_FILE: &str = "jwt-signing-key.pk8";
+
+/// The longest a token may live, per role: a leaked token stops working
+/// within a day at worst, and privileged ones sooner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenLifetimes {
+    pub tenant: std::time::Duration,
+    pub operator: std::time::Duration,
+    pub regulator: std::time::Duration,
+}
+
+impl Default for TokenLifetimes {
+    fn default() -> Self {
+        const HOUR: u64 = 3600;
+        Self {
+            tenant: std::time::Duration::from_secs(24 * HOUR),
+            operator: std::time::Duration::from_secs(12 * HOUR),
+            regulator: std::time::Duration::from_secs(12 * HOUR),
+        }
+    }
+}
+
+/// The file in the data dir where `finpool up` records its lifetimes, so
+/// that `finpool token issue` refuses what the server would.
+pub const LIFETIMES_FILE: &str = "token-lifetimes.json";
+
+impl TokenLifetimes {
+    /// Records these lifetimes in `dir` (mode 0600), replacing any before.
+    pub fn save(&self, dir: &Path) -> Result<(), AuthError> {
+        let text = serde_json::json!({
+            "tenant_seconds": self.tenant.as_secs(),
+            "operator_seconds": self.operator.as_secs(),
+            "regulator_seconds": self.regulator.as_secs(),
+        })
+        .to_string();
+        let path = dir.join(LIFETIMES_FILE);
+        let temp = dir.join(format!("{LIFETIMES_FILE}.tmp"));
+        let _ = std::fs::remove_file(&temp);
+        write_private(&temp, text.as_bytes())
+            .and_then(|()| std::fs::rename(&temp, &path))
+            .map_err(|e| AuthError::Key(format!("writing {}: {e}", path.display())))
+    }
+
+    /// The lifetimes a server on `dir` recorded; the defaults if none has.
+    pub fn load(dir: &Path) -> Result<Self, AuthError> {
+        let path = dir.join(LIFETIMES_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(AuthError::Key(format!("reading {}: {e}", path.display()))),
+        };
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))?;
+        let seconds = |name: &str| {
+            value[name]
+                .as_u64()
+                .map(std::time::Duration::from_secs)
+                .ok_or_else(|| AuthError::Key(format!("{}: {name} missing", path.display())))
+        };
+        Ok(Self {
+            tenant: seconds("tenant_seconds")?,
+            operator: seconds("operator_seconds")?,
+            regulator: seconds("regulator_seconds")?,
+        })
+    }
+
+    pub fn max_for(&self, role: Role) -> std::time::Duration {
+        match role {
+            Role::Tenant => self.tenant,
+            Role::Operator => self.operator,
+            Role::Regulator => self.regulator,
+        }
+    }
+
+    /// Refuses a `ttl` longer than the role's maximum, naming both.
+    pub fn check_ttl(&self, role: Role, ttl: std::time::Duration) -> Result<(), String> {
+        let max = self.max_for(role);
+        if ttl.is_zero() {
+            return Err("ttl: must be positive".into());
+        }
+        if ttl > max {
+            return Err(format!(
+                "ttl: {} is longer than the server's maximum of {} for {role} tokens",
+                humantime::format_duration(ttl),
+                humantime::format_duration(max),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// The three kinds of users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -78,6 +168,9 @@ pub struct Principal {
     pub role: Role,
     /// Set exactly for the tenant role.
     pub tenant: Option<TenantId>,
+    /// The token's `iat` (else its `nbf`): what a subject's not-before
+    /// revocation compares against.
+    pub issued_at: Option<u64>,
 }
 
 impl Principal {
@@ -112,6 +205,8 @@ pub enum AuthError {
     Missing,
     #[error("invalid token: {0}")]
     Invalid(String),
+    #[error("revoked: {0}")]
+    Revoked(String),
     #[error("signing key: {0}")]
     Key(String),
 }
@@ -212,6 +307,7 @@ impl SigningKey {
                 issuer: ISSUER.into(),
             }],
             verified: Default::default(),
+            lifetimes: TokenLifetimes::default(),
         }
     }
 }
@@ -240,6 +336,8 @@ pub struct Verifier {
     /// still checks the expiry; an entry is only made for a token that
     /// passed every check.
     verified: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (Principal, u64)>>>,
+    /// Tokens living longer than these are refused, whoever signed them.
+    lifetimes: TokenLifetimes,
 }
 
 /// Verified tokens kept at most (the cache is emptied when full).
@@ -257,6 +355,16 @@ impl fmt::Debug for Verifier {
 }
 
 impl Verifier {
+    /// Refuses tokens that live longer than `lifetimes` allow.
+    pub fn with_lifetimes(mut self, lifetimes: TokenLifetimes) -> Self {
+        self.lifetimes = lifetimes;
+        self
+    }
+
+    pub fn lifetimes(&self) -> TokenLifetimes {
+        self.lifetimes
+    }
+
     /// Adds the keys of a JWKS document (RFC 7517) whose tokens carry
     /// `issuer`. Every key needs a `kid` and an allowed algorithm (its
     /// `alg`, or the one its key type implies); symmetric keys are refused.
@@ -380,11 +488,26 @@ impl Verifier {
         if claims.sub.is_empty() {
             return Err(AuthError::Invalid("empty sub".into()));
         }
+        // Lifetime from issue (or from now, for a token that does not say
+        // when it was issued) to expiry.
+        let now = jsonwebtoken::get_current_timestamp();
+        let issued_at = claims.iat.or(claims.nbf);
+        if issued_at.is_some_and(|iat| iat > now + LEEWAY_SECONDS) {
+            return Err(AuthError::Invalid("issued in the future (iat)".into()));
+        }
+        let lifetime = claims.exp.saturating_sub(issued_at.unwrap_or(now).min(now));
+        let max = self.lifetimes.max_for(role).as_secs();
+        if lifetime > max + LEEWAY_SECONDS {
+            return Err(AuthError::Invalid(format!(
+                "the token lives {lifetime} s; this server accepts {role} tokens of at most {max} s"
+            )));
+        }
         Ok((
             Principal {
                 subject: claims.sub,
                 role,
                 tenant,
+                issued_at,
             },
             claims.exp,
         ))

@@ -41,6 +41,18 @@ pub const RULES: &[(&str, Access)] = &[
         Access::Roles(OPERATOR),
     ),
     (
+        "/finpool.v1.TenantService/SuspendTenant",
+        Access::Roles(OPERATOR),
+    ),
+    (
+        "/finpool.v1.TenantService/ResumeTenant",
+        Access::Roles(OPERATOR),
+    ),
+    (
+        "/finpool.v1.TokenService/RevokeTokens",
+        Access::Roles(OPERATOR),
+    ),
+    (
         "/finpool.v1.ModelService/RegisterModel",
         Access::Roles(OPERATOR),
     ),
@@ -94,9 +106,11 @@ mod tests {
     #[test]
     fn regulators_can_change_nothing() {
         for (path, access) in RULES {
-            let mutates = ["Submit", "Cancel", "Create", "Set", "Register"]
-                .iter()
-                .any(|verb| path.rsplit('/').next().unwrap().starts_with(verb));
+            let mutates = [
+                "Submit", "Cancel", "Create", "Set", "Register", "Suspend", "Resume", "Revoke",
+            ]
+            .iter()
+            .any(|verb| path.rsplit('/').next().unwrap().starts_with(verb));
             if let Access::Roles(roles) = access
                 && mutates
             {

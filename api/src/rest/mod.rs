@@ -173,6 +173,30 @@ pub const ROUTES: &[Route] = &[
     ),
     route(
         Method::POST,
+        "/v1/tenants/{id}/suspend",
+        "/finpool.v1.TenantService/SuspendTenant",
+        BodyTo::Whole,
+        Reply::Json,
+        "Suspend a tenant: its tokens are refused and its jobs wait (operators).",
+    ),
+    route(
+        Method::POST,
+        "/v1/tenants/{id}/resume",
+        "/finpool.v1.TenantService/ResumeTenant",
+        BodyTo::Whole,
+        Reply::Json,
+        "Resume a suspended tenant (operators).",
+    ),
+    route(
+        Method::POST,
+        "/v1/token-revocations",
+        "/finpool.v1.TokenService/RevokeTokens",
+        BodyTo::Whole,
+        Reply::Json,
+        "Refuse a subject's tokens issued before a time, by default now (operators).",
+    ),
+    route(
+        Method::POST,
         "/v1/models",
         "/finpool.v1.ModelService/RegisterModel",
         BodyTo::Whole,
@@ -283,6 +307,12 @@ fn invalid(field: &str, reason: impl std::fmt::Display) -> Refused {
 
 async fn gateway(route: &'static Route, grpc: GrpcStack, request: Request) -> Response {
     let (mut parts, body) = request.into_parts();
+    // Who is calling, before a byte of the body is read.
+    let peer = crate::auth::layer::peer_of(&parts.extensions);
+    let principal = match grpc.gate().admit(route.rpc, &parts.headers, peer) {
+        Ok(p) => p,
+        Err(status) => return problem(&status).into_response(),
+    };
     let method = route.method_descriptor();
     let input = method.input();
     let path: HashMap<String, String> =
@@ -290,19 +320,22 @@ async fn gateway(route: &'static Route, grpc: GrpcStack, request: Request) -> Re
             Ok(Path(p)) => p,
             Err(e) => return invalid("path", e.body_text()).into_response(),
         };
+    if declared_length(&parts.headers).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return too_large();
+    }
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
-        Err(_) => {
-            // 413 rather than the 400 INVALID_ARGUMENT maps to.
-            let mut r = problem(&Status::invalid_argument(format!(
-                "request: larger than the {} MiB limit",
-                MAX_BODY_BYTES >> 20
-            )))
-            .into_response();
-            *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-            return r;
-        }
+        Err(_) => return too_large(),
     };
+    if !body.iter().all(u8::is_ascii_whitespace) && !is_json(&parts.headers) {
+        return problem::with_http_status(
+            &Status::invalid_argument("content-type: the body must be application/json (RFC 8259)"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        );
+    }
+    if let Some(path) = duplicate_key(&body) {
+        return invalid(&path, "given more than once; each key may appear once").into_response();
+    }
     let mut message = match request_body(route, &input, &body) {
         Ok(m) => m,
         Err(r) => return r.into_response(),
@@ -321,24 +354,25 @@ async fn gateway(route: &'static Route, grpc: GrpcStack, request: Request) -> Re
     if let Err(r) = apply_query(route, &input, &mut message, parts.uri.query().unwrap_or("")) {
         return r.into_response();
     }
-    let mut grpc_request = http::Request::builder()
+    let grpc_request = http::Request::builder()
         .method(Method::POST)
         .uri(route.rpc)
         .header(header::CONTENT_TYPE, "application/grpc")
         .header("te", "trailers");
-    if let Some(auth) = parts.headers.get(header::AUTHORIZATION) {
-        grpc_request = grpc_request.header(header::AUTHORIZATION, auth);
-    }
     let encoded = message.encode_to_vec();
     let mut framed = BytesMut::with_capacity(encoded.len() + 5);
     framed.put_u8(0);
     framed.put_u32(encoded.len() as u32);
     framed.extend_from_slice(&encoded);
-    let grpc_request = grpc_request
+    let mut grpc_request = grpc_request
         .body(tonic::body::Body::new(http_body_util::Full::new(
             framed.freeze(),
         )))
         .expect("a well-formed request");
+    // Admitted above: the gRPC stack does not count the call again.
+    grpc_request
+        .extensions_mut()
+        .insert(crate::auth::layer::Admitted(principal));
     let response = match grpc.oneshot(grpc_request).await {
         Ok(r) => r,
         Err(e) => match e {},
@@ -354,6 +388,139 @@ async fn gateway(route: &'static Route, grpc: GrpcStack, request: Request) -> Re
         Reply::Json => unary_reply(output, body).await,
         Reply::JsonLines | Reply::Text => stream_reply(route.reply, output, body),
     }
+}
+
+/// 413, saying so in the problem document too.
+fn too_large() -> Response {
+    problem::with_http_status(
+        &Status::invalid_argument(format!(
+            "request: larger than the {} MiB limit",
+            MAX_BODY_BYTES >> 20
+        )),
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+}
+
+/// The body length the client declared, if any.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether the body is declared JSON: `application/json` or a
+/// `application/*+json` type, with any parameters (say, a charset).
+fn is_json(headers: &http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json"))
+}
+
+/// The path of the first key given twice in one JSON object of `body`
+/// (RFC 8259 leaves duplicates to the parser; finpool refuses them rather
+/// than silently keep one). `None` for a body without duplicates, or one
+/// that is not JSON (the parser then says why).
+fn duplicate_key(body: &[u8]) -> Option<String> {
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    use std::cell::RefCell;
+
+    struct Walk<'a> {
+        at: String,
+        found: &'a RefCell<Option<String>>,
+    }
+
+    impl<'a> Walk<'a> {
+        fn child(&self, step: &str) -> Walk<'a> {
+            let at = match (self.at.is_empty(), step.starts_with('[')) {
+                (true, _) | (false, true) => format!("{}{step}", self.at),
+                (false, false) => format!("{}.{step}", self.at),
+            };
+            Walk {
+                at,
+                found: self.found,
+            }
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let child = self.child(&key);
+                if !seen.insert(key) {
+                    *self.found.borrow_mut() = Some(child.at);
+                    return Err(A::Error::custom("duplicate key"));
+                }
+                map.next_value_seed(child)?;
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut i = 0;
+            while seq
+                .next_element_seed(self.child(&format!("[{i}]")))?
+                .is_some()
+            {
+                i += 1;
+            }
+            Ok(())
+        }
+        fn visit_bool<E: Error>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E: Error>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E: Error>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E: Error>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E: Error>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E: Error>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+
+    let found = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let _ = Walk {
+        at: String::new(),
+        found: &found,
+    }
+    .deserialize(&mut de);
+    found.into_inner()
 }
 
 /// The request message from the body, per the route's [`BodyTo`].

@@ -146,9 +146,10 @@ const ERRORS: &[(&str, &str)] = &[
         "Already exists, or the idempotency key names another job",
     ),
     ("413", "The request body is over 1 MiB"),
+    ("415", "A request body that is not application/json"),
     (
         "429",
-        "Too many requests from this tenant (or pending jobs over its cap)",
+        "Too many requests from this tenant or address, too many open streams, or pending jobs over the cap",
     ),
     ("500", "Internal error"),
     ("503", "The database is unavailable; retry shortly"),

@@ -37,7 +37,12 @@ fn field_of(message: &str) -> Option<&str> {
 
 /// The problem document for a status.
 pub fn document(status: &Status) -> serde_json::Value {
-    let code = http_status(status.code());
+    document_as(status, http_status(status.code()))
+}
+
+/// The problem document for a status answered with the HTTP status `code`
+/// (413 and 415 say what they are, not the 400 their gRPC code maps to).
+fn document_as(status: &Status, code: StatusCode) -> serde_json::Value {
     let slug = format!("{:?}", status.code());
     let mut doc = serde_json::json!({
         "type": format!("urn:finpool:problem:{}", slug.to_ascii_lowercase()),
@@ -55,15 +60,21 @@ pub fn document(status: &Status) -> serde_json::Value {
 
 /// A status as a problem response.
 pub fn problem(status: &Status) -> ProblemResponse {
-    ProblemResponse(status.clone())
+    ProblemResponse(status.clone(), http_status(status.code()))
 }
 
-pub struct ProblemResponse(Status);
+/// A status as a problem response with another HTTP status than its gRPC
+/// code maps to; the document's `status` says the same.
+pub fn with_http_status(status: &Status, code: StatusCode) -> Response {
+    ProblemResponse(status.clone(), code).into_response()
+}
+
+pub struct ProblemResponse(Status, StatusCode);
 
 impl IntoResponse for ProblemResponse {
     fn into_response(self) -> Response {
-        let code = http_status(self.0.code());
-        let mut response = (code, document(&self.0).to_string()).into_response();
+        let code = self.1;
+        let mut response = (code, document_as(&self.0, code).to_string()).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -94,5 +105,15 @@ mod tests {
         let doc = document(&Status::not_found("job 1 not found"));
         assert_eq!(doc["status"], 404);
         assert!(doc.get("field").is_none());
+    }
+
+    #[test]
+    fn an_overridden_http_status_is_the_documents_status_too() {
+        let doc = document_as(
+            &Status::invalid_argument("request: larger than the 1 MiB limit"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        );
+        assert_eq!(doc["status"], 413);
+        assert_eq!(doc["title"], "Payload Too Large");
     }
 }

@@ -163,6 +163,12 @@ impl JobService for Jobs {
         let who = principal(&request)?;
         let r = request.into_inner();
         let job = self.visible_job(&who, &r.id).await?;
+        finpool_domain::text::check(
+            "reason",
+            r.reason.trim(),
+            finpool_domain::text::MAX_REASON_CHARS,
+        )
+        .map_err(error::invalid)?;
         let reason = match r.reason.trim() {
             "" => format!("cancelled by {} {}", who.role, who.subject),
             why => format!("cancelled by {} {}: {why}", who.role, who.subject),
@@ -188,9 +194,15 @@ impl JobService for Jobs {
             "" => None,
             id => Some(self.visible_job(&who, id).await?.id),
         };
+        // Held by the forwarding task: freed, with the subscription and the
+        // channel, when the client goes away or the stream ends.
+        let slot = self.state.streams.acquire(&who)?;
         let mut events = self.state.store.subscribe();
-        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        // A small buffer: a slow reader falls behind in the broadcast
+        // (and is told to list again), not in server memory.
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
+            let _slot = slot;
             loop {
                 let event = tokio::select! {
                     _ = tx.closed() => return,
@@ -232,6 +244,7 @@ impl JobService for Jobs {
         let who = principal(&request)?;
         let r = request.into_inner();
         let job = self.visible_job(&who, &r.id).await?;
+        let slot = self.state.streams.acquire(&who)?;
         let stream = self
             .state
             .logs
@@ -239,7 +252,9 @@ impl JobService for Jobs {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         use futures::StreamExt;
-        Ok(Response::new(Box::pin(stream.map(|chunk| {
+        // The slot lives as long as the stream: dropped with it.
+        Ok(Response::new(Box::pin(stream.map(move |chunk| {
+            let _held = &slot;
             chunk
                 .map(|data| pb::LogChunk { data })
                 .map_err(|e| Status::internal(e.to_string()))

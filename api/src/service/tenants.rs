@@ -2,10 +2,11 @@
 //! models and metered usage.
 
 use finpool_domain::tenant::check_class;
-use finpool_domain::{BaseModelInput, Name, Timestamp};
+use finpool_domain::{BaseModelInput, Name, Suspension, Timestamp};
 use finpool_proto::v1 as pb;
 use finpool_proto::v1::model_service_server::ModelService;
 use finpool_proto::v1::tenant_service_server::TenantService;
+use finpool_proto::v1::token_service_server::TokenService;
 use finpool_proto::v1::usage_service_server::UsageService;
 use finpool_store::StoreError;
 use tonic::{Request, Response, Status};
@@ -135,6 +136,114 @@ impl TenantService for Tenants {
             .map_err(error::store)?;
         tracing::info!(tenant = %id, class = %r.gpu_class, ?quota, by = %who.subject, "quota set");
         Ok(Response::new(convert::tenant_to_pb(&tenant)))
+    }
+
+    async fn suspend_tenant(
+        &self,
+        request: Request<pb::SuspendTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        let id = Name::parse("id", &r.id).map_err(error::invalid)?;
+        let reason = r.reason.trim();
+        finpool_domain::text::check("reason", reason, finpool_domain::text::MAX_REASON_CHARS)
+            .map_err(error::invalid)?;
+        let now = Timestamp::now();
+        let suspension = Suspension {
+            reason: match reason {
+                "" => format!("suspended by {} {}", who.role, who.subject),
+                why => format!("suspended by {} {}: {why}", who.role, who.subject),
+            },
+            at: now,
+        };
+        let tenant = self
+            .state
+            .store
+            .set_suspension(&id, Some(&suspension), now)
+            .await
+            .map_err(error::store)?;
+        // In force on this server at once; other replicas at their next refresh.
+        self.state.revocations.set_suspended(&id, true);
+        tracing::warn!(tenant = %id, by = %who.subject, reason, "tenant suspended");
+        Ok(Response::new(convert::tenant_to_pb(&tenant)))
+    }
+
+    async fn resume_tenant(
+        &self,
+        request: Request<pb::ResumeTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let who = principal(&request)?;
+        let id = Name::parse("id", &request.get_ref().id).map_err(error::invalid)?;
+        let tenant = self
+            .state
+            .store
+            .set_suspension(&id, None, Timestamp::now())
+            .await
+            .map_err(error::store)?;
+        self.state.revocations.set_suspended(&id, false);
+        tracing::warn!(tenant = %id, by = %who.subject, "tenant resumed");
+        Ok(Response::new(convert::tenant_to_pb(&tenant)))
+    }
+}
+
+pub struct Tokens {
+    state: ApiState,
+}
+
+impl Tokens {
+    pub fn new(state: ApiState) -> Self {
+        Self { state }
+    }
+}
+
+/// The longest token subject accepted.
+const MAX_SUBJECT_CHARS: usize = 256;
+
+#[tonic::async_trait]
+impl TokenService for Tokens {
+    async fn revoke_tokens(
+        &self,
+        request: Request<pb::RevokeTokensRequest>,
+    ) -> Result<Response<pb::RevokeTokensResponse>, Status> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        if r.subject.is_empty() {
+            return Err(Status::invalid_argument("subject: required"));
+        }
+        finpool_domain::text::check("subject", &r.subject, MAX_SUBJECT_CHARS)
+            .map_err(error::invalid)?;
+        let now = Timestamp::now();
+        let not_before = match r.not_before {
+            // `iat` has whole seconds: the next second, so that a token
+            // issued earlier in this second is refused too.
+            None => now.0.div_euclid(1000) + 1,
+            Some(t) if t.seconds < 0 => {
+                return Err(Status::invalid_argument(
+                    "not_before: must not be before 1970",
+                ));
+            }
+            Some(t) if t.seconds > now.0.div_euclid(1000) + 366 * 24 * 3600 => {
+                return Err(Status::invalid_argument(
+                    "not_before: must be within a year from now",
+                ));
+            }
+            Some(t) => t.seconds,
+        } as u64;
+        let bar = self
+            .state
+            .store
+            .revoke_tokens(&r.subject, not_before, now)
+            .await
+            .map_err(error::store)?;
+        self.state.revocations.set_not_before(&r.subject, bar);
+        tracing::warn!(subject = %r.subject, not_before = bar, by = %who.subject, "tokens revoked");
+        Ok(Response::new(pb::RevokeTokensResponse {
+            subject: r.subject,
+            not_before: Some(prost_types::Timestamp {
+                seconds: bar as i64,
+                nanos: 0,
+            }),
+        }))
     }
 }
 

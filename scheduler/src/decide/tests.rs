@@ -24,6 +24,7 @@ fn tenant(id: &str, class: &str, guaranteed: u32, limit: u32) -> Tenant {
         weight: 1,
         isolation: IsolationLevel::SharedWithinTenant,
         created_at: Timestamp(0),
+        suspended: None,
     }
 }
 
