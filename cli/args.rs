@@ -272,6 +272,10 @@ pub struct UpArgs {
     /// together) may have open at once.
     #[arg(long, default_value_t = finpool_api::streams::DEFAULT_STREAMS_PER_CALLER)]
     pub streams_per_caller: u32,
+    /// The most streams open on the server, all callers together (also at
+    /// most half the file descriptors the process may hold).
+    #[arg(long, default_value_t = finpool_api::streams::DEFAULT_STREAMS_TOTAL)]
+    pub streams_total: u32,
     /// The longest-lived tenant token the server accepts.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub max_tenant_token_ttl: Duration,

@@ -29,10 +29,14 @@ async fn problem(r: reqwest::Response) -> (u16, Value) {
 /// slots back on close.
 async fn stream_caps(backend: &Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let server = backend.start(dir.path(), &["--streams-per-caller", "3"]);
+    let server = backend.start(
+        dir.path(),
+        &["--streams-per-caller", "3", "--streams-total", "5"],
+    );
     let mut op = server.operator().await;
     create_tenant(&mut op, "alpha", 1, 2).await;
     create_tenant(&mut op, "beta", 1, 2).await;
+    create_tenant(&mut op, "gamma", 1, 2).await;
     let mut alpha = server.tenant("alpha").await;
     let token = server.token(Role::Tenant, Some("alpha"));
     let job = submit(&mut alpha, shell_job("long", whole(1), "sleep 60")).await;
@@ -74,14 +78,27 @@ async fn stream_caps(backend: &Backend) {
     let (status, body) = problem(r).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["status"], 429);
-    // Another tenant is not affected.
+    // Another tenant is not affected, up to the server's total.
     let mut beta = server.tenant("beta").await;
-    let beta_watch = beta
+    let mut beta_watches = Vec::new();
+    for _ in 0..2 {
+        beta_watches.push(
+            beta.jobs
+                .watch_jobs(pb::WatchJobsRequest::default())
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let mut gamma = server.tenant("gamma").await;
+    let err = gamma
         .jobs
         .watch_jobs(pb::WatchJobsRequest::default())
         .await
-        .unwrap();
-    drop(beta_watch);
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains("server"), "{}", err.message());
+    drop(beta_watches);
     // Closing gives the slots back: many open-and-close rounds later, the
     // cap still admits three.
     drop(open);

@@ -27,6 +27,8 @@ pub struct ApiConfig {
     /// The most watch and log streams one caller (a tenant's callers
     /// together) may have open.
     pub streams_per_caller: u32,
+    /// The most streams open on this server, all callers together.
+    pub streams_total: u32,
     /// The longest token lifetime accepted, per role.
     pub token_lifetimes: TokenLifetimes,
 }
@@ -42,6 +44,7 @@ impl Default for ApiConfig {
             anonymous_rate_limit: Some(RateLimit::ANONYMOUS),
             pending_cap: DEFAULT_PENDING_CAP,
             streams_per_caller: crate::streams::DEFAULT_STREAMS_PER_CALLER,
+            streams_total: crate::streams::DEFAULT_STREAMS_TOTAL,
             token_lifetimes: TokenLifetimes::default(),
         }
     }
@@ -66,7 +69,7 @@ impl ApiState {
         logs: Arc<dyn LogSource>,
         config: ApiConfig,
     ) -> Self {
-        let streams = StreamSlots::new(config.streams_per_caller);
+        let streams = StreamSlots::new(config.streams_per_caller, config.streams_total);
         Self {
             store,
             inventory,

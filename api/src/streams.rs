@@ -15,9 +15,19 @@ use crate::auth::Principal;
 /// The default cap on one caller's open streams.
 pub const DEFAULT_STREAMS_PER_CALLER: u32 = 64;
 
+/// The default cap on all callers' open streams together.
+pub const DEFAULT_STREAMS_TOTAL: u32 = 4096;
+
+/// The key under which the total is counted (no caller's bucket has it).
+const TOTAL: &str = "";
+
 #[derive(Debug)]
 pub struct StreamSlots {
     cap: u32,
+    /// All callers together: each open stream holds a connection, and the
+    /// process's file descriptors are finite, so many tenants together
+    /// must not use them up either.
+    total_cap: u32,
     open: Mutex<HashMap<String, u32>>,
 }
 
@@ -29,9 +39,10 @@ pub struct StreamSlot {
 }
 
 impl StreamSlots {
-    pub fn new(cap: u32) -> Arc<Self> {
+    pub fn new(cap: u32, total_cap: u32) -> Arc<Self> {
         Arc::new(Self {
             cap,
+            total_cap,
             open: Mutex::new(HashMap::new()),
         })
     }
@@ -50,6 +61,23 @@ impl StreamSlots {
             )));
         }
         *count += 1;
+        let total = open.entry(TOTAL.to_owned()).or_default();
+        if *total >= self.total_cap {
+            tracing::warn!(
+                cap = self.total_cap,
+                "stream refused: the server's stream cap is reached"
+            );
+            let count = open.get_mut(&key).expect("counted above");
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&key);
+            }
+            return Err(Status::resource_exhausted(format!(
+                "streams: the server has {} open, the most it serves; retry later",
+                self.total_cap
+            )));
+        }
+        *total += 1;
         Ok(StreamSlot {
             slots: self.clone(),
             key,
@@ -66,10 +94,12 @@ impl StreamSlots {
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = open.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.key);
+        for key in [self.key.as_str(), TOTAL] {
+            if let Some(count) = open.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(key);
+                }
             }
         }
     }
@@ -92,7 +122,7 @@ mod tests {
 
     #[test]
     fn a_tenant_is_capped_across_its_callers_and_slots_come_back() {
-        let slots = StreamSlots::new(2);
+        let slots = StreamSlots::new(2, 100);
         let a1 = tenant("alpha", "desk-1");
         let a2 = tenant("alpha", "desk-2");
         let b = tenant("beta", "desk-1");
@@ -105,5 +135,19 @@ mod tests {
         drop(first);
         assert_eq!(slots.open_for(&a1), 1);
         assert!(slots.acquire(&a1).is_ok());
+    }
+
+    #[test]
+    fn the_total_caps_many_tenants_together_and_comes_back() {
+        let slots = StreamSlots::new(2, 3);
+        let a = slots.acquire(&tenant("alpha", "s")).unwrap();
+        let _b = slots.acquire(&tenant("beta", "s")).unwrap();
+        let _c = slots.acquire(&tenant("gamma", "s")).unwrap();
+        let refused = slots.acquire(&tenant("delta", "s")).unwrap_err();
+        assert!(refused.message().contains("server"), "{refused:?}");
+        // The refusal did not count against delta.
+        assert_eq!(slots.open_for(&tenant("delta", "s")), 0);
+        drop(a);
+        assert!(slots.acquire(&tenant("delta", "s")).is_ok());
     }
 }

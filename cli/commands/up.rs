@@ -39,6 +39,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         anyhow::bail!("--streams-per-caller 0: a caller must be able to follow at least one job");
     }
     config.api.streams_per_caller = args.streams_per_caller;
+    if args.streams_total < args.streams_per_caller {
+        anyhow::bail!(
+            "--streams-total {}: must be at least --streams-per-caller ({})",
+            args.streams_total,
+            args.streams_per_caller
+        );
+    }
+    config.api.streams_total = args.streams_total;
     for (flag, ttl) in [
         ("--max-tenant-token-ttl", args.max_tenant_token_ttl),
         ("--max-staff-token-ttl", args.max_staff_token_ttl),

@@ -142,7 +142,7 @@ pub struct RunningPool {
 
 /// Starts a pool: opens the store, settles jobs a previous server left
 /// running, then starts the executor, the scheduling loop and the API.
-pub async fn start(config: StandaloneConfig) -> Result<RunningPool, StartError> {
+pub async fn start(mut config: StandaloneConfig) -> Result<RunningPool, StartError> {
     let lock = datadir::open(&config.data_dir, config.database_url.is_none())?;
     let sandbox = Sandbox::prepare(&config.sandbox, &config.data_dir)?.map(Arc::new);
     let sandbox_status = match &sandbox {
@@ -154,6 +154,14 @@ pub async fn start(config: StandaloneConfig) -> Result<RunningPool, StartError> 
     };
     tracing::info!(sandbox = %sandbox_status, "job sandbox");
     let key = SigningKey::load_or_create(&config.data_dir)?;
+    let fd_streams = stream_budget();
+    if fd_streams < config.api.streams_total {
+        tracing::info!(
+            streams = fd_streams,
+            "open streams capped at half the file descriptors this process may hold"
+        );
+        config.api.streams_total = fd_streams;
+    }
     config.api.token_lifetimes.save(&config.data_dir)?;
     let mut verifier = key.verifier();
     if let Some((path, issuer)) = &config.jwks {
@@ -259,4 +267,35 @@ impl RunningPool {
             Ok(Ok(())) => {}
         }
     }
+}
+
+/// How many streams the process's file descriptors allow: the soft limit
+/// is raised to the hard one (as servers do), and streams may take half,
+/// leaving the rest to other requests, the store and jobs' logs.
+fn stream_budget() -> u32 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return u32::MAX;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    if limit.rlim_cur == libc::RLIM_INFINITY {
+        return u32::MAX;
+    }
+    u32::try_from(limit.rlim_cur / 2)
+        .unwrap_or(u32::MAX)
+        .max(16)
 }
