@@ -1,6 +1,7 @@
-//! Health through a real server, as outside tools see it: gRPC health
-//! (grpc.health.v1) and the HTTP probes without a token, and a clean
-//! NOT_SERVING at shutdown.
+//! Health and reflection through a real server, as outside tools see them:
+//! gRPC health (grpc.health.v1) and the HTTP probes without a token, a
+//! clean NOT_SERVING at shutdown, and reflection that answers a bad
+//! request with an error response and keeps the stream open.
 
 mod common;
 
@@ -123,5 +124,118 @@ async fn shutdown_turns_health_not_serving_and_ends_watches() {
             server.logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// grpcio's reflection client asks for symbols one by one on one stream;
+/// an unknown one must not end it. Both protocol versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_answers_an_unknown_symbol_and_keeps_the_stream_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let channel = channel(&server).await;
+
+    {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+        let request = |m| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(m),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut answers = ServerReflectionClient::new(channel.clone())
+            .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        tx.send(request(MessageRequest::FileContainingSymbol(
+            "finpool.v1.NoSuchService".into(),
+        )))
+        .await
+        .unwrap();
+        let first = answers.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ErrorResponse(e)) = first.message_response else {
+            panic!("expected an error response, got {first:?}");
+        };
+        assert_eq!(e.error_code, tonic::Code::NotFound as i32, "{e:?}");
+        assert!(
+            e.error_message.contains("finpool.v1.NoSuchService"),
+            "{e:?}"
+        );
+        // The same stream answers the next request.
+        tx.send(request(MessageRequest::ListServices(String::new())))
+            .await
+            .unwrap();
+        let second = answers.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = second.message_response else {
+            panic!("expected a service list, got {second:?}");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for name in [
+            "finpool.v1.JobService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+        ] {
+            assert!(names.iter().any(|n| n == name), "{name}: {names:?}");
+        }
+        // And describes the health service.
+        tx.send(request(MessageRequest::FileContainingSymbol(
+            "grpc.health.v1.Health".into(),
+        )))
+        .await
+        .unwrap();
+        let third = answers.next().await.unwrap().unwrap();
+        assert!(
+            matches!(
+                third.message_response,
+                Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()
+            ),
+            "{third:?}"
+        );
+        drop(tx);
+        assert!(answers.next().await.is_none(), "the stream ends cleanly");
+    }
+
+    {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+
+        let request = |m| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(m),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut answers = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        tx.send(request(MessageRequest::FileByFilename(
+            "no/such.proto".into(),
+        )))
+        .await
+        .unwrap();
+        let first = answers.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ErrorResponse(e)) = first.message_response else {
+            panic!("expected an error response, got {first:?}");
+        };
+        assert_eq!(e.error_code, tonic::Code::NotFound as i32, "{e:?}");
+        tx.send(request(MessageRequest::ListServices(String::new())))
+            .await
+            .unwrap();
+        let second = answers.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = second.message_response else {
+            panic!("expected a service list, got {second:?}");
+        };
+        assert!(
+            list.service
+                .iter()
+                .any(|s| s.name == "finpool.v1.JobService")
+        );
     }
 }

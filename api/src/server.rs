@@ -18,6 +18,7 @@ use crate::auth::Verifier;
 use crate::auth::layer::AuthLayer;
 use crate::auth::limit::RateLimiter;
 use crate::health::Health;
+use crate::reflection::Reflection;
 use crate::service::jobs::Jobs;
 use crate::service::nodes::Nodes;
 use crate::service::tenants::{Models, Tenants, Usage};
@@ -40,14 +41,7 @@ pub fn grpc_routes(
     state: ApiState,
     health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
 ) -> Routes {
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(finpool_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the embedded descriptor set is valid");
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(finpool_proto::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .expect("the embedded descriptor set is valid");
+    let reflection = Reflection::new().expect("the embedded descriptor sets are valid");
     Routes::new(
         JobServiceServer::new(Jobs::new(state.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES),
@@ -68,8 +62,8 @@ pub fn grpc_routes(
         UsageServiceServer::new(Usage::new(state)).max_decoding_message_size(MAX_REQUEST_BYTES),
     )
     .add_service(health)
-    .add_service(reflection_v1)
-    .add_service(reflection_v1alpha)
+    .add_service(reflection.v1())
+    .add_service(reflection.v1alpha())
 }
 
 /// The whole API on one port: gRPC (HTTP/2) behind authentication and
