@@ -422,6 +422,95 @@ async fn every_route_by_every_caller_on_both_doors() {
     );
 }
 
+/// The rules that need no token (health, reflection) are each tried without
+/// one and answer, as are the HTTP probes: the matrix above covers every
+/// other rule, which refuses anonymous callers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_rules_answer_without_a_token() {
+    use finpool_api::auth::policy::{Access, RULES};
+    use tokio_stream::StreamExt;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::{v1, v1alpha};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let channel = tonic::transport::Channel::from_shared(server.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut tried = Vec::new();
+    for (path, access) in RULES {
+        if *access != Access::Anonymous {
+            continue;
+        }
+        let mut health = HealthClient::new(channel.clone());
+        let result: Result<(), tonic::Status> = match *path {
+            "/grpc.health.v1.Health/Check" => {
+                health.check(HealthCheckRequest::default()).await.map(drop)
+            }
+            "/grpc.health.v1.Health/Watch" => {
+                match health.watch(HealthCheckRequest::default()).await {
+                    Result::Ok(r) => r.into_inner().next().await.unwrap().map(drop),
+                    Err(e) => Err(e),
+                }
+            }
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo" => {
+                let list = v1::ServerReflectionRequest {
+                    host: String::new(),
+                    message_request: Some(
+                        v1::server_reflection_request::MessageRequest::ListServices(String::new()),
+                    ),
+                };
+                match v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
+                    .server_reflection_info(tokio_stream::iter([list]))
+                    .await
+                {
+                    Result::Ok(r) => r.into_inner().next().await.unwrap().map(drop),
+                    Err(e) => Err(e),
+                }
+            }
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" => {
+                let list = v1alpha::ServerReflectionRequest {
+                    host: String::new(),
+                    message_request: Some(
+                        v1alpha::server_reflection_request::MessageRequest::ListServices(
+                            String::new(),
+                        ),
+                    ),
+                };
+                match v1alpha::server_reflection_client::ServerReflectionClient::new(
+                    channel.clone(),
+                )
+                .server_reflection_info(tokio_stream::iter([list]))
+                .await
+                {
+                    Result::Ok(r) => r.into_inner().next().await.unwrap().map(drop),
+                    Err(e) => Err(e),
+                }
+            }
+            other => panic!("no anonymous call written for {other}"),
+        };
+        assert!(result.is_ok(), "{path} without a token: {result:?}");
+        tried.push(*path);
+    }
+    assert_eq!(tried.len(), 4, "{tried:?}");
+    assert!(
+        RULES
+            .iter()
+            .all(|(p, a)| *a != Access::Anonymous || tried.contains(p))
+    );
+    for path in ["/healthz", "/readyz"] {
+        let r = server
+            .rest(reqwest::Method::GET, path, None)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // JWT attacks (RFC 8725)
 

@@ -1,6 +1,6 @@
 //! PostgreSQL restarted in the middle of a submit load: while it is down
-//! the API answers 503 / UNAVAILABLE, it recovers by itself, and no
-//! acknowledged job is lost.
+//! the API answers 503 / UNAVAILABLE and health says NOT_SERVING, it
+//! recovers by itself, and no acknowledged job is lost.
 //!
 //! Runs when `FINPOOL_TEST_DATABASE_URL` names a server and
 //! `FINPOOL_TEST_PG_CTL` is the command that stops and starts it (with
@@ -19,6 +19,8 @@ use finpool_api::Role;
 use finpool_proto::v1 as pb;
 use reqwest::Method;
 use serde_json::{Value, json};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Starts PostgreSQL again however the test ends.
 struct Restart(String);
@@ -40,6 +42,30 @@ impl Drop for Restart {
             .arg("-c")
             .arg(format!("{} start", self.0))
             .status();
+    }
+}
+
+/// Polls gRPC health for the whole server until it reports `want`.
+async fn wait_for_health(
+    health: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+    want: ServingStatus,
+) {
+    let start = Instant::now();
+    loop {
+        let got = health
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        if got == want as i32 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "health stayed {got}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -123,6 +149,29 @@ async fn postgres_restart_mid_load_loses_no_acknowledged_job() {
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     let during = unavailable.load(Ordering::Relaxed);
     assert!(during > 0, "no 503 while the database was down");
+    // Health says so too: gRPC (from the background probe) and /readyz;
+    // the process itself is still alive.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Channel::from_shared(server.addr.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    wait_for_health(&mut health, ServingStatus::NotServing).await;
+    let r = server
+        .rest(Method::GET, "/readyz", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let r = server
+        .rest(Method::GET, "/healthz", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     pg.run("start");
 
     // It recovers by itself: submits succeed again.
@@ -143,6 +192,13 @@ async fn postgres_restart_mid_load_loses_no_acknowledged_job() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    wait_for_health(&mut health, ServingStatus::Serving).await;
+    let r = server
+        .rest(Method::GET, "/readyz", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let (acked, other) = load.await.unwrap();

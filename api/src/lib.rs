@@ -6,6 +6,8 @@
 pub mod auth;
 pub mod convert;
 pub mod error;
+pub mod health;
+pub mod reflection;
 pub mod rest;
 pub mod server;
 pub mod service;

@@ -1,4 +1,5 @@
-//! The API server: every service behind the auth layer, plus reflection.
+//! The API server: every service behind the auth layer, plus health and
+//! reflection.
 
 use std::future::Future;
 
@@ -17,6 +18,8 @@ use tower::{Layer, ServiceExt};
 use crate::auth::Verifier;
 use crate::auth::layer::{AuthLayer, Gate};
 use crate::auth::limit::RateLimiter;
+use crate::health::Health;
+use crate::reflection::Reflection;
 use crate::service::jobs::Jobs;
 use crate::service::nodes::Nodes;
 use crate::service::tenants::{Models, Tenants, Tokens, Usage};
@@ -25,16 +28,22 @@ use crate::state::ApiState;
 /// The largest request accepted (a job spec's command alone may be 64 KiB).
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
+/// The finpool.v1 services, as health reports them.
+pub const SERVICES: &[&str] = &[
+    finpool_proto::v1::job_service_server::SERVICE_NAME,
+    finpool_proto::v1::tenant_service_server::SERVICE_NAME,
+    finpool_proto::v1::token_service_server::SERVICE_NAME,
+    finpool_proto::v1::model_service_server::SERVICE_NAME,
+    finpool_proto::v1::node_service_server::SERVICE_NAME,
+    finpool_proto::v1::usage_service_server::SERVICE_NAME,
+];
+
 /// Every gRPC service, unauthenticated (the caller adds [`AuthLayer`]).
-pub fn grpc_routes(state: ApiState) -> Routes {
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(finpool_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the embedded descriptor set is valid");
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(finpool_proto::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .expect("the embedded descriptor set is valid");
+pub fn grpc_routes(
+    state: ApiState,
+    health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+) -> Routes {
+    let reflection = Reflection::new().expect("the embedded descriptor sets are valid");
     Routes::new(
         JobServiceServer::new(Jobs::new(state.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES),
@@ -58,40 +67,46 @@ pub fn grpc_routes(state: ApiState) -> Routes {
     .add_service(
         UsageServiceServer::new(Usage::new(state)).max_decoding_message_size(MAX_REQUEST_BYTES),
     )
-    .add_service(reflection_v1)
-    .add_service(reflection_v1alpha)
+    .add_service(health)
+    .add_service(reflection.v1())
+    .add_service(reflection.v1alpha())
 }
 
 /// The whole API on one port: gRPC (HTTP/2) behind authentication and
 /// rate limits, and REST/JSON (HTTP/1.1 or 2), whose routes call the same
-/// authenticated gRPC stack.
-pub fn router(state: ApiState, verifier: Verifier) -> axum::Router {
+/// authenticated gRPC stack; plus the anonymous HTTP health probes.
+pub async fn router(state: ApiState, verifier: Verifier) -> (axum::Router, Health) {
+    let (health, health_server) = Health::new(state.store.clone(), SERVICES).await;
     let gate = Gate::new(
         verifier.with_lifetimes(state.config.token_lifetimes),
         RateLimiter::new(state.config.rate_limit),
         RateLimiter::new(state.config.anonymous_rate_limit),
         state.revocations.clone(),
     );
-    let grpc = AuthLayer::new(std::sync::Arc::new(gate)).layer(grpc_routes(state).prepare());
+    let grpc = AuthLayer::new(std::sync::Arc::new(gate))
+        .layer(grpc_routes(state, health_server).prepare());
     let fallback = grpc.clone();
-    crate::rest::router(grpc).fallback_service(tower::service_fn(
-        move |request: http::Request<axum::body::Body>| {
-            let grpc = fallback.clone();
-            async move {
-                let is_grpc = request
-                    .headers()
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.starts_with("application/grpc"));
-                if is_grpc {
-                    let response = grpc.oneshot(request).await?;
-                    Ok::<_, std::convert::Infallible>(response.map(axum::body::Body::new))
-                } else {
-                    Ok(crate::rest::not_found().await)
+    let router = crate::rest::router(grpc)
+        .merge(health.routes())
+        .fallback_service(tower::service_fn(
+            move |request: http::Request<axum::body::Body>| {
+                let grpc = fallback.clone();
+                async move {
+                    let is_grpc = request
+                        .headers()
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.starts_with("application/grpc"));
+                    if is_grpc {
+                        let response = grpc.oneshot(request).await?;
+                        Ok::<_, std::convert::Infallible>(response.map(axum::body::Body::new))
+                    } else {
+                        Ok(crate::rest::not_found().await)
+                    }
                 }
-            }
-        },
-    ))
+            },
+        ));
+    (router, health)
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
@@ -108,11 +123,19 @@ pub async fn serve(
     }
     let refresh = state.revocations.clone().spawn_refresh(state.store.clone());
     let _stop_refresh = AbortOnDrop(refresh);
-    tonic::transport::Server::builder()
+    let (router, health) = router(state, verifier).await;
+    let prober = health.spawn_prober();
+    let stopping = health.clone();
+    let result = tonic::transport::Server::builder()
         .accept_http1(true)
-        .add_routes(Routes::from(router(state, verifier)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+        .add_routes(Routes::from(router))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            stopping.shutting_down().await;
+        })
+        .await;
+    prober.abort();
+    result
 }
 
 /// Aborts a background task when the server stops.

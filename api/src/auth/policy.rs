@@ -59,6 +59,9 @@ pub const RULES: &[(&str, Access)] = &[
     ("/finpool.v1.ModelService/ListModels", Access::Roles(ALL)),
     ("/finpool.v1.NodeService/ListNodes", Access::Roles(ALL)),
     ("/finpool.v1.UsageService/GetUsage", Access::Roles(ALL)),
+    // Probes and tools ask these before they hold a token.
+    ("/grpc.health.v1.Health/Check", Access::Anonymous),
+    ("/grpc.health.v1.Health/Watch", Access::Anonymous),
     (
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
         Access::Anonymous,
@@ -78,28 +81,45 @@ pub fn rule(path: &str) -> Option<Access> {
 mod tests {
     use super::*;
 
-    /// Every method in the finpool.v1 descriptor set has a rule, and every
-    /// rule names a real method: the table and the API cannot drift.
+    /// Every method served (finpool.v1, health, reflection) has a rule, and
+    /// every rule names a served method: the table and the API cannot drift.
     #[test]
     fn every_api_method_has_exactly_one_rule() {
-        let pool =
-            prost_reflect::DescriptorPool::decode(finpool_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let mut pool = prost_reflect::DescriptorPool::new();
+        for set in [
+            finpool_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ] {
+            pool.decode_file_descriptor_set(set).unwrap();
+        }
         let mut methods = Vec::new();
         for service in pool.services() {
             for method in service.methods() {
                 methods.push(format!("/{}/{}", service.full_name(), method.name()));
             }
         }
-        assert!(methods.len() >= 14);
+        assert!(methods.len() >= 18);
         for m in &methods {
             assert!(rule(m).is_some(), "{m} has no authorization rule");
         }
         for (path, _) in RULES {
             assert!(
-                methods.contains(&path.to_string()) || path.starts_with("/grpc."),
+                methods.contains(&path.to_string()),
                 "rule for unknown method {path}"
             );
             assert_eq!(RULES.iter().filter(|(p, _)| p == path).count(), 1);
+        }
+    }
+
+    /// Only health and reflection answer without a token.
+    #[test]
+    fn only_health_and_reflection_are_anonymous() {
+        for (path, access) in RULES {
+            let open = path.starts_with("/grpc.health.v1.Health/")
+                || path.starts_with("/grpc.reflection.");
+            assert_eq!(*access == Access::Anonymous, open, "{path}");
         }
     }
 

@@ -229,6 +229,43 @@ fn operation(route: &Route, schemas: &mut Map<String, Value>) -> Value {
     op
 }
 
+/// The anonymous HTTP probes: not gRPC methods, so not in [`ROUTES`].
+fn probes() -> [(&'static str, Value); 2] {
+    let text = |example: &str| json!({ "text/plain": { "schema": { "type": "string", "example": example } } });
+    [
+        (
+            crate::health::HEALTHZ,
+            json!({
+                "operationId": "Healthz",
+                "summary": "Liveness: the process answers. No token needed.",
+                "tags": ["Health"],
+                "parameters": [],
+                "security": [],
+                "responses": {
+                    "200": { "description": "Alive", "content": text("ok") },
+                },
+            }),
+        ),
+        (
+            crate::health::READYZ,
+            json!({
+                "operationId": "Readyz",
+                "summary": "Readiness: the database answers a trivial query. No token needed.",
+                "tags": ["Health"],
+                "parameters": [],
+                "security": [],
+                "responses": {
+                    "200": { "description": "Ready", "content": text("ready") },
+                    "503": {
+                        "description": "Not ready: the database is unavailable, or the server is shutting down",
+                        "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } },
+                    },
+                },
+            }),
+        ),
+    ]
+}
+
 /// The document, built once.
 pub static DOCUMENT: std::sync::LazyLock<Value> = std::sync::LazyLock::new(document);
 
@@ -259,6 +296,9 @@ pub fn document() -> Value {
             .entry(route.path.to_owned())
             .or_insert_with(|| Value::Object(Map::new()));
         entry[route.method.as_str().to_ascii_lowercase()] = op;
+    }
+    for (path, op) in probes() {
+        paths.insert(path.to_owned(), json!({ "get": op }));
     }
     json!({
         "openapi": "3.0.3",
@@ -296,6 +336,13 @@ mod tests {
                 );
             }
         }
+        // The probes are there, anonymous.
+        for path in [crate::health::HEALTHZ, crate::health::READYZ] {
+            let op = &doc["paths"][path]["get"];
+            assert_eq!(op["security"], json!([]), "{path}");
+            assert!(op["responses"]["200"].is_object(), "{path}");
+        }
+        assert!(doc["paths"][crate::health::READYZ]["get"]["responses"]["503"].is_object());
         // The job spec is described field by field, unknown fields refused.
         let spec = &doc["components"]["schemas"]["JobSpec"];
         assert_eq!(spec["additionalProperties"], false);
