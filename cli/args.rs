@@ -78,6 +78,27 @@ pub enum Command {
     Bench(BenchCommand),
     /// Print the REST API's OpenAPI 3 document (also served at /openapi.json).
     Openapi,
+    /// Print the custom resource definitions (Tenant, BaseModel,
+    /// InferenceJob) as YAML, as charts/finpool/crds/ holds them.
+    Crd,
+    /// Run the Kubernetes operator (in a cluster, with PostgreSQL).
+    Operator(OperatorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    /// The system of record: jobs, tenants and usage live there.
+    #[arg(long, env = "FINPOOL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// The namespace of the operator's leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "finpool-system")]
+    pub leader_election_namespace: String,
+    /// This replica's identity in the Lease (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Where the nodes cache base models (mounted read-only into jobs).
+    #[arg(long, default_value = finpool_operator::build::DEFAULT_MODEL_CACHE)]
+    pub model_cache: String,
 }
 
 #[derive(Debug, Subcommand)]

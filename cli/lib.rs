@@ -35,6 +35,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Usage(args) => commands::usage::run(&global, args).await,
         Command::Simulate(args) => commands::simulate::run(args),
         Command::Bench(args) => commands::bench::run(args).await,
+        Command::Crd => {
+            print!("{}", finpool_operator::crd::yaml());
+            Ok(())
+        }
+        Command::Operator(args) => commands::operator::run(args).await,
         Command::Openapi => {
             let doc = finpool_api::rest::openapi::document();
             println!("{}", serde_json::to_string_pretty(&doc)?);

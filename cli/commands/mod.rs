@@ -4,6 +4,7 @@ pub mod bench;
 pub mod job;
 pub mod model;
 pub mod node;
+pub mod operator;
 pub mod simulate;
 pub mod tenant;
 pub mod token;
