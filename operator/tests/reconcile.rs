@@ -1,0 +1,388 @@
+//! Each reconcile path against a mock API server (tower-test), in the
+//! style of kube-rs controller-rs's `ApiServerVerifier`: every request's
+//! verb, path and body is asserted in order, and answered. The store is a
+//! real SQLite one in a temporary directory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use finpool_operator::build::Install;
+use finpool_operator::controller::{Context, Error, job, tenant};
+use finpool_operator::crd::tenant::{ClassQuota, Isolation, TenantSpec};
+use finpool_operator::crd::{InferenceJob, Tenant};
+use finpool_store::{Store, StoreConfig};
+use http::{Method, Request, Response, StatusCode};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+use tower_test::mock::{Handle, pair};
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+/// A mock API server: the test answers each request the client makes.
+struct Verifier {
+    handle: ApiHandle,
+}
+
+/// One request, as the verifier saw it.
+struct Seen {
+    method: Method,
+    path: String,
+    query: String,
+    body: Value,
+}
+
+impl Verifier {
+    /// The next request, answered with `status` and `reply`.
+    async fn answer(&mut self, status: StatusCode, reply: Value) -> Seen {
+        let (request, send) =
+            tokio::time::timeout(Duration::from_secs(5), self.handle.next_request())
+                .await
+                .expect("the reconcile made no further request")
+                .expect("the client is gone");
+        let (parts, body) = request.into_parts();
+        let bytes = body.collect_bytes().await.unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+        Seen {
+            method: parts.method,
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().unwrap_or_default().to_owned(),
+            body,
+        }
+    }
+
+    /// Expects `method path`, answered with `reply` (a status patch returns
+    /// the whole object).
+    async fn expect_reply(&mut self, method: Method, path: &str, reply: Value) -> Seen {
+        let seen = self.answer(StatusCode::OK, reply).await;
+        assert_eq!(
+            (&seen.method, seen.path.as_str()),
+            (&method, path),
+            "unexpected request"
+        );
+        seen
+    }
+
+    /// Expects `method path`, echoes the body back (as an apply would).
+    async fn expect_echo(&mut self, method: Method, path: &str) -> Seen {
+        let (request, send) =
+            tokio::time::timeout(Duration::from_secs(5), self.handle.next_request())
+                .await
+                .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
+                .expect("the client is gone");
+        let (parts, body) = request.into_parts();
+        let bytes = body.collect_bytes().await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        assert_eq!(
+            (&parts.method, parts.uri.path()),
+            (&method, path),
+            "unexpected request"
+        );
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+        Seen {
+            method: parts.method,
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().unwrap_or_default().to_owned(),
+            body,
+        }
+    }
+}
+
+async fn setup() -> (Arc<Context>, Verifier, Store, tempfile::TempDir) {
+    let (mock, handle) = pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(mock, "default");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreConfig::Sqlite(dir.path().join("finpool.db")))
+        .await
+        .unwrap();
+    let ctx = Context::new(client, store.clone(), Install::default());
+    (ctx, Verifier { handle }, store, dir)
+}
+
+fn alpha(finalized: bool) -> Tenant {
+    let mut t = Tenant::new(
+        "alpha",
+        TenantSpec {
+            display_name: "Alpha Securities".into(),
+            namespaces: vec!["alpha-jobs".into()],
+            quotas: vec![ClassQuota {
+                gpu_class: "A100".into(),
+                guaranteed: 2,
+                borrowing_limit: Some(2),
+                lending_limit: None,
+            }],
+            weight: 1,
+            isolation: Isolation::SharedWithinTenant,
+            allowed_models: vec![],
+            allowed_locations: vec![],
+            suspended: false,
+            group: None,
+        },
+    );
+    t.metadata.uid = Some("uid-alpha".into());
+    t.metadata.generation = Some(1);
+    t.metadata.resource_version = Some("1".into());
+    if finalized {
+        t.metadata.finalizers = Some(vec![tenant::FINALIZER.into()]);
+    }
+    t
+}
+
+#[tokio::test]
+async fn a_new_tenant_first_gets_its_finalizer() {
+    let (ctx, mut api, _store, _dir) = setup().await;
+    let run = tokio::spawn(tenant::reconcile(Arc::new(alpha(false)), ctx));
+    let seen = api
+        .answer(StatusCode::OK, serde_json::to_value(alpha(true)).unwrap())
+        .await;
+    assert_eq!(seen.method, Method::PATCH);
+    assert_eq!(seen.path, "/apis/finpool.io/v1alpha1/tenants/alpha");
+    assert!(
+        seen.body.to_string().contains(tenant::FINALIZER),
+        "{}",
+        seen.body
+    );
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_tenant_is_fenced_applied_once_per_object_and_stored() {
+    let (ctx, mut api, store, _dir) = setup().await;
+    let run = tokio::spawn(tenant::reconcile(Arc::new(alpha(true)), ctx));
+    // Namespace first, then the cache volume, then the namespaced fences;
+    // every write is a server-side apply by finpool-operator, forced.
+    let expected = [
+        "/api/v1/namespaces/alpha-jobs",
+        "/api/v1/persistentvolumes/finpool-model-cache-alpha-jobs",
+        "/api/v1/namespaces/alpha-jobs/resourcequotas/finpool-gpu",
+        "/api/v1/namespaces/alpha-jobs/limitranges/finpool-defaults",
+        "/apis/networking.k8s.io/v1/namespaces/alpha-jobs/networkpolicies/finpool-default-deny",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/alpha-jobs/rolebindings/finpool-tenant",
+        "/api/v1/namespaces/alpha-jobs/persistentvolumeclaims/finpool-model-cache",
+    ];
+    let mut bodies = Vec::new();
+    for path in expected {
+        let seen = api.expect_echo(Method::PATCH, path).await;
+        assert!(
+            seen.query.contains("fieldManager=finpool-operator")
+                && seen.query.contains("force=true"),
+            "{path}: {}",
+            seen.query
+        );
+        bodies.push(seen.body);
+    }
+    assert_eq!(
+        bodies[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+    assert_eq!(
+        bodies[2]["spec"]["hard"]["requests.nvidia.com/gpu"], "4",
+        "{}",
+        bodies[2]
+    );
+    assert_eq!(bodies[5]["subjects"][0]["name"], "finpool:tenant:alpha");
+    let status = api
+        .expect_reply(
+            Method::PATCH,
+            "/apis/finpool.io/v1alpha1/tenants/alpha/status",
+            serde_json::to_value(alpha(true)).unwrap(),
+        )
+        .await;
+    assert_eq!(status.body["status"]["conditions"][0]["type"], "Ready");
+    assert_eq!(status.body["status"]["conditions"][0]["status"], "True");
+    run.await.unwrap().unwrap();
+    // The system of record has the tenant, with the same quota.
+    let row = store.get_tenant("alpha").await.unwrap();
+    assert_eq!(row.quota("A100").guaranteed, 2);
+    assert_eq!(row.quota("A100").limit, 4);
+    assert!(!row.is_suspended());
+}
+
+#[tokio::test]
+async fn an_invalid_tenant_is_refused_with_an_event_and_a_status() {
+    let (ctx, mut api, store, _dir) = setup().await;
+    let mut bad = alpha(true);
+    bad.spec.namespaces.push("kube-system".into());
+    let run = tokio::spawn(tenant::reconcile(Arc::new(bad), ctx));
+    let event = api.answer(StatusCode::OK, json!({})).await;
+    assert_eq!(event.method, Method::POST);
+    assert!(event.path.ends_with("/events"), "{}", event.path);
+    assert_eq!(event.body["reason"], "Invalid");
+    assert!(
+        event.body["note"]
+            .as_str()
+            .unwrap()
+            .contains("spec.namespaces[1]"),
+        "{}",
+        event.body
+    );
+    let status = api
+        .expect_reply(
+            Method::PATCH,
+            "/apis/finpool.io/v1alpha1/tenants/alpha/status",
+            serde_json::to_value(alpha(true)).unwrap(),
+        )
+        .await;
+    assert_eq!(status.body["status"]["conditions"][0]["status"], "False");
+    let err = run.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Finalizer(_)), "{err}");
+    assert!(store.get_tenant("alpha").await.is_err(), "nothing stored");
+}
+
+fn var_job() -> InferenceJob {
+    let mut j: InferenceJob = serde_json::from_value(json!({
+        "apiVersion": "finpool.io/v1alpha1",
+        "kind": "InferenceJob",
+        "metadata": {
+            "name": "var-run", "namespace": "alpha-jobs", "uid": "uid-var",
+            "generation": 1, "resourceVersion": "7",
+            "finalizers": [job::FINALIZER]
+        },
+        "spec": {
+            "image": "registry.example/risk:1", "command": ["python", "-m", "risk.var"],
+            "resources": {"gpu": {"wholeGpus": 1}, "cpuMilli": 1000, "memoryMiB": 1024},
+            "maxRuntimeSeconds": 600
+        }
+    }))
+    .unwrap();
+    j.metadata.generation = Some(1);
+    j
+}
+
+fn gpu_node() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "gpu-1", "labels": {
+            "nvidia.com/gpu.product": "A100", "nvidia.com/gpu.count": "4",
+            "nvidia.com/gpu.memory": "81920"}},
+        "status": {"allocatable": {"cpu": "32", "memory": "128Gi"}}
+    })
+}
+
+#[tokio::test]
+async fn a_job_is_submitted_once_through_the_store_and_gets_its_pod() {
+    let (ctx, mut api, store, _dir) = setup().await;
+    let tenant_row = finpool_operator::build::tenant::store_input(&alpha(true))
+        .unwrap()
+        .validate(&["A100".into()], finpool_domain::Timestamp(0))
+        .unwrap();
+    store.create_tenant(&tenant_row).await.unwrap();
+    for round in 0..2 {
+        let run = tokio::spawn(job::reconcile(Arc::new(var_job()), ctx.clone()));
+        // Dereference: the namespace names its tenant.
+        let ns = api
+            .answer(
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": "alpha-jobs", "labels": {"finpool.io/tenant": "alpha"}}}),
+            )
+            .await;
+        assert_eq!(ns.path, "/api/v1/namespaces/alpha-jobs");
+        // The submit path checks against the cluster's inventory.
+        let nodes = api
+            .answer(
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": [gpu_node()]}),
+            )
+            .await;
+        assert_eq!(nodes.path, "/api/v1/nodes");
+        if round == 0 {
+            let event = api.answer(StatusCode::OK, json!({})).await;
+            assert_eq!(event.method, Method::POST);
+            assert_eq!(event.body["reason"], "Submitted");
+        }
+        let t = api
+            .answer(StatusCode::OK, serde_json::to_value(alpha(true)).unwrap())
+            .await;
+        assert_eq!(t.path, "/apis/finpool.io/v1alpha1/tenants/alpha");
+        let get_pod = if round == 0 {
+            api.answer(
+                StatusCode::NOT_FOUND,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "NotFound", "code": 404, "message": "pods \"var-run\" not found"}),
+            )
+            .await
+        } else {
+            api.answer(
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "var-run", "namespace": "alpha-jobs"}}),
+            )
+            .await
+        };
+        assert_eq!(get_pod.path, "/api/v1/namespaces/alpha-jobs/pods/var-run");
+        if round == 0 {
+            let pod = api
+                .expect_echo(Method::PATCH, "/api/v1/namespaces/alpha-jobs/pods/var-run")
+                .await;
+            assert_eq!(pod.body["spec"]["schedulerName"], "finpool-scheduler");
+            assert_eq!(
+                pod.body["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
+                "1"
+            );
+            assert_eq!(
+                pod.body["metadata"]["ownerReferences"][0]["kind"],
+                "InferenceJob"
+            );
+        }
+        let status = api
+            .expect_reply(
+                Method::PATCH,
+                "/apis/finpool.io/v1alpha1/namespaces/alpha-jobs/inferencejobs/var-run/status",
+                serde_json::to_value(var_job()).unwrap(),
+            )
+            .await;
+        assert_eq!(status.body["status"]["phase"], "Pending");
+        assert!(status.body["status"]["jobId"].is_string());
+        run.await.unwrap().unwrap();
+    }
+    // Applied twice, submitted once: the uid is the idempotency key.
+    let jobs = store.active_jobs().await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].tenant_id.as_str(), "alpha");
+    assert_eq!(jobs[0].spec.labels["k8s-uid"], "uid-var");
+}
+
+#[tokio::test]
+async fn a_job_in_a_namespace_of_no_tenant_is_refused_and_nothing_is_stored() {
+    let (ctx, mut api, store, _dir) = setup().await;
+    let run = tokio::spawn(job::reconcile(Arc::new(var_job()), ctx));
+    api.answer(
+        StatusCode::OK,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "alpha-jobs"}}),
+    )
+    .await;
+    let event = api.answer(StatusCode::OK, json!({})).await;
+    assert_eq!(event.body["reason"], "Refused");
+    let status = api
+        .expect_reply(
+            Method::PATCH,
+            "/apis/finpool.io/v1alpha1/namespaces/alpha-jobs/inferencejobs/var-run/status",
+            serde_json::to_value(var_job()).unwrap(),
+        )
+        .await;
+    assert_eq!(status.body["status"]["phase"], "Refused");
+    assert!(
+        status.body["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to no tenant"),
+        "{}",
+        status.body
+    );
+    run.await.unwrap().unwrap();
+    assert!(store.active_jobs().await.unwrap().is_empty());
+}
