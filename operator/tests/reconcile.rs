@@ -113,6 +113,11 @@ async fn setup() -> (Arc<Context>, Verifier, Store, tempfile::TempDir) {
     (ctx, Verifier { handle }, store, dir)
 }
 
+fn not_found(kind: &str, name: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+        "code": 404, "message": format!("{kind} \"{name}\" not found")})
+}
+
 fn alpha(finalized: bool) -> Tenant {
     let mut t = Tenant::new(
         "alpha",
@@ -163,6 +168,14 @@ async fn a_new_tenant_first_gets_its_finalizer() {
 async fn a_tenant_is_fenced_applied_once_per_object_and_stored() {
     let (ctx, mut api, store, _dir) = setup().await;
     let run = tokio::spawn(tenant::reconcile(Arc::new(alpha(true)), ctx));
+    // Dereference: the namespace does not exist yet.
+    let get = api
+        .answer(StatusCode::NOT_FOUND, not_found("namespaces", "alpha-jobs"))
+        .await;
+    assert_eq!(
+        (get.method, get.path.as_str()),
+        (Method::GET, "/api/v1/namespaces/alpha-jobs")
+    );
     // Namespace first, then the cache volume, then the namespaced fences;
     // every write is a server-side apply by finpool-operator, forced.
     let expected = [
@@ -218,6 +231,13 @@ async fn an_invalid_tenant_is_refused_with_an_event_and_a_status() {
     let mut bad = alpha(true);
     bad.spec.namespaces.push("kube-system".into());
     let run = tokio::spawn(tenant::reconcile(Arc::new(bad), ctx));
+    api.answer(StatusCode::NOT_FOUND, not_found("namespaces", "alpha-jobs"))
+        .await;
+    api.answer(
+        StatusCode::OK,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}}),
+    )
+    .await;
     let event = api.answer(StatusCode::OK, json!({})).await;
     assert_eq!(event.method, Method::POST);
     assert!(event.path.ends_with("/events"), "{}", event.path);
@@ -271,6 +291,36 @@ fn gpu_node() -> Value {
             "nvidia.com/gpu.memory": "81920"}},
         "status": {"allocatable": {"cpu": "32", "memory": "128Gi"}}
     })
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_claim_another_tenants_namespace() {
+    let (ctx, mut api, store, _dir) = setup().await;
+    let run = tokio::spawn(tenant::reconcile(Arc::new(alpha(true)), ctx));
+    api.answer(
+        StatusCode::OK,
+        json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "alpha-jobs", "labels": {"finpool.io/tenant": "beta"}}}),
+    )
+    .await;
+    let event = api.answer(StatusCode::OK, json!({})).await;
+    assert!(
+        event.body["note"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to tenant beta"),
+        "{}",
+        event.body
+    );
+    api.expect_reply(
+        Method::PATCH,
+        "/apis/finpool.io/v1alpha1/tenants/alpha/status",
+        serde_json::to_value(alpha(true)).unwrap(),
+    )
+    .await;
+    assert!(run.await.unwrap().is_err());
+    // Nothing was applied to beta's namespace, nothing stored.
+    assert!(store.get_tenant("alpha").await.is_err());
 }
 
 #[tokio::test]

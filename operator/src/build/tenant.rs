@@ -119,6 +119,37 @@ pub fn validate(tenant: &Tenant) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Refuses a namespace that already exists for another tenant, or that
+/// exists without being finpool's (taking over someone's namespace would
+/// hand its contents to the tenant). `existing` gives, per namespace of the
+/// spec, the tenant label of the live namespace (`Some(None)`: it exists
+/// without one; `None`: it does not exist).
+pub fn check_ownership(
+    tenant: &Tenant,
+    existing: &[Option<Option<String>>],
+) -> Result<(), Invalid> {
+    let me = tenant.name_any();
+    for (i, (ns, live)) in tenant.spec.namespaces.iter().zip(existing).enumerate() {
+        match live {
+            None => {}
+            Some(Some(owner)) if *owner == me => {}
+            Some(Some(owner)) => {
+                return Err(Invalid::new(
+                    format!("spec.namespaces[{i}]"),
+                    format!("{ns} belongs to tenant {owner}"),
+                ));
+            }
+            Some(None) => {
+                return Err(Invalid::new(
+                    format!("spec.namespaces[{i}]"),
+                    format!("{ns} exists and is not a finpool tenant namespace"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn meta(tenant: &Tenant, name: &str, namespace: Option<&str>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_owned()),
@@ -505,6 +536,44 @@ mod tests {
         assert_eq!(
             pvc.spec.as_ref().unwrap().volume_name.as_deref(),
             Some("finpool-model-cache-alpha-jobs")
+        );
+    }
+
+    #[test]
+    fn a_tenant_cannot_take_another_tenants_or_a_foreign_namespace() {
+        let t = alpha();
+        assert!(check_ownership(&t, &[None, Some(Some("alpha".into()))]).is_ok());
+        let e = check_ownership(&t, &[None, Some(Some("beta".into()))]).unwrap_err();
+        assert_eq!(e.field, "spec.namespaces[1]");
+        assert!(e.reason.contains("tenant beta"), "{e}");
+        let e = check_ownership(&t, &[Some(None), None]).unwrap_err();
+        assert_eq!(e.field, "spec.namespaces[0]");
+    }
+
+    #[test]
+    fn two_tenants_fences_never_reach_each_other() {
+        let a = build(&alpha(), &Install::default());
+        let mut beta = alpha();
+        beta.metadata.name = Some("beta".into());
+        beta.spec.namespaces = vec!["beta-jobs".into()];
+        let b = build(&beta, &Install::default());
+        for rb in &a.role_bindings {
+            let ns = rb.metadata.namespace.as_deref().unwrap();
+            assert!(ns.starts_with("alpha-"), "{ns}");
+            for subject in rb.subjects.iter().flatten() {
+                assert_ne!(subject.name, group(&beta));
+            }
+        }
+        for rb in &b.role_bindings {
+            assert_eq!(rb.metadata.namespace.as_deref(), Some("beta-jobs"));
+            assert_eq!(rb.subjects.as_ref().unwrap()[0].name, "finpool:tenant:beta");
+        }
+        // Only RoleBindings: a tenant is granted nothing cluster-wide.
+        assert!(
+            a.role_bindings
+                .iter()
+                .all(|rb| rb.role_ref.kind == "ClusterRole"
+                    && rb.role_ref.name == TENANT_CLUSTER_ROLE)
         );
     }
 

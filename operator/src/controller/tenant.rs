@@ -36,8 +36,19 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
 }
 
 async fn apply_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
+    // Dereference: who holds the namespaces now.
+    let namespaces = Api::<Namespace>::all(ctx.client.clone());
+    let mut existing = Vec::new();
+    for ns in &tenant.spec.namespaces {
+        let live = namespaces
+            .get_opt(ns)
+            .await
+            .map_err(|e| Error::Dereference(format!("namespace {ns}: {e}")))?;
+        existing.push(live.map(|n| n.labels().get(crate::build::TENANT_LABEL).cloned()));
+    }
     // Validate (pure).
-    if let Err(e) = build::validate(tenant) {
+    if let Err(e) = build::validate(tenant).and_then(|()| build::check_ownership(tenant, &existing))
+    {
         ctx.event(tenant, EventType::Warning, "Invalid", e.to_string())
             .await;
         set_status(tenant, ctx, "False", "Invalid", &e.to_string()).await?;
