@@ -83,6 +83,9 @@ pub enum Command {
     Crd,
     /// Run the Kubernetes operator (in a cluster, with PostgreSQL).
     Operator(OperatorArgs),
+    /// Serve the API alone (in a cluster: PostgreSQL, nodes and pod logs
+    /// from Kubernetes).
+    Api(ApiServeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -275,6 +278,28 @@ pub struct UpArgs {
     /// Max runtime for jobs that set none.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub default_max_runtime: Duration,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Base-model locality: with `on`, a job may hold out for a card that
+    /// already holds its model, for at most the model's load time (times
+    /// --locality-wait-factor); with `off`, jobs take any card at once.
+    #[arg(long, value_enum, default_value_t = Locality::On)]
+    pub locality: Locality,
+    /// How many of its model's load times a job may wait for a warm card
+    /// (or for balance between models) while a usable card is idle.
+    #[arg(long, default_value_t = 1.0)]
+    pub locality_wait_factor: f64,
+    /// Disk-to-GPU bandwidth of the nodes, for models registered without
+    /// a load time and not yet measured: load time = size ÷ bandwidth.
+    #[arg(long, default_value_t = finpool_scheduler::cycle::DEFAULT_NODE_BANDWIDTH_MIB_S)]
+    pub node_bandwidth_mib_s: u64,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// The API's limits and token keys, as `up` and `api` take them.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
     /// Requests per second each tenant (or operator/regulator) may make,
     /// sustained; 0 turns the limit off.
     #[arg(long, default_value_t = 200.0)]
@@ -310,21 +335,26 @@ pub struct UpArgs {
     /// The `iss` of tokens signed with the --jwks keys.
     #[arg(long)]
     pub jwks_issuer: Option<String>,
-    /// Base-model locality: with `on`, a job may hold out for a card that
-    /// already holds its model, for at most the model's load time (times
-    /// --locality-wait-factor); with `off`, jobs take any card at once.
-    #[arg(long, value_enum, default_value_t = Locality::On)]
-    pub locality: Locality,
-    /// How many of its model's load times a job may wait for a warm card
-    /// (or for balance between models) while a usable card is idle.
-    #[arg(long, default_value_t = 1.0)]
-    pub locality_wait_factor: f64,
-    /// Disk-to-GPU bandwidth of the nodes, for models registered without
-    /// a load time and not yet measured: load time = size ÷ bandwidth.
-    #[arg(long, default_value_t = finpool_scheduler::cycle::DEFAULT_NODE_BANDWIDTH_MIB_S)]
-    pub node_bandwidth_mib_s: u64,
+}
+
+/// `finpool api`: the API alone, in a cluster.
+#[derive(Debug, Args)]
+pub struct ApiServeArgs {
+    /// Holds the signing key (`jwt-signing-key.pk8`, mounted read-only);
+    /// nothing is written there.
+    #[arg(long, default_value = "/var/lib/finpool")]
+    pub data_dir: PathBuf,
+    /// Where the API listens.
+    #[arg(long, default_value = "0.0.0.0:7070")]
+    pub listen: SocketAddr,
+    /// The system of record (PostgreSQL).
+    #[arg(long, env = "FINPOOL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// The longest max runtime a job may ask for.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub max_runtime_cap: Duration,
     #[command(flatten)]
-    pub sandbox: SandboxArgs,
+    pub api: ApiArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -1,5 +1,6 @@
 //! One module per command group.
 
+pub mod api;
 pub mod bench;
 pub mod job;
 pub mod model;

@@ -11,59 +11,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.database_url = args.database_url;
     config.stop_grace = args.stop_grace;
     config.default_max_runtime = args.default_max_runtime;
-    config.api.pending_cap = args.pending_cap;
-    config.api.rate_limit = match (args.rate_limit, args.rate_burst) {
-        (0.0, _) => None,
-        (r, b) if r.is_finite() && r > 0.0 && b.is_finite() && b >= 1.0 => {
-            Some(finpool_api::RateLimit {
-                per_second: r,
-                burst: b,
-            })
-        }
-        (r, b) => anyhow::bail!(
-            "--rate-limit {r} / --rate-burst {b}: the rate must be positive (or 0 for none) and the burst at least 1"
-        ),
-    };
-    config.api.anonymous_rate_limit = match args.anonymous_rate_limit {
-        0.0 => None,
-        r if r.is_finite() && r > 0.0 => Some(finpool_api::RateLimit {
-            per_second: r,
-            burst: (2.0 * r).max(1.0),
-        }),
-        r => anyhow::bail!("--anonymous-rate-limit {r}: must be positive, or 0 for none"),
-    };
-    if args.pending_cap == 0 {
-        anyhow::bail!("--pending-cap 0: a tenant must be able to queue at least one job");
-    }
-    if args.streams_per_caller == 0 {
-        anyhow::bail!("--streams-per-caller 0: a caller must be able to follow at least one job");
-    }
-    config.api.streams_per_caller = args.streams_per_caller;
-    if args.streams_total < args.streams_per_caller {
-        anyhow::bail!(
-            "--streams-total {}: must be at least --streams-per-caller ({})",
-            args.streams_total,
-            args.streams_per_caller
-        );
-    }
-    config.api.streams_total = args.streams_total;
-    for (flag, ttl) in [
-        ("--max-tenant-token-ttl", args.max_tenant_token_ttl),
-        ("--max-staff-token-ttl", args.max_staff_token_ttl),
-    ] {
-        if ttl.as_secs() < 60 {
-            anyhow::bail!(
-                "{flag} {}: must be at least 1m",
-                humantime::format_duration(ttl)
-            );
-        }
-    }
-    config.api.token_lifetimes = finpool_api::TokenLifetimes {
-        tenant: args.max_tenant_token_ttl,
-        operator: args.max_staff_token_ttl,
-        regulator: args.max_staff_token_ttl,
-    };
-    config.jwks = args.jwks.zip(args.jwks_issuer);
+    config.api = limits(&args.api, config.api.max_runtime_cap)?;
+    config.jwks = args.api.jwks.clone().zip(args.api.jwks_issuer.clone());
     if !(args.locality_wait_factor.is_finite()
         && (0.0..=100.0).contains(&args.locality_wait_factor))
     {
@@ -104,11 +53,75 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// The API's limits from the flags `up` and `api` share.
+pub fn limits(
+    args: &crate::args::ApiArgs,
+    max_runtime_cap: std::time::Duration,
+) -> anyhow::Result<finpool_api::ApiConfig> {
+    let mut config = finpool_api::ApiConfig {
+        max_runtime_cap,
+        ..finpool_api::ApiConfig::default()
+    };
+    config.pending_cap = args.pending_cap;
+    config.rate_limit = match (args.rate_limit, args.rate_burst) {
+        (0.0, _) => None,
+        (r, b) if r.is_finite() && r > 0.0 && b.is_finite() && b >= 1.0 => {
+            Some(finpool_api::RateLimit {
+                per_second: r,
+                burst: b,
+            })
+        }
+        (r, b) => anyhow::bail!(
+            "--rate-limit {r} / --rate-burst {b}: the rate must be positive (or 0 for none) and the burst at least 1"
+        ),
+    };
+    config.anonymous_rate_limit = match args.anonymous_rate_limit {
+        0.0 => None,
+        r if r.is_finite() && r > 0.0 => Some(finpool_api::RateLimit {
+            per_second: r,
+            burst: (2.0 * r).max(1.0),
+        }),
+        r => anyhow::bail!("--anonymous-rate-limit {r}: must be positive, or 0 for none"),
+    };
+    if args.pending_cap == 0 {
+        anyhow::bail!("--pending-cap 0: a tenant must be able to queue at least one job");
+    }
+    if args.streams_per_caller == 0 {
+        anyhow::bail!("--streams-per-caller 0: a caller must be able to follow at least one job");
+    }
+    config.streams_per_caller = args.streams_per_caller;
+    if args.streams_total < args.streams_per_caller {
+        anyhow::bail!(
+            "--streams-total {}: must be at least --streams-per-caller ({})",
+            args.streams_total,
+            args.streams_per_caller
+        );
+    }
+    config.streams_total = args.streams_total;
+    for (flag, ttl) in [
+        ("--max-tenant-token-ttl", args.max_tenant_token_ttl),
+        ("--max-staff-token-ttl", args.max_staff_token_ttl),
+    ] {
+        if ttl.as_secs() < 60 {
+            anyhow::bail!(
+                "{flag} {}: must be at least 1m",
+                humantime::format_duration(ttl)
+            );
+        }
+    }
+    config.token_lifetimes = finpool_api::TokenLifetimes {
+        tenant: args.max_tenant_token_ttl,
+        operator: args.max_staff_token_ttl,
+        regulator: args.max_staff_token_ttl,
+    };
+    Ok(config)
 }

@@ -5,6 +5,7 @@
 //! submitted over the API are mirrored as InferenceJobs.
 
 pub mod build;
+pub mod cluster;
 pub mod controller;
 pub mod crd;
 pub mod inventory;
