@@ -1,0 +1,548 @@
+//! The real API server suite, envtest-style: etcd and kube-apiserver
+//! started here on loopback (no kubelet, no controllers), RBAC on, a token
+//! file with an admin, the operator's service account and two tenants'
+//! users. It installs the CRDs and the chart's RBAC, runs the operator as
+//! its own user, and applies a Tenant, a BaseModel and an InferenceJob.
+//!
+//! Runs when `KUBE_APISERVER_BIN` and `ETCD_BIN` name binaries (and helm is
+//! found: `HELM_BIN`, else `.ci/tools/bin/helm`); prints a "skipped: …"
+//! line otherwise. `KUBE_CONTROLLER_MANAGER_BIN` is accepted for quota and
+//! garbage collection but not needed by these checks.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use finpool_operator::build::Install;
+use finpool_operator::controller::{self, Context};
+use finpool_operator::crd::{self, InferenceJob};
+use finpool_store::{Store, StoreConfig};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ResourceQuota};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::{Client, Config};
+use serde_json::json;
+
+const NAMESPACE: &str = "finpool-system";
+const OPERATOR_USER: &str = "system:serviceaccount:finpool-system:finpool-operator";
+
+struct Binaries {
+    apiserver: PathBuf,
+    etcd: PathBuf,
+    helm: PathBuf,
+}
+
+fn binaries() -> Result<Binaries, String> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .ok_or_else(|| format!("set {name}"))
+    };
+    let apiserver = var("KUBE_APISERVER_BIN")?;
+    let etcd = var("ETCD_BIN")?;
+    let helm = std::env::var_os("HELM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/tools/bin/helm"));
+    for p in [&apiserver, &etcd, &helm] {
+        if !p.exists() {
+            return Err(format!("{} does not exist", p.display()));
+        }
+    }
+    Ok(Binaries {
+        apiserver,
+        etcd,
+        helm,
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the processes when the test ends, however it ends.
+struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+struct Cluster {
+    url: String,
+    cert: PathBuf,
+    _processes: Processes,
+    _dir: tempfile::TempDir,
+}
+
+/// Tokens in the token file: (token, user, groups).
+const USERS: &[(&str, &str, &str)] = &[
+    ("admin-token", "admin", "system:masters"),
+    (
+        "operator-token",
+        OPERATOR_USER,
+        "system:serviceaccounts,system:serviceaccounts:finpool-system",
+    ),
+    ("alice-token", "alice", "finpool:tenant:alpha"),
+    ("bob-token", "bob", "finpool:tenant:beta"),
+];
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+fn start(bins: &Binaries) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd_client = free_port();
+    let etcd_peer = free_port();
+    let secure = free_port();
+    let mut processes = Processes(Vec::new());
+    let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
+    processes.0.push(
+        Command::new(&bins.etcd)
+            .arg("--data-dir")
+            .arg(dir.path().join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{etcd_client}"),
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{etcd_client}"),
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{etcd_peer}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(log("etcd.log"))
+            .spawn()
+            .expect("starting etcd"),
+    );
+    // The service-account signing key: ECDSA P-256, PKCS#8.
+    let rng = ring::rand::SystemRandom::new();
+    let key = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &rng,
+    )
+    .unwrap();
+    let key_file = dir.path().join("sa.key");
+    std::fs::write(&key_file, pem("PRIVATE KEY", key.as_ref())).unwrap();
+    let tokens = dir.path().join("tokens.csv");
+    let lines: Vec<String> = USERS
+        .iter()
+        .map(|(t, u, g)| format!("{t},{u},{u},\"{g}\""))
+        .collect();
+    std::fs::write(&tokens, lines.join("\n") + "\n").unwrap();
+    let certs = dir.path().join("certs");
+    processes.0.push(
+        Command::new(&bins.apiserver)
+            .args([
+                &format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
+                &format!("--secure-port={secure}"),
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                "--authorization-mode=RBAC",
+                "--disable-admission-plugins=ServiceAccount",
+            ])
+            .arg(format!("--service-account-key-file={}", key_file.display()))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                key_file.display()
+            ))
+            .arg(format!("--token-auth-file={}", tokens.display()))
+            .arg(format!("--cert-dir={}", certs.display()))
+            .stdout(Stdio::null())
+            .stderr(log("apiserver.log"))
+            .spawn()
+            .expect("starting kube-apiserver"),
+    );
+    Cluster {
+        url: format!("https://127.0.0.1:{secure}"),
+        cert: certs.join("apiserver.crt"),
+        _processes: processes,
+        _dir: dir,
+    }
+}
+
+impl Cluster {
+    async fn client(&self, token: &str) -> Client {
+        let mut config = Config::new(self.url.parse().unwrap());
+        config.root_cert_file = Some(self.cert.clone());
+        config.auth_info.token = Some(token.to_owned().into());
+        Client::try_from(config).unwrap()
+    }
+
+    /// Waits for `/readyz` (the serving certificate exists by then).
+    async fn ready(&self) {
+        let start = Instant::now();
+        loop {
+            if self.cert.exists() {
+                let client = self.client("admin-token").await;
+                let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
+                if let Ok(text) = client.request_text(req).await
+                    && text.trim() == "ok"
+                {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "kube-apiserver not ready in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Applies every object of a multi-document YAML stream as `client`.
+async fn apply_yaml(client: &Client, text: &str) {
+    let discovery = kube::Discovery::new(client.clone()).run().await.unwrap();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let value = serde_json::Value::deserialize(doc).unwrap();
+        if value.is_null() {
+            continue;
+        }
+        let obj: DynamicObject = serde_json::from_value(value.clone()).unwrap();
+        let types = obj.types.clone().expect("typed objects");
+        let gvk = GroupVersionKind::try_from(&types).unwrap();
+        let (resource, caps) = discovery.resolve_gvk(&gvk).expect("known kind");
+        let api: Api<DynamicObject> = match (caps.scope, obj.metadata.namespace.as_deref()) {
+            (kube::discovery::Scope::Namespaced, Some(ns)) => {
+                Api::namespaced_with(client.clone(), ns, &resource)
+            }
+            (kube::discovery::Scope::Namespaced, None) => {
+                Api::namespaced_with(client.clone(), NAMESPACE, &resource)
+            }
+            (kube::discovery::Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
+        };
+        let name = obj.metadata.name.clone().unwrap();
+        api.patch(
+            &name,
+            &PatchParams::apply("finpool-test").force(),
+            &Patch::Apply(&value),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying {} {name}: {e}", gvk.kind));
+    }
+}
+
+use serde::Deserialize;
+
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn allowed(admin: &Client, user: &str, group: &str, verb: &str, ns: &str) -> bool {
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.into()),
+            groups: Some(vec![group.into()]),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some("finpool.io".into()),
+                resource: Some("inferencejobs".into()),
+                verb: Some(verb.into()),
+                namespace: Some(ns.into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    Api::<SubjectAccessReview>::all(admin.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .allowed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_against_a_real_api_server() {
+    let bins = match binaries() {
+        Ok(b) => b,
+        Err(why) => {
+            eprintln!(
+                "skipped: the real API server suite needs KUBE_APISERVER_BIN, ETCD_BIN and helm ({why})"
+            );
+            return;
+        }
+    };
+    let started = Instant::now();
+    let cluster = start(&bins);
+    cluster.ready().await;
+    eprintln!("kube-apiserver ready in {:?}", started.elapsed());
+    let admin = cluster.client("admin-token").await;
+
+    // The CRDs, as the chart holds them; then the chart's RBAC.
+    let crds = Api::<CustomResourceDefinition>::all(admin.clone());
+    for c in crd::all() {
+        crds.patch(
+            &c.metadata.name.clone().unwrap(),
+            &PatchParams::apply("finpool-test").force(),
+            &Patch::Apply(&c),
+        )
+        .await
+        .unwrap();
+    }
+    for c in crd::all() {
+        let name = c.metadata.name.clone().unwrap();
+        eventually("CRDs established", || {
+            let crds = crds.clone();
+            let name = name.clone();
+            async move {
+                let c = crds.get(&name).await.ok()?;
+                c.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+    Api::<Namespace>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/finpool");
+    let rendered = Command::new(&bins.helm)
+        .args(["template", "finpool"])
+        .arg(&chart)
+        .args([
+            "--namespace",
+            NAMESPACE,
+            "--show-only",
+            "templates/rbac.yaml",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    apply_yaml(&admin, &String::from_utf8(rendered.stdout).unwrap()).await;
+
+    // A GPU node, as GPU Feature Discovery labels one (no kubelet: the
+    // test writes its status).
+    let nodes = Api::<Node>::all(admin.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "gpu-1", "labels": {
+                "nvidia.com/gpu.product": "A100", "nvidia.com/gpu.count": "4",
+                "nvidia.com/gpu.memory": "81920", "topology.kubernetes.io/zone": "dc-1"}}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    nodes
+        .patch_status(
+            "gpu-1",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"allocatable": {"cpu": "32", "memory": "128Gi",
+                "nvidia.com/gpu": "4", "pods": "110"}, "capacity": {"cpu": "32",
+                "memory": "128Gi", "nvidia.com/gpu": "4", "pods": "110"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+
+    // The operator, as its own user (the chart's RBAC, nothing more).
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreConfig::Sqlite(dir.path().join("finpool.db")))
+        .await
+        .unwrap();
+    let operator_client = cluster.client("operator-token").await;
+    let ctx = Context::new(
+        operator_client,
+        store.clone(),
+        Install {
+            namespace: NAMESPACE.into(),
+            ..Install::default()
+        },
+    );
+    let operator = tokio::spawn({
+        let ctx: Arc<Context> = ctx.clone();
+        async move { controller::run(ctx, NAMESPACE, "test-operator").await }
+    });
+
+    // A tenant, a model and a job, applied as an admin would (kubectl).
+    let examples = chart.join("examples");
+    for file in ["tenant.yaml", "basemodel.yaml"] {
+        apply_yaml(
+            &admin,
+            &std::fs::read_to_string(examples.join(file)).unwrap(),
+        )
+        .await;
+    }
+    let ns = eventually("the tenant's namespace", || {
+        let admin = admin.clone();
+        async move {
+            Api::<Namespace>::all(admin)
+                .get_opt("alpha-jobs")
+                .await
+                .ok()
+                .flatten()
+        }
+    })
+    .await;
+    let labels = ns.metadata.labels.unwrap();
+    assert_eq!(labels["pod-security.kubernetes.io/enforce"], "restricted");
+    assert_eq!(labels["finpool.io/tenant"], "alpha");
+    let quota = eventually("the quota", || {
+        let admin = admin.clone();
+        async move {
+            Api::<ResourceQuota>::namespaced(admin, "alpha-jobs")
+                .get_opt("finpool-gpu")
+                .await
+                .ok()
+                .flatten()
+        }
+    })
+    .await;
+    assert_eq!(
+        quota.spec.unwrap().hard.unwrap()["requests.nvidia.com/gpu"].0,
+        "4"
+    );
+    let deny = eventually("the network policy", || {
+        let admin = admin.clone();
+        async move {
+            Api::<NetworkPolicy>::namespaced(admin, "alpha-jobs")
+                .get_opt("finpool-default-deny")
+                .await
+                .ok()
+                .flatten()
+        }
+    })
+    .await;
+    assert_eq!(
+        deny.spec.unwrap().policy_types.unwrap(),
+        ["Ingress", "Egress"]
+    );
+    eventually("the tenant role binding", || {
+        let admin = admin.clone();
+        async move {
+            Api::<RoleBinding>::namespaced(admin, "alpha-jobs")
+                .get_opt("finpool-tenant")
+                .await
+                .ok()
+                .flatten()
+        }
+    })
+    .await;
+    eventually("the tenant in the store", || {
+        let store = store.clone();
+        async move { store.get_tenant("alpha").await.ok() }
+    })
+    .await;
+
+    // The job: a Pod for finpool's scheduler, and a status from the store.
+    let job_yaml = std::fs::read_to_string(examples.join("inferencejob.yaml")).unwrap();
+    apply_yaml(&admin, &job_yaml).await;
+    let job_name: String =
+        serde_yaml_ng::from_str::<serde_json::Value>(&job_yaml).unwrap()["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let pod = eventually("the job's pod", || {
+        let admin = admin.clone();
+        let name = job_name.clone();
+        async move {
+            Api::<Pod>::namespaced(admin, "alpha-jobs")
+                .get_opt(&name)
+                .await
+                .ok()
+                .flatten()
+        }
+    })
+    .await;
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.scheduler_name.as_deref(), Some("finpool-scheduler"));
+    let status = eventually("the job's status", || {
+        let admin = admin.clone();
+        let name = job_name.clone();
+        async move {
+            let j = Api::<InferenceJob>::namespaced(admin, "alpha-jobs")
+                .get(&name)
+                .await
+                .ok()?;
+            j.status.filter(|s| s.job_id.is_some())
+        }
+    })
+    .await;
+    assert_eq!(status.phase.as_deref(), Some("Pending"));
+    // The same job in the store, as gRPC and REST read it.
+    let id = finpool_domain::JobId::parse("id", status.job_id.as_deref().unwrap()).unwrap();
+    let stored = store.get_job(id).await.unwrap();
+    assert_eq!(stored.tenant_id.as_str(), "alpha");
+    assert_eq!(stored.spec.name.as_str(), job_name);
+
+    // RBAC: a tenant's user manages jobs in its own namespace only.
+    assert!(
+        allowed(
+            &admin,
+            "alice",
+            "finpool:tenant:alpha",
+            "create",
+            "alpha-jobs"
+        )
+        .await
+    );
+    assert!(!allowed(&admin, "bob", "finpool:tenant:beta", "create", "alpha-jobs").await);
+    assert!(!allowed(&admin, "bob", "finpool:tenant:beta", "list", "alpha-jobs").await);
+    // And the tenant's own client really is refused there.
+    let bob = cluster.client("bob-token").await;
+    let denied = Api::<InferenceJob>::namespaced(bob, "alpha-jobs")
+        .list(&Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(denied, kube::Error::Api(ref s) if s.code == 403),
+        "{denied}"
+    );
+    operator.abort();
+}
