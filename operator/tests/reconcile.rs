@@ -436,3 +436,193 @@ async fn a_job_in_a_namespace_of_no_tenant_is_refused_and_nothing_is_stored() {
     run.await.unwrap().unwrap();
     assert!(store.active_jobs().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_model_is_registered_and_precached_per_node() {
+    use finpool_operator::controller::model;
+    use finpool_operator::crd::BaseModel;
+    let (ctx, mut api, store, _dir) = setup().await;
+    let m: BaseModel = serde_json::from_value(json!({
+        "apiVersion": "finpool.io/v1alpha1", "kind": "BaseModel",
+        "metadata": {"name": "llama-3-8b", "uid": "uid-m"},
+        "spec": {"source": {"uri": "s3://models/llama-3-8b.tar"}, "sizeMiB": 16384,
+            "minGpuMemoryMiB": 20480, "loadTimeSeconds": 40, "precacheNodes": ["gpu-1"]}
+    }))
+    .unwrap();
+    let run = tokio::spawn(model::reconcile(Arc::new(m.clone()), ctx));
+    let get = api
+        .answer(
+            StatusCode::NOT_FOUND,
+            not_found("jobs", "precache-llama-3-8b-gpu-1"),
+        )
+        .await;
+    assert_eq!(
+        get.path,
+        "/apis/batch/v1/namespaces/finpool-system/jobs/precache-llama-3-8b-gpu-1"
+    );
+    let job = api
+        .expect_echo(
+            Method::PATCH,
+            "/apis/batch/v1/namespaces/finpool-system/jobs/precache-llama-3-8b-gpu-1",
+        )
+        .await;
+    assert_eq!(job.body["spec"]["template"]["spec"]["nodeName"], "gpu-1");
+    let list = api
+        .answer(
+            StatusCode::OK,
+            json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": []}),
+        )
+        .await;
+    assert_eq!(list.path, "/apis/batch/v1/namespaces/finpool-system/jobs");
+    assert!(
+        list.query.contains("finpool.io%2Fmodel%3Dllama-3-8b"),
+        "{}",
+        list.query
+    );
+    let status = api
+        .expect_reply(
+            Method::PATCH,
+            "/apis/finpool.io/v1alpha1/basemodels/llama-3-8b/status",
+            serde_json::to_value(&m).unwrap(),
+        )
+        .await;
+    assert_eq!(status.body["status"]["readyNodes"], json!([]));
+    assert_eq!(status.body["status"]["conditions"][0]["reason"], "Caching");
+    run.await.unwrap().unwrap();
+    let models = store.list_models().await.unwrap();
+    assert_eq!(models.len(), 1);
+    assert_eq!(models[0].load_time_ms, Some(40_000));
+}
+
+#[tokio::test]
+async fn a_job_from_the_api_is_mirrored_as_an_inference_job() {
+    use finpool_operator::controller::mirror;
+    let (ctx, mut api, store, _dir) = setup().await;
+    let tenant_row = finpool_operator::build::tenant::store_input(&alpha(true))
+        .unwrap()
+        .validate(&["A100".into()], finpool_domain::Timestamp(0))
+        .unwrap();
+    store.create_tenant(&tenant_row).await.unwrap();
+    let spec = finpool_domain::JobSpecInput {
+        name: "from-grpc".into(),
+        command: vec!["true".into()],
+        resources: finpool_domain::job::ResourcesInput {
+            gpu: Some(finpool_domain::job::GpuRequestInput {
+                whole_gpus: Some(1),
+                share: None,
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let classes = [finpool_domain::GpuClass {
+        name: "A100".into(),
+        memory_mib: 81920,
+    }];
+    let spec = spec
+        .validate(&finpool_domain::job::SubmitContext {
+            tenant: &tenant_row,
+            classes: &classes,
+            models: &[],
+            max_gpus_per_node: &[("A100".to_owned(), 4)].into(),
+            max_runtime_cap_ms: 3_600_000,
+        })
+        .unwrap();
+    let (job, _) = store
+        .submit(finpool_domain::Job::new(
+            finpool_domain::JobId::new_random(),
+            tenant_row.id.clone(),
+            spec,
+            finpool_domain::Timestamp::now(),
+        ))
+        .await
+        .unwrap();
+    let run = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { mirror::sync_once(&ctx).await }
+    });
+    api.answer(StatusCode::OK, serde_json::to_value(alpha(true)).unwrap())
+        .await;
+    let name = mirror::object_name(&job);
+    let get = api
+        .answer(StatusCode::NOT_FOUND, not_found("inferencejobs", &name))
+        .await;
+    assert_eq!(
+        get.path,
+        format!("/apis/finpool.io/v1alpha1/namespaces/alpha-jobs/inferencejobs/{name}")
+    );
+    let created = api
+        .expect_echo(
+            Method::POST,
+            "/apis/finpool.io/v1alpha1/namespaces/alpha-jobs/inferencejobs",
+        )
+        .await;
+    assert_eq!(
+        created.body["metadata"]["annotations"]["finpool.io/job-id"],
+        job.id.to_string()
+    );
+    assert_eq!(created.body["spec"]["resources"]["gpu"]["wholeGpus"], 1);
+    assert_eq!(run.await.unwrap().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn deleting_an_inference_job_cancels_its_job_and_keeps_the_record() {
+    let (ctx, mut api, store, _dir) = setup().await;
+    let tenant_row = finpool_operator::build::tenant::store_input(&alpha(true))
+        .unwrap()
+        .validate(&["A100".into()], finpool_domain::Timestamp(0))
+        .unwrap();
+    store.create_tenant(&tenant_row).await.unwrap();
+    // Submitted earlier through the object (reuse the apply path's store
+    // input, as a submit would).
+    let object = var_job();
+    let input = finpool_operator::build::job::store_input(&object).unwrap();
+    let classes = [finpool_domain::GpuClass {
+        name: "A100".into(),
+        memory_mib: 81920,
+    }];
+    let spec = input
+        .validate(&finpool_domain::job::SubmitContext {
+            tenant: &tenant_row,
+            classes: &classes,
+            models: &[],
+            max_gpus_per_node: &[("A100".to_owned(), 4)].into(),
+            max_runtime_cap_ms: 3_600_000,
+        })
+        .unwrap();
+    let (stored, _) = store
+        .submit(finpool_domain::Job::new(
+            finpool_domain::JobId::for_idempotency_key(&tenant_row.id, &input.idempotency_key),
+            tenant_row.id.clone(),
+            spec,
+            finpool_domain::Timestamp::now(),
+        ))
+        .await
+        .unwrap();
+    let mut deleting = object;
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    deleting.status = Some(finpool_operator::crd::InferenceJobStatus {
+        job_id: Some(stored.id.to_string()),
+        ..Default::default()
+    });
+    let run = tokio::spawn(job::reconcile(Arc::new(deleting.clone()), ctx));
+    // The finalizer comes off once the store has the cancel.
+    let seen = api
+        .answer(StatusCode::OK, serde_json::to_value(&deleting).unwrap())
+        .await;
+    assert_eq!(seen.method, Method::PATCH);
+    assert_eq!(
+        seen.path,
+        "/apis/finpool.io/v1alpha1/namespaces/alpha-jobs/inferencejobs/var-run"
+    );
+    run.await.unwrap().unwrap();
+    let after = store.get_job(stored.id).await.unwrap();
+    assert_eq!(after.state, finpool_domain::JobState::Cancelled);
+    assert!(
+        after.reason.contains("InferenceJob was deleted"),
+        "{}",
+        after.reason
+    );
+}
