@@ -86,6 +86,8 @@ impl Drop for Processes {
 struct Cluster {
     url: String,
     cert: PathBuf,
+    /// Where the processes' logs are.
+    log: PathBuf,
     _processes: Processes,
     _dir: tempfile::TempDir,
 }
@@ -98,7 +100,8 @@ const USERS: &[(&str, &str, &str)] = &[
         OPERATOR_USER,
         "system:serviceaccounts,system:serviceaccounts:finpool-system",
     ),
-    ("alice-token", "alice", "finpool:tenant:alpha"),
+    // The group the example Tenant names for alpha.
+    ("alice-token", "alice", "alpha-traders"),
     ("bob-token", "bob", "finpool:tenant:beta"),
 ];
 
@@ -114,6 +117,21 @@ fn pem(label: &str, der: &[u8]) -> String {
         "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
         lines.join("\n")
     )
+}
+
+/// The DER certificates in a PEM file.
+fn pem_certs(text: &str) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    text.split("-----BEGIN CERTIFICATE-----")
+        .skip(1)
+        .filter_map(|rest| rest.split("-----END CERTIFICATE-----").next())
+        .map(|b64| {
+            let clean: String = b64.chars().filter(|c| !c.is_whitespace()).collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(clean)
+                .unwrap()
+        })
+        .collect()
 }
 
 fn start(bins: &Binaries) -> Cluster {
@@ -134,6 +152,10 @@ fn start(bins: &Binaries) -> Cluster {
                 &format!("http://127.0.0.1:{etcd_client}"),
                 "--listen-peer-urls",
                 &format!("http://127.0.0.1:{etcd_peer}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{etcd_peer}"),
+                "--initial-cluster",
+                &format!("default=http://127.0.0.1:{etcd_peer}"),
             ])
             .stdout(Stdio::null())
             .stderr(log("etcd.log"))
@@ -149,6 +171,22 @@ fn start(bins: &Binaries) -> Cluster {
     .unwrap();
     let key_file = dir.path().join("sa.key");
     std::fs::write(&key_file, pem("PRIVATE KEY", key.as_ref())).unwrap();
+    // Its public half as SubjectPublicKeyInfo: the fixed P-256 header, then
+    // the uncompressed point.
+    let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        key.as_ref(),
+        &rng,
+    )
+    .unwrap();
+    let mut spki = vec![
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    use ring::signature::KeyPair;
+    spki.extend_from_slice(pair.public_key().as_ref());
+    let public_file = dir.path().join("sa.pub");
+    std::fs::write(&public_file, pem("PUBLIC KEY", &spki)).unwrap();
     let tokens = dir.path().join("tokens.csv");
     let lines: Vec<String> = USERS
         .iter()
@@ -168,7 +206,10 @@ fn start(bins: &Binaries) -> Cluster {
                 "--authorization-mode=RBAC",
                 "--disable-admission-plugins=ServiceAccount",
             ])
-            .arg(format!("--service-account-key-file={}", key_file.display()))
+            .arg(format!(
+                "--service-account-key-file={}",
+                public_file.display()
+            ))
             .arg(format!(
                 "--service-account-signing-key-file={}",
                 key_file.display()
@@ -183,6 +224,7 @@ fn start(bins: &Binaries) -> Cluster {
     Cluster {
         url: format!("https://127.0.0.1:{secure}"),
         cert: certs.join("apiserver.crt"),
+        log: dir.path().to_path_buf(),
         _processes: processes,
         _dir: dir,
     }
@@ -191,7 +233,8 @@ fn start(bins: &Binaries) -> Cluster {
 impl Cluster {
     async fn client(&self, token: &str) -> Client {
         let mut config = Config::new(self.url.parse().unwrap());
-        config.root_cert_file = Some(self.cert.clone());
+        // The server's self-signed CA, from the certificate it generated.
+        config.root_cert = Some(pem_certs(&std::fs::read_to_string(&self.cert).unwrap()));
         config.auth_info.token = Some(token.to_owned().into());
         Client::try_from(config).unwrap()
     }
@@ -199,20 +242,26 @@ impl Cluster {
     /// Waits for `/readyz` (the serving certificate exists by then).
     async fn ready(&self) {
         let start = Instant::now();
+        let mut last = String::from("no serving certificate yet");
         loop {
             if self.cert.exists() {
                 let client = self.client("admin-token").await;
                 let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
-                if let Ok(text) = client.request_text(req).await
-                    && text.trim() == "ok"
-                {
-                    return;
+                match client.request_text(req).await {
+                    Ok(text) if text.trim() == "ok" => return,
+                    Ok(text) => last = text,
+                    Err(e) => last = e.to_string(),
                 }
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "kube-apiserver not ready in 60 s"
-            );
+            if start.elapsed() > Duration::from_secs(60) {
+                let log =
+                    std::fs::read_to_string(self.log.join("apiserver.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                panic!(
+                    "kube-apiserver not ready in 60 s: {last}\n{}",
+                    tail.join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -515,23 +564,61 @@ async fn the_operator_against_a_real_api_server() {
     })
     .await;
     assert_eq!(status.phase.as_deref(), Some("Pending"));
-    // The same job in the store, as gRPC and REST read it.
+    // The same job over gRPC, from `finpool api` on the same store and
+    // the cluster's nodes, as tenant alpha.
     let id = finpool_domain::JobId::parse("id", status.job_id.as_deref().unwrap()).unwrap();
     let stored = store.get_job(id).await.unwrap();
     assert_eq!(stored.tenant_id.as_str(), "alpha");
-    assert_eq!(stored.spec.name.as_str(), job_name);
+    let key = finpool_api::SigningKey::load_or_create(dir.path()).unwrap();
+    let inventory = finpool_operator::cluster::NodeInventory::watch(admin.clone())
+        .await
+        .unwrap();
+    let state = finpool_api::ApiState::new(
+        store.clone(),
+        Arc::new(inventory),
+        Arc::new(finpool_operator::cluster::PodLogs {
+            client: admin.clone(),
+        }),
+        finpool_api::ApiConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_addr = listener.local_addr().unwrap();
+    tokio::spawn(finpool_api::server::serve(
+        listener,
+        state,
+        key.verifier(),
+        std::future::pending(),
+    ));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let alpha_id = finpool_domain::Name::parse("t", "alpha").unwrap();
+    let token = key
+        .issue(
+            "alice",
+            finpool_api::Role::Tenant,
+            Some(&alpha_id),
+            Duration::from_secs(600),
+            now,
+        )
+        .unwrap();
+    let mut grpc = finpool_proto::v1::job_service_client::JobServiceClient::connect(format!(
+        "http://{api_addr}"
+    ))
+    .await
+    .unwrap();
+    let mut request = tonic::Request::new(finpool_proto::v1::GetJobRequest { id: id.to_string() });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let over_grpc = grpc.get_job(request).await.unwrap().into_inner();
+    assert_eq!(over_grpc.tenant_id, "alpha");
+    assert_eq!(over_grpc.spec.unwrap().name, job_name);
+    assert_eq!(over_grpc.state, finpool_proto::v1::JobState::Pending as i32);
 
     // RBAC: a tenant's user manages jobs in its own namespace only.
-    assert!(
-        allowed(
-            &admin,
-            "alice",
-            "finpool:tenant:alpha",
-            "create",
-            "alpha-jobs"
-        )
-        .await
-    );
+    assert!(allowed(&admin, "alice", "alpha-traders", "create", "alpha-jobs").await);
     assert!(!allowed(&admin, "bob", "finpool:tenant:beta", "create", "alpha-jobs").await);
     assert!(!allowed(&admin, "bob", "finpool:tenant:beta", "list", "alpha-jobs").await);
     // And the tenant's own client really is refused there.

@@ -79,6 +79,7 @@ pub struct PvcSource {
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, KubeSchema)]
 pub struct HostPathSource {
+    #[schemars(length(max = 4096))]
     #[x_kube(validation = Rule::new("self.startsWith('/')").message("hostPath.path: must be absolute"))]
     pub path: String,
 }

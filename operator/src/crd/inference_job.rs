@@ -30,8 +30,10 @@ use super::Condition;
 #[serde(rename_all = "camelCase")]
 pub struct InferenceJobSpec {
     /// The container image to run.
+    #[schemars(length(max = 1024))]
     #[x_kube(validation = Rule::new("self.size() >= 1").message("image: required"))]
     pub image: String,
+    #[schemars(length(max = 256))]
     #[x_kube(validation = Rule::new("self.size() >= 1").message("command: must name a program"))]
     pub command: Vec<String>,
     #[serde(default)]

@@ -28,16 +28,21 @@ use super::Condition;
 pub struct TenantSpec {
     /// A human name; defaults to the object's name.
     #[serde(default)]
+    #[schemars(length(max = 128))]
     #[x_kube(validation = Rule::new("self.size() <= 128").message("displayName: at most 128 characters"))]
     pub display_name: String,
     /// The namespaces whose InferenceJobs belong to this tenant; the
     /// operator creates and fences them.
+    // Bounds keep the CEL rules within the API server's cost budget.
+    #[schemars(length(max = 32), inner(length(max = 63)))]
     #[x_kube(validation = Rule::new("self.size() >= 1 && self.size() <= 32").message("namespaces: between 1 and 32"))]
     #[x_kube(validation = Rule::new("self.all(n, n.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$'))").message("namespaces: each must be a DNS label"))]
     pub namespaces: Vec<String>,
-    /// GPU quotas, one per class.
+    /// GPU quotas, one per class (a list keyed by class: the API server
+    /// refuses two entries for one class).
     #[serde(default)]
-    #[x_kube(validation = Rule::new("self.all(q, self.exists_one(r, r.gpuClass == q.gpuClass))").message("quotas: one entry per gpuClass"))]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["gpuClass"]))]
     pub quotas: Vec<ClassQuota>,
     /// Share of idle capacity relative to other tenants.
     #[serde(default = "one")]
@@ -48,10 +53,12 @@ pub struct TenantSpec {
     pub isolation: Isolation,
     /// Base models its jobs may use; empty: any.
     #[serde(default)]
+    #[schemars(length(max = 256), inner(length(max = 63)))]
     pub allowed_models: Vec<String>,
     /// Node locations (the `topology.kubernetes.io/zone` or
     /// `finpool.io/location` label) its jobs may run in; empty: any.
     #[serde(default)]
+    #[schemars(length(max = 64), inner(length(max = 63)))]
     pub allowed_locations: Vec<String>,
     /// A suspended tenant's tokens are refused and its jobs wait.
     #[serde(default)]
@@ -73,6 +80,7 @@ fn one() -> i64 {
 #[x_kube(validation = Rule::new("!has(self.borrowingLimit) || self.borrowingLimit >= 0").message("borrowingLimit: must not be negative"))]
 #[x_kube(validation = Rule::new("!has(self.lendingLimit) || (self.lendingLimit >= 0 && self.lendingLimit <= self.guaranteed)").message("lendingLimit: must be from 0 to guaranteed"))]
 pub struct ClassQuota {
+    #[schemars(length(max = 63))]
     pub gpu_class: String,
     /// Always available to the tenant (reclaimed from borrowers).
     pub guaranteed: i64,
