@@ -181,7 +181,10 @@ impl Drop for Server {
 pub enum Backend {
     Sqlite,
     /// A fresh database of its own on the test PostgreSQL server.
-    Postgres { base: String, url: String },
+    Postgres {
+        base: String,
+        url: String,
+    },
 }
 
 impl Backend {
