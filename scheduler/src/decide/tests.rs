@@ -555,3 +555,43 @@ fn reclaim_takes_the_victim_tenants_least_important_job_first() {
     let victims: Vec<u128> = o.preempted.iter().map(|p| p.job.0.as_u128()).collect();
     assert_eq!(victims, vec![101]);
 }
+
+/// A job the pool no longer fits says so even past the jobs examined
+/// closely each decision, so no such job waits as merely `Queued`.
+#[test]
+fn every_waiting_job_learns_it_fits_no_node() {
+    let mut snap = snapshot(
+        vec![node("n0", "A100", 1)],
+        vec![tenant("alpha", "A100", 0, 0)],
+    );
+    snap.explain_limit = 1;
+    let mut huge = job(3, "alpha", GpuRequest::Whole { count: 1 });
+    huge.resources.cpu_milli = 128_000;
+    let queue = vec![
+        job(1, "alpha", GpuRequest::Whole { count: 1 }),
+        job(2, "alpha", GpuRequest::Whole { count: 1 }),
+        huge,
+    ];
+    let o = decide(&snap, &queue, &Policy::finpool()).unwrap();
+    let reasons: Vec<(u128, WaitReason)> = o
+        .waiting
+        .iter()
+        .map(|w| (w.job.0.as_u128(), w.reason.clone()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (1, WaitReason::QuotaLimit),
+            (2, WaitReason::Queued),
+            (
+                3,
+                WaitReason::Infeasible {
+                    resource: crate::wait::Infeasible::CpuMilli {
+                        asked: 128_000,
+                        largest: 64_000
+                    }
+                }
+            ),
+        ]
+    );
+}
