@@ -50,7 +50,9 @@ pub struct Snapshot {
     /// Base-model locality's inputs.
     pub locality: LocalityInputs,
     /// How many waiting jobs get a precise reason per decision (the rest
-    /// are [`WaitReason::Queued`]); each costs a placement attempt.
+    /// are [`WaitReason::Queued`]); each costs a placement attempt. Any
+    /// waiting job that fits no node is [`WaitReason::Infeasible`]
+    /// regardless, unless this is 0 (no reasons at all).
     pub explain_limit: usize,
 }
 

@@ -1,11 +1,16 @@
 //! JobService: submit, read, cancel and follow jobs.
 
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use finpool_domain::job::SubmitContext;
-use finpool_domain::{Job, JobId, JobSpecInput, Name, Timestamp};
+use finpool_domain::{
+    BaseModel, FieldError, GpuRequest, Inventory, Job, JobId, JobSpec, JobSpecInput, Name,
+    Timestamp,
+};
 use finpool_proto::v1 as pb;
 use finpool_proto::v1::job_service_server::JobService;
+use finpool_scheduler::{Infeasible, PoolFit};
 use finpool_store::{JobFilter, StoreError};
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
@@ -19,11 +24,16 @@ use crate::state::ApiState;
 
 pub struct Jobs {
     state: ApiState,
+    /// The last inventory seen and the pool indexed from it.
+    fit: Mutex<Option<(Arc<Inventory>, Arc<PoolFit>)>>,
 }
 
 impl Jobs {
     pub fn new(state: ApiState) -> Self {
-        Self { state }
+        Self {
+            state,
+            fit: Mutex::new(None),
+        }
     }
 
     /// Validates a spec for `tenant` against the pool, as a submit would.
@@ -55,7 +65,36 @@ impl Jobs {
             max_gpus_per_node: &inventory.max_gpus_per_node(),
             max_runtime_cap_ms: self.state.config.max_runtime_cap.as_millis() as u64,
         };
-        input.validate(&ctx).map_err(error::invalid)
+        let spec = input.validate(&ctx).map_err(error::invalid)?;
+        // A job no node could ever hold would wait forever (and count
+        // against the pending cap): refuse it, with the scheduler's check.
+        if let Some(fit) = self.pool_fit(&inventory) {
+            fit.check(&tenant, &spec.resources, spec.model.as_ref(), &models)
+                .map_err(|resource| error::invalid(unrunnable(&spec, &models, &resource)))?;
+        }
+        Ok(spec)
+    }
+
+    /// The pool indexed for feasibility checks, rebuilt when the inventory
+    /// changes; `None` if the scheduler could not index it either.
+    fn pool_fit(&self, inventory: &Arc<Inventory>) -> Option<Arc<PoolFit>> {
+        let mut cached = self.fit.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((of, fit)) = cached.as_ref()
+            && Arc::ptr_eq(of, inventory)
+        {
+            return Some(fit.clone());
+        }
+        match PoolFit::new(&inventory.classes, &inventory.nodes) {
+            Ok(fit) => {
+                let fit = Arc::new(fit);
+                *cached = Some((inventory.clone(), fit.clone()));
+                Some(fit)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check jobs against the inventory");
+                None
+            }
+        }
     }
 
     /// The job, if it exists and the caller may see it. Another tenant's
@@ -68,6 +107,67 @@ impl Jobs {
             Ok(_) | Err(StoreError::NotFound(_)) => Err(not_found()),
             Err(e) => Err(error::store(e)),
         }
+    }
+}
+
+/// A job that fits no node, as a refusal naming the field that asks for
+/// too much.
+fn unrunnable(spec: &JobSpec, models: &[BaseModel], resource: &Infeasible) -> FieldError {
+    let never = "the job could never run";
+    match resource {
+        Infeasible::CpuMilli { asked, largest } => FieldError::new(
+            "resources.cpu_milli",
+            format!("asks for {asked}; the largest node of this pool has {largest}: {never}"),
+        ),
+        Infeasible::MemoryMib { asked, largest } => FieldError::new(
+            "resources.memory_mib",
+            format!("asks for {asked}; the largest node of this pool has {largest}: {never}"),
+        ),
+        Infeasible::Gpus { asked, largest } => FieldError::new(
+            "resources.gpu.whole_gpus",
+            format!(
+                "asks for {asked} on one node; the largest node of its classes (with the CPU \
+                 and memory asked for) has {largest}: {never}"
+            ),
+        ),
+        Infeasible::GpuMemoryMib { asked, largest } => {
+            // The card memory asked for is the share's or the model's.
+            let model_needs = spec
+                .model
+                .as_ref()
+                .and_then(|m| models.iter().find(|bm| &bm.name == m))
+                .map_or(0, |bm| bm.min_gpu_memory_mib);
+            let field = match spec.resources.gpu {
+                GpuRequest::Share { memory_mib, .. } if memory_mib >= model_needs => {
+                    "resources.gpu.share.memory_mib"
+                }
+                _ => "model",
+            };
+            FieldError::new(
+                field,
+                format!(
+                    "needs {asked} MiB of memory on one card; the largest card of its classes \
+                     has {largest}: {never}"
+                ),
+            )
+        }
+        Infeasible::GpuClasses { asked } => {
+            let asked = match asked.as_slice() {
+                [] => "any class".to_owned(),
+                names => names.join(", "),
+            };
+            FieldError::new(
+                "resources.gpu_classes",
+                format!("no node of this pool has a card of {asked}: {never}"),
+            )
+        }
+        Infeasible::MigSlice { milli, memory_mib } => FieldError::new(
+            "resources.gpu.share",
+            format!(
+                "the tenant isolates shares in hardware (MIG) and no card offers a slice of \
+                 {milli} milli-GPU and {memory_mib} MiB: {never}"
+            ),
+        ),
     }
 }
 
@@ -259,5 +359,80 @@ impl JobService for Jobs {
                 .map(|data| pb::LogChunk { data })
                 .map_err(|e| Status::internal(e.to_string()))
         }))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use finpool_domain::{Resources, RestartPolicy};
+
+    use super::*;
+
+    fn spec(gpu: GpuRequest, model: Option<&str>) -> JobSpec {
+        JobSpec {
+            name: Name::parse("name", "job").unwrap(),
+            model: model.map(|m| Name::parse("model", m).unwrap()),
+            command: vec!["true".into()],
+            args: vec![],
+            env: BTreeMap::new(),
+            resources: Resources {
+                gpu,
+                gpu_classes: vec![],
+                cpu_milli: 0,
+                memory_mib: 0,
+            },
+            priority: 0,
+            max_runtime_ms: None,
+            min_runtime_ms: None,
+            idempotency_key: None,
+            labels: BTreeMap::new(),
+            restart_policy: RestartPolicy::default(),
+        }
+    }
+
+    #[test]
+    fn card_memory_is_blamed_on_whichever_asks_for_it() {
+        let model = BaseModel {
+            name: Name::parse("name", "big").unwrap(),
+            size_mib: 1,
+            min_gpu_memory_mib: 100_000,
+            load_time_ms: None,
+            registered_at: Timestamp(0),
+        };
+        let models = [model];
+        let too_big = Infeasible::GpuMemoryMib {
+            asked: 100_000,
+            largest: 81_920,
+        };
+        let share = |memory_mib| GpuRequest::Share {
+            milli: 500,
+            memory_mib,
+        };
+        let field = |spec: &JobSpec| unrunnable(spec, &models, &too_big).field;
+        assert_eq!(
+            field(&spec(share(100_000), None)),
+            "resources.gpu.share.memory_mib"
+        );
+        assert_eq!(field(&spec(share(1_000), Some("big"))), "model");
+        assert_eq!(
+            field(&spec(GpuRequest::Whole { count: 1 }, Some("big"))),
+            "model"
+        );
+        let e = unrunnable(
+            &spec(GpuRequest::None, None),
+            &models,
+            &Infeasible::CpuMilli {
+                asked: u64::MAX,
+                largest: 32_000,
+            },
+        );
+        assert_eq!(e.field, "resources.cpu_milli");
+        assert!(
+            e.reason.contains("32000") && e.reason.contains("never run"),
+            "{}",
+            e.reason
+        );
     }
 }

@@ -52,9 +52,10 @@ impl Planner<'_> {
     pub(super) fn explain_all(&mut self, waiting: Vec<(&QueuedJob, Task)>) {
         self.settle_held_back();
         let mut cache: HashMap<Task, WaitReason> = HashMap::new();
+        let mut infeasible: HashMap<Task, Option<Infeasible>> = HashMap::new();
         let mut diagnosed = 0;
         for (i, (job, task)) in waiting.into_iter().enumerate() {
-            let reason = self.explain(job, &task, i, &mut cache, &mut diagnosed);
+            let reason = self.explain(job, &task, i, &mut cache, &mut infeasible, &mut diagnosed);
             self.outcome.waiting.push(Waiting {
                 job: job.id,
                 reason,
@@ -68,6 +69,7 @@ impl Planner<'_> {
         task: &Task,
         i: usize,
         cache: &mut HashMap<Task, WaitReason>,
+        infeasible_by_task: &mut HashMap<Task, Option<Infeasible>>,
         diagnosed: &mut usize,
     ) -> WaitReason {
         if let Some((reserved, node, at)) = self.reservation
@@ -83,19 +85,29 @@ impl Planner<'_> {
         {
             return hint.clone();
         }
-        if i >= self.snapshot.explain_limit {
-            return WaitReason::Queued;
-        }
         let any_card = Task {
             model_fit: ModelFit::Any,
             ..*task
         };
+        // Every waiting job learns it fits no node, not only the first
+        // `explain_limit`: it is one pass over the nodes per task shape,
+        // and it lasts until the pool changes (0 explains nothing).
+        if self.snapshot.explain_limit > 0
+            && let Some(resource) = infeasible_by_task
+                .entry(any_card)
+                .or_insert_with(|| infeasible(self.cluster(), &any_card).err())
+        {
+            return WaitReason::Infeasible {
+                resource: resource.clone(),
+            };
+        }
+        if i >= self.snapshot.explain_limit {
+            return WaitReason::Queued;
+        }
         if let Some(reason) = cache.get(&any_card) {
             return reason.clone();
         }
-        let reason = if let Err(resource) = infeasible(self.cluster(), &any_card) {
-            WaitReason::Infeasible { resource }
-        } else {
+        let reason = {
             let request = Request::new(&self.tenants, QuotaBound::Unbounded, self.workload, 0);
             if self.engine.place(&request, &any_card).is_some() {
                 WaitReason::QuotaLimit

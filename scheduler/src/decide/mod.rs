@@ -5,10 +5,16 @@
 //! The order of admission:
 //!
 //! 1. **Guarantees first.** Jobs that keep their tenant within its
-//!    guarantee go first, by priority then age. If no room is left for one,
-//!    the scheduler reclaims: it preempts work other tenants hold *above*
-//!    their guarantees (lowest priority first, then the most recently
-//!    started, once each has run its minimum runtime).
+//!    guarantee go first. Tenants take turns by the age of their work (a
+//!    tenant's k-th turn comes at its k-th oldest job's submit time), each
+//!    turn going to the tenant's most important job: priority orders a
+//!    tenant's own jobs, never one tenant's before another's. If no room is
+//!    left for one, the scheduler reclaims: it preempts work other tenants
+//!    hold *above* their guarantees, from the tenant furthest above its
+//!    guarantees first (then the one whose work started most recently),
+//!    and within that tenant its lowest-priority, then most recently
+//!    started job, once each has run its minimum runtime. The victims'
+//!    priorities never choose between tenants.
 //! 2. **Then fair share of what is idle** ([`order`]). Tenants borrow idle
 //!    capacity up to their limit, in weighted dominant-resource-fair order
 //!    over GPU classes: the tenant borrowing least (lately and now, per

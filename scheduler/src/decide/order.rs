@@ -1,11 +1,11 @@
 //! The order of admission: within a tenant by priority then age; across
 //! tenants, guarantees first, then borrowing in weighted dominant-resource
-//! fair order.
+//! fair order. Priority never compares jobs of different tenants.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
-use finpool_domain::Timestamp;
+use finpool_domain::{JobId, Timestamp};
 
 use super::planner::Planner;
 use crate::cluster::{ClassIdx, TenantIdx};
@@ -14,7 +14,9 @@ use crate::snapshot::QueuedJob;
 use crate::task::Task;
 use crate::tenants::budget_part;
 
-/// Within a tenant: priority, then age (then id, for a total order).
+/// Within a tenant: priority, then age (then id, for a total order). The
+/// sort spans tenants only to give each tenant's queue this order; across
+/// tenants the turns of [`TenantQueue`] decide.
 pub(super) fn within_tenant(jobs: &mut [(&QueuedJob, Task)]) {
     jobs.sort_by(|(a, _), (b, _)| {
         b.priority
@@ -22,6 +24,49 @@ pub(super) fn within_tenant(jobs: &mut [(&QueuedJob, Task)]) {
             .then(a.submitted_at.cmp(&b.submitted_at))
             .then(a.id.cmp(&b.id))
     });
+}
+
+/// A tenant's waiting jobs in its own priority order, and its turns among
+/// tenants. Its k-th turn comes at the age of its k-th oldest job,
+/// whichever of its jobs takes the turn: so a tenant's priorities reorder
+/// its own jobs but never move it ahead of, or behind, another tenant.
+struct TenantQueue<'j> {
+    jobs: VecDeque<(&'j QueuedJob, Task)>,
+    /// Its jobs' turns, oldest first.
+    turns: VecDeque<Turn>,
+}
+
+/// A turn among tenants: the (submit time, id) of the job it stands for.
+type Turn = (Timestamp, JobId);
+
+impl<'j> TenantQueue<'j> {
+    fn next_turn(&self) -> Option<Turn> {
+        self.turns.front().copied()
+    }
+
+    /// Takes the turn: the tenant's most important job.
+    fn pop(&mut self) -> Option<(&'j QueuedJob, Task)> {
+        self.turns.pop_front();
+        self.jobs.pop_front()
+    }
+}
+
+/// Splits jobs in priority order into per-tenant queues, keeping the order.
+fn by_tenant<'j>(jobs: Vec<(&'j QueuedJob, Task)>) -> BTreeMap<TenantIdx, TenantQueue<'j>> {
+    let mut split: BTreeMap<TenantIdx, TenantQueue<'j>> = BTreeMap::new();
+    for (job, task) in jobs {
+        let t = task.tenant.expect("queued jobs have tenants");
+        let q = split.entry(t).or_insert_with(|| TenantQueue {
+            jobs: VecDeque::new(),
+            turns: VecDeque::new(),
+        });
+        q.jobs.push_back((job, task));
+        q.turns.push_back((job.submitted_at, job.id));
+    }
+    for q in split.values_mut() {
+        q.turns.make_contiguous().sort_unstable();
+    }
+    split
 }
 
 impl Planner<'_> {
@@ -35,47 +80,70 @@ impl Planner<'_> {
             }
             return self.explain_all(waiting);
         }
-        // 1. Within guarantees, in priority order.
-        let mut rest = Vec::with_capacity(jobs.len());
-        for (job, task) in jobs {
-            if self.fits_guarantee(&task) && self.admit(job, &task, QuotaBound::Guaranteed) {
+        // 1. Within guarantees (which may reclaim), tenants taking turns by
+        //    the age of their work, each with its own most important job.
+        let mut queues = by_tenant(jobs);
+        let mut turns: BinaryHeap<Reverse<(Turn, TenantIdx)>> = queues
+            .iter()
+            .filter_map(|(&t, q)| Some(Reverse((q.next_turn()?, t))))
+            .collect();
+        // What is left to borrow with, each tenant's jobs in priority
+        // order. Each admission uses up the tenant's oldest turn, whichever
+        // job it was, so the turns left do not depend on its priorities.
+        let mut rest: BTreeMap<TenantIdx, TenantQueue> = queues
+            .iter()
+            .map(|(&t, q)| {
+                let q = TenantQueue {
+                    jobs: VecDeque::new(),
+                    turns: q.turns.clone(),
+                };
+                (t, q)
+            })
+            .collect();
+        while let Some(Reverse((_, t))) = turns.pop() {
+            let (Some(queue), Some(left)) = (queues.get_mut(&t), rest.get_mut(&t)) else {
                 continue;
+            };
+            let Some((job, task)) = queue.pop() else {
+                continue;
+            };
+            if let Some(turn) = queue.next_turn() {
+                turns.push(Reverse((turn, t)));
             }
-            rest.push((job, task));
+            if self.fits_guarantee(&task) && self.admit(job, &task, QuotaBound::Guaranteed) {
+                left.turns.pop_front();
+            } else {
+                left.jobs.push_back((job, task));
+            }
         }
-        // 2. Borrowing, in weighted fair order across tenants.
-        let mut queues: BTreeMap<TenantIdx, VecDeque<(&QueuedJob, Task)>> = BTreeMap::new();
-        for (job, task) in rest {
-            let t = task.tenant.expect("queued jobs have tenants");
-            queues.entry(t).or_default().push_back((job, task));
-        }
-        // Equal shares go oldest head job first (then tenant, for a total
-        // order), so that tenants borrowing nothing yet are served FIFO.
-        let head_age = |q: &VecDeque<(&QueuedJob, Task)>| {
-            q.front()
-                .map_or(Timestamp(i64::MAX), |(j, _)| j.submitted_at)
-        };
+        // 2. Borrowing, in weighted fair order across tenants. Equal shares
+        //    go by the age of the tenant's next turn (then tenant, for a
+        //    total order), so that tenants borrowing nothing yet are served
+        //    FIFO.
+        let mut queues = rest;
         let mut heap: BinaryHeap<(Reverse<Share>, Reverse<Timestamp>, Reverse<TenantIdx>)> = queues
             .iter()
-            .map(|(&t, q)| (Reverse(self.share(t)), Reverse(head_age(q)), Reverse(t)))
+            .filter_map(|(&t, q)| {
+                Some((
+                    Reverse(self.share(t)),
+                    Reverse(q.next_turn()?.0),
+                    Reverse(t),
+                ))
+            })
             .collect();
         let mut waiting = Vec::new();
         while let Some((_, _, Reverse(t))) = heap.pop() {
             let Some(queue) = queues.get_mut(&t) else {
                 continue;
             };
-            let Some((job, task)) = queue.pop_front() else {
+            let Some((job, task)) = queue.pop() else {
                 continue;
             };
             if !self.admit(job, &task, QuotaBound::Limit) {
                 waiting.push((job, task));
             }
-            if !queues[&t].is_empty() {
-                heap.push((
-                    Reverse(self.share(t)),
-                    Reverse(head_age(&queues[&t])),
-                    Reverse(t),
-                ));
+            if let Some((age, _)) = queues[&t].next_turn() {
+                heap.push((Reverse(self.share(t)), Reverse(age), Reverse(t)));
             }
         }
         self.explain_all(waiting);

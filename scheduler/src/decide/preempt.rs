@@ -3,13 +3,14 @@
 //! tenants' work above their guarantees; priority preemption only the
 //! same tenant's less important work.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 
-use finpool_domain::{JobId, MILLI_PER_GPU};
+use finpool_domain::{JobId, MILLI_PER_GPU, Timestamp};
 
 use super::planner::Planner;
 use super::{PreemptReason, Preemption};
-use crate::cluster::{ClassIdx, NodeIdx};
+use crate::cluster::{ClassIdx, NodeIdx, TenantIdx};
 use crate::plugins::{Policy, QuotaBound};
 use crate::snapshot::{Held, QueuedJob};
 use crate::task::Task;
@@ -48,9 +49,44 @@ impl<'a> Planner<'a> {
         })
     }
 
-    /// Finds the node where preempting the fewest eligible victims (lowest
-    /// priority first, then most recently started) lets the job fit, and
-    /// does it. `None` when no preemption helps.
+    /// How reclaim ranks each tenant whose work it may take: the one
+    /// furthest above its guarantees on the classes `task` may use first,
+    /// then the one whose work started most recently (it loses the least),
+    /// then by index. Never by priority: a tenant's priorities order only
+    /// its own jobs, so they cannot push reclaim onto another tenant.
+    fn tenant_ranks(&self, task: &Task) -> HashMap<Option<TenantIdx>, TenantRank> {
+        // Starts as of the decision's beginning (jobs admitted now have
+        // none), so that preemptions within it do not reorder tenants.
+        let mut latest: HashMap<Option<TenantIdx>, Option<Timestamp>> = HashMap::new();
+        for h in &self.held {
+            let at = latest.entry(h.tenant).or_default();
+            *at = (*at).max(h.started_at);
+        }
+        latest
+            .into_iter()
+            .map(|(s, latest)| {
+                let over = s.map_or(0, |s| {
+                    (0..self.cluster().classes.len() as ClassIdx)
+                        .filter(|&c| task.classes.contains(c))
+                        .map(|c| {
+                            let g =
+                                self.tenants.quota(s, c).guaranteed as u64 * MILLI_PER_GPU as u64;
+                            self.cluster().held_milli(s, c).saturating_sub(g)
+                        })
+                        .sum()
+                });
+                (s, TenantRank(Reverse(over), Reverse(latest), s))
+            })
+            .collect()
+    }
+
+    /// Finds the node where preempting the fewest eligible victims lets the
+    /// job fit, and does it. On a node, victims go by [`TenantRank`] of
+    /// their tenant, then within a tenant by its own priority (lowest
+    /// first), then the most recently started. Among nodes: fewest victims,
+    /// then the best-ranked tenants, then (same-tenant preemption only) the
+    /// lowest summed priority, then the lowest node. `None` when no
+    /// preemption helps.
     pub(super) fn preempt_for(
         &mut self,
         job: &QueuedJob,
@@ -69,13 +105,15 @@ impl<'a> Planner<'a> {
         if by_node.is_empty() {
             return None;
         }
-        // (victims, summed priority, node) of the best plan.
-        let mut best: Option<(usize, i64, NodeIdx, Vec<usize>)> = None;
+        let ranks = self.tenant_ranks(task);
+        let rank = |h: &Held| ranks.get(&h.tenant).copied().unwrap_or(TenantRank::LAST);
+        let mut best: Option<(PlanCost, Vec<usize>)> = None;
         for (node, mut victims) in by_node {
             victims.sort_by(|&a, &b| {
                 let (a, b) = (&self.held[a], &self.held[b]);
-                a.priority
-                    .cmp(&b.priority)
+                rank(a)
+                    .cmp(&rank(b))
+                    .then(a.priority.cmp(&b.priority))
                     .then(b.started_at.cmp(&a.started_at))
                     .then(a.id.cmp(&b.id))
             });
@@ -103,17 +141,24 @@ impl<'a> Planner<'a> {
                 }
             }
             if fits {
-                let cost = (
-                    taken.len(),
-                    taken.iter().map(|&v| self.held[v].priority as i64).sum(),
-                    node,
-                );
-                if best.as_ref().is_none_or(|b| cost < (b.0, b.1, b.2)) {
-                    best = Some((cost.0, cost.1, cost.2, taken));
+                let mut tenants: Vec<TenantRank> =
+                    taken.iter().map(|&v| rank(&self.held[v])).collect();
+                tenants.sort_unstable();
+                // Priorities compare plans only when every victim is the
+                // preempting job's own tenant's.
+                let own = taken.iter().all(|&v| self.held[v].tenant == task.tenant);
+                let priority = if own {
+                    taken.iter().map(|&v| self.held[v].priority as i64).sum()
+                } else {
+                    0
+                };
+                let cost = (taken.len(), tenants, priority, node);
+                if best.as_ref().is_none_or(|(b, _)| cost < *b) {
+                    best = Some((cost, taken));
                 }
             }
         }
-        let (_, _, node, victims) = best?;
+        let ((_, _, _, node), victims) = best?;
         for &v in &victims {
             for a in self.held[v].pieces.clone() {
                 self.release(&a);
@@ -161,3 +206,18 @@ impl<'a> Planner<'a> {
             .is_some()
     }
 }
+
+/// A victim tenant's place in reclaim's order (lower goes first): most
+/// milli-GPU above its guarantees, then latest start, then index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct TenantRank(Reverse<u64>, Reverse<Option<Timestamp>>, Option<TenantIdx>);
+
+impl TenantRank {
+    /// After every ranked tenant (unused in practice: every held job's
+    /// tenant is ranked).
+    const LAST: Self = Self(Reverse(0), Reverse(None), None);
+}
+
+/// (victims, their tenants' ranks sorted, summed priority when all are the
+/// preemptor's tenant's, node): the lowest plan wins.
+type PlanCost = (usize, Vec<TenantRank>, i64, NodeIdx);

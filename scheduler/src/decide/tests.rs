@@ -461,3 +461,138 @@ fn a_blocked_gang_reserves_a_node_and_only_short_jobs_backfill() {
         "only the job ending before the reservation backfills"
     );
 }
+
+/// The fault outside testing found: reclaim ranked victims by priority
+/// across tenants, so gamma, borrowing three cards at priority 9, pushed
+/// alpha's reclaim onto beta's one borrowed card. Reclaim takes from the
+/// tenant furthest above its guarantee, whatever its priorities.
+#[test]
+fn a_tenants_high_priority_does_not_push_reclaim_onto_another_tenant() {
+    let mut snap = snapshot(
+        vec![node("n0", "A100", 4)],
+        vec![
+            tenant_q("alpha", "A100", 2, 4, None, 1),
+            tenant_q("beta", "A100", 0, 4, None, 1),
+            tenant_q("gamma", "A100", 0, 4, None, 1),
+        ],
+    );
+    snap.running = vec![
+        running(101, "beta", "n0", &[0], 0, 10),
+        running(102, "gamma", "n0", &[1], 9, 40),
+        running(103, "gamma", "n0", &[2], 9, 30),
+        running(104, "gamma", "n0", &[3], 9, 20),
+    ];
+    let queue = [job(1, "alpha", GpuRequest::Whole { count: 1 })];
+    let victims = |snap: &Snapshot| -> Vec<(u128, PreemptReason)> {
+        decide(snap, &queue, &Policy::finpool())
+            .unwrap()
+            .preempted
+            .into_iter()
+            .map(|p| (p.job.0.as_u128(), p.reason))
+            .collect()
+    };
+    let reclaim = PreemptReason::Reclaim {
+        tenant: "alpha".into(),
+    };
+    // gamma's most recently started job, not beta's only one.
+    assert_eq!(victims(&snap), vec![(104, reclaim.clone())]);
+    // gamma's priorities change nothing.
+    for r in snap
+        .running
+        .iter_mut()
+        .filter(|r| r.tenant.as_str() == "gamma")
+    {
+        r.priority = -9;
+    }
+    assert_eq!(victims(&snap), vec![(104, reclaim)]);
+}
+
+/// Within guarantees, tenants take turns by the age of their work: gamma's
+/// newer job at priority 9 does not take the last free card ahead of
+/// alpha's older one (beta's borrowed card is not reclaimable yet).
+#[test]
+fn a_tenants_high_priority_does_not_jump_another_tenants_guaranteed_job() {
+    let mut snap = snapshot(
+        vec![node("n0", "A100", 2)],
+        vec![
+            tenant_q("alpha", "A100", 1, 1, None, 1),
+            tenant_q("beta", "A100", 0, 2, None, 1),
+            tenant_q("gamma", "A100", 1, 1, None, 1),
+        ],
+    );
+    let mut borrowed = running(101, "beta", "n0", &[0], 0, 1);
+    borrowed.min_runtime_ms = 10 * 60_000;
+    snap.running = vec![borrowed];
+    let older = job(1, "alpha", GpuRequest::Whole { count: 1 });
+    let mut urgent = job(2, "gamma", GpuRequest::Whole { count: 1 });
+    urgent.priority = 9;
+    let o = decide(&snap, &[older, urgent], &Policy::finpool()).unwrap();
+    assert_eq!(ids(&o), vec![1]);
+    assert!(o.preempted.is_empty(), "{:?}", o.preempted);
+}
+
+/// Within one victim tenant, its own priorities still pick which of its
+/// jobs goes: beta's priority-0 job goes before its priority-5 one, though
+/// the priority-5 one started more recently.
+#[test]
+fn reclaim_takes_the_victim_tenants_least_important_job_first() {
+    let mut snap = snapshot(
+        vec![node("n0", "A100", 2)],
+        vec![
+            tenant_q("alpha", "A100", 1, 2, None, 1),
+            tenant_q("beta", "A100", 0, 2, None, 1),
+        ],
+    );
+    snap.running = vec![
+        running(101, "beta", "n0", &[0], 0, 30),
+        running(102, "beta", "n0", &[1], 5, 10),
+    ];
+    let o = decide(
+        &snap,
+        &[job(1, "alpha", GpuRequest::Whole { count: 1 })],
+        &Policy::finpool(),
+    )
+    .unwrap();
+    let victims: Vec<u128> = o.preempted.iter().map(|p| p.job.0.as_u128()).collect();
+    assert_eq!(victims, vec![101]);
+}
+
+/// A job the pool no longer fits says so even past the jobs examined
+/// closely each decision, so no such job waits as merely `Queued`.
+#[test]
+fn every_waiting_job_learns_it_fits_no_node() {
+    let mut snap = snapshot(
+        vec![node("n0", "A100", 1)],
+        vec![tenant("alpha", "A100", 0, 0)],
+    );
+    snap.explain_limit = 1;
+    let mut huge = job(3, "alpha", GpuRequest::Whole { count: 1 });
+    huge.resources.cpu_milli = 128_000;
+    let queue = vec![
+        job(1, "alpha", GpuRequest::Whole { count: 1 }),
+        job(2, "alpha", GpuRequest::Whole { count: 1 }),
+        huge,
+    ];
+    let o = decide(&snap, &queue, &Policy::finpool()).unwrap();
+    let reasons: Vec<(u128, WaitReason)> = o
+        .waiting
+        .iter()
+        .map(|w| (w.job.0.as_u128(), w.reason.clone()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (1, WaitReason::QuotaLimit),
+            (2, WaitReason::Queued),
+            (
+                3,
+                WaitReason::Infeasible {
+                    resource: crate::wait::Infeasible::CpuMilli {
+                        asked: 128_000,
+                        largest: 64_000
+                    }
+                }
+            ),
+        ]
+    );
+}
