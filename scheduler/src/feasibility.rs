@@ -118,6 +118,7 @@ mod tests {
             weight: 1,
             isolation,
             created_at: Timestamp(0),
+            suspended: None,
         }
     }
 

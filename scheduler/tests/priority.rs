@@ -94,6 +94,7 @@ fn arb_tenant(i: usize) -> impl Strategy<Value = Tenant> {
             weight,
             isolation,
             created_at: Timestamp(0),
+            suspended: None,
         })
 }
 
