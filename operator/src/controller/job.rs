@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use finpool_domain::job::SubmitContext;
 use finpool_domain::{Job, JobId, JobState, Name, Timestamp};
-use finpool_store::StoreError;
+use finpool_store::{Change, StoreError};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -116,7 +116,7 @@ async fn apply_job(job: &InferenceJob, ctx: &Context) -> Result<Action, Error> {
         Ok(t) => t,
         Err(e) => return refuse(job, ctx, e).await,
     };
-    let stored = match submit(job, &tenant, ctx).await {
+    let mut stored = match submit(job, &tenant, ctx).await {
         Ok(j) => j,
         Err(e @ Error::Invalid(_)) => return refuse(job, ctx, e).await,
         Err(e) => return Err(e),
@@ -134,13 +134,27 @@ async fn apply_job(job: &InferenceJob, ctx: &Context) -> Result<Action, Error> {
         };
         let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
         // A Pod's spec is immutable: create it once, never re-apply.
-        if pods
-            .get_opt(&job.name_any())
-            .await
-            .map_err(Error::Apply)?
-            .is_none()
-        {
-            apply(&pods, &pod(job, &inputs)?).await?;
+        match pods.get_opt(&job.name_any()).await.map_err(Error::Apply)? {
+            None => {
+                apply(&pods, &pod(job, &inputs)?).await?;
+            }
+            Some(live) => {
+                // What the kubelet reports becomes the record's state.
+                if let Some(change) = pod_change(stored.state, &live) {
+                    let to = change.to;
+                    stored = match ctx
+                        .store
+                        .transition(stored.id, Some(stored.state), change)
+                        .await
+                    {
+                        Ok(j) => j,
+                        // Moved on meanwhile (cancelled, say): next round.
+                        Err(StoreError::Conflict(_)) => ctx.store.get_job(stored.id).await?,
+                        Err(e) => return Err(e.into()),
+                    };
+                    tracing::info!(job = %stored.id, state = ?to, "job state from its pod");
+                }
+            }
         }
     }
     set_status(job, ctx, status_of(&stored, job)).await?;
@@ -200,6 +214,40 @@ fn phase(state: JobState) -> &'static str {
         JobState::Cancelled => "Cancelled",
         JobState::Preempted => "Preempted",
     }
+}
+
+/// The store transition a Pod's phase calls for, if any (pure): an
+/// admitted job whose Pod runs is Running; a running job's Pod that ended
+/// makes it Succeeded or Failed, with the container's exit code. Binding
+/// (Pending → Admitted, with the cards) is the scheduler's to record.
+pub fn pod_change(state: JobState, pod: &Pod) -> Option<Change> {
+    let status = pod.status.as_ref()?;
+    let phase = status.phase.as_deref()?;
+    let exit_code = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == "job")
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref())
+        .map(|t| t.exit_code);
+    let now = Timestamp::now();
+    let mut change = match (state, phase) {
+        (JobState::Admitted, "Running") => Change::new(JobState::Running, "pod running", now),
+        (JobState::Admitted | JobState::Running, "Succeeded") => {
+            Change::new(JobState::Succeeded, "pod succeeded", now)
+        }
+        (JobState::Admitted | JobState::Running, "Failed") => {
+            let why = status.reason.clone().unwrap_or_else(|| match exit_code {
+                Some(code) => format!("exit code {code}"),
+                None => "pod failed".into(),
+            });
+            Change::new(JobState::Failed, why, now)
+        }
+        _ => return None,
+    };
+    change.exit_code = exit_code;
+    Some(change)
 }
 
 /// The status an object shows for its stored job (pure).
@@ -314,4 +362,50 @@ async fn cleanup(job: &InferenceJob, ctx: &Context) -> Result<Action, Error> {
         Err(e) => return Err(e.into()),
     }
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus,
+    };
+
+    fn pod(phase: &str, exit: Option<i32>) -> Pod {
+        Pod {
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                container_statuses: exit.map(|code| {
+                    vec![ContainerStatus {
+                        name: "job".into(),
+                        state: Some(ContainerState {
+                            terminated: Some(ContainerStateTerminated {
+                                exit_code: code,
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]
+                }),
+                ..Default::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn the_pods_phase_moves_the_record_forward_only() {
+        let run = pod_change(JobState::Admitted, &pod("Running", None)).unwrap();
+        assert_eq!(run.to, JobState::Running);
+        let done = pod_change(JobState::Running, &pod("Succeeded", Some(0))).unwrap();
+        assert_eq!((done.to, done.exit_code), (JobState::Succeeded, Some(0)));
+        let failed = pod_change(JobState::Running, &pod("Failed", Some(3))).unwrap();
+        assert_eq!((failed.to, failed.exit_code), (JobState::Failed, Some(3)));
+        assert_eq!(failed.reason, "exit code 3");
+        // Binding is the scheduler's; an ended record stays ended.
+        assert!(pod_change(JobState::Pending, &pod("Running", None)).is_none());
+        assert!(pod_change(JobState::Cancelled, &pod("Failed", Some(137))).is_none());
+        assert!(pod_change(JobState::Running, &pod("Running", None)).is_none());
+    }
 }
