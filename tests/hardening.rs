@@ -349,6 +349,21 @@ async fn free_text(backend: &Backend) {
         (status, body["field"].as_str()),
         (400, Some("display_name"))
     );
+    let err = op
+        .tenants
+        .create_tenant(pb::CreateTenantRequest {
+            id: "gamma".into(),
+            display_name: "Gamma\u{1b}]0;owned\u{7}".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("display_name: "),
+        "{}",
+        err.message()
+    );
     let job = alpha
         .jobs
         .get_job(pb::GetJobRequest { id: job.id.clone() })
