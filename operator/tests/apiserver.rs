@@ -38,6 +38,9 @@ struct Binaries {
     apiserver: PathBuf,
     etcd: PathBuf,
     helm: PathBuf,
+    /// Optional: with it, quotas are enforced and owners' dependents
+    /// collected, and the suite checks both.
+    controller_manager: Option<PathBuf>,
 }
 
 fn binaries() -> Result<Binaries, String> {
@@ -56,10 +59,17 @@ fn binaries() -> Result<Binaries, String> {
             return Err(format!("{} does not exist", p.display()));
         }
     }
+    let controller_manager = std::env::var_os("KUBE_CONTROLLER_MANAGER_BIN").map(PathBuf::from);
+    if let Some(p) = &controller_manager
+        && !p.exists()
+    {
+        return Err(format!("{} does not exist", p.display()));
+    }
     Ok(Binaries {
         apiserver,
         etcd,
         helm,
+        controller_manager,
     })
 }
 
@@ -88,7 +98,9 @@ struct Cluster {
     cert: PathBuf,
     /// Where the processes' logs are.
     log: PathBuf,
-    _processes: Processes,
+    /// The service-account signing key (the controller manager needs it).
+    key_file: PathBuf,
+    processes: Processes,
     _dir: tempfile::TempDir,
 }
 
@@ -225,12 +237,47 @@ fn start(bins: &Binaries) -> Cluster {
         url: format!("https://127.0.0.1:{secure}"),
         cert: certs.join("apiserver.crt"),
         log: dir.path().to_path_buf(),
-        _processes: processes,
+        key_file,
+        processes,
         _dir: dir,
     }
 }
 
 impl Cluster {
+    /// Starts kube-controller-manager with only the controllers the
+    /// suite needs (never node-lifecycle or pod-GC: no kubelet reports).
+    fn start_controller_manager(&mut self, bin: &Path) {
+        let kubeconfig = self.log.join("kcm.kubeconfig");
+        let config = json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "admin",
+            "clusters": [{"name": "test", "cluster": {
+                "server": self.url, "certificate-authority": self.cert}}],
+            "users": [{"name": "admin", "user": {"token": "admin-token"}}],
+            "contexts": [{"name": "admin", "context": {"cluster": "test", "user": "admin"}}],
+        });
+        std::fs::write(&kubeconfig, config.to_string()).unwrap();
+        let log = std::fs::File::create(self.log.join("kcm.log")).unwrap();
+        self.processes.0.push(
+            Command::new(bin)
+                .arg(format!("--kubeconfig={}", kubeconfig.display()))
+                .arg("--controllers=namespace,garbagecollector,resourcequota,serviceaccount,serviceaccount-token")
+                .arg(format!(
+                    "--service-account-private-key-file={}",
+                    self.key_file.display()
+                ))
+                .args([
+                    "--use-service-account-credentials=false",
+                    "--leader-elect=false",
+                    &format!("--secure-port={}", free_port()),
+                    "--bind-address=127.0.0.1",
+                ])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("starting kube-controller-manager"),
+        );
+    }
+
     async fn client(&self, token: &str) -> Client {
         let mut config = Config::new(self.url.parse().unwrap());
         // The server's self-signed CA, from the certificate it generated.
@@ -356,8 +403,11 @@ async fn the_operator_against_a_real_api_server() {
         }
     };
     let started = Instant::now();
-    let cluster = start(&bins);
+    let mut cluster = start(&bins);
     cluster.ready().await;
+    if let Some(kcm) = &bins.controller_manager {
+        cluster.start_controller_manager(kcm);
+    }
     eprintln!("kube-apiserver ready in {:?}", started.elapsed());
     let admin = cluster.client("admin-token").await;
 
@@ -631,5 +681,70 @@ async fn the_operator_against_a_real_api_server() {
         matches!(denied, kube::Error::Api(ref s) if s.code == 403),
         "{denied}"
     );
+
+    if bins.controller_manager.is_some() {
+        controller_manager_checks(&admin, &job_name).await;
+    } else {
+        eprintln!(
+            "quota and garbage-collection checks skipped: set KUBE_CONTROLLER_MANAGER_BIN to run them"
+        );
+    }
     operator.abort();
+}
+
+/// With kube-controller-manager: the tenant's quota is enforced by
+/// admission, and deleting an InferenceJob collects its Pod.
+async fn controller_manager_checks(admin: &Client, job_name: &str) {
+    let quotas = Api::<ResourceQuota>::namespaced(admin.clone(), "alpha-jobs");
+    eventually("the quota's status", || {
+        let quotas = quotas.clone();
+        async move {
+            let q = quotas.get("finpool-gpu").await.ok()?;
+            q.status?
+                .hard
+                .filter(|h| h.contains_key("requests.nvidia.com/gpu"))
+        }
+    })
+    .await;
+    // Five cards over a limit of four: refused at admission.
+    let greedy: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "greedy", "namespace": "alpha-jobs"},
+        "spec": {"schedulerName": "finpool-scheduler", "containers": [{
+            "name": "job", "image": "registry.example/x:1",
+            "securityContext": {"allowPrivilegeEscalation": false, "runAsNonRoot": true,
+                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
+            "resources": {"limits": {"nvidia.com/gpu": "5"}, "requests": {"nvidia.com/gpu": "5"}}}]}
+    }))
+    .unwrap();
+    let refused = Api::<Pod>::namespaced(admin.clone(), "alpha-jobs")
+        .create(&PostParams::default(), &greedy)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 403 && s.message.contains("exceeded quota")),
+        "{refused}"
+    );
+    // The job's Pod goes with its InferenceJob (after the operator's
+    // finalizer has cancelled the job).
+    Api::<InferenceJob>::namespaced(admin.clone(), "alpha-jobs")
+        .delete(job_name, &Default::default())
+        .await
+        .unwrap();
+    eventually("the pod collected with its owner", || {
+        let admin = admin.clone();
+        let name = job_name.to_owned();
+        async move {
+            match Api::<Pod>::namespaced(admin, "alpha-jobs")
+                .get_opt(&name)
+                .await
+            {
+                Ok(None) => Some(()),
+                // No kubelet: a bound-less pod is deleted at once, but a
+                // graceful delete may leave it terminating.
+                Ok(Some(p)) if p.metadata.deletion_timestamp.is_some() => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await;
 }
