@@ -445,6 +445,22 @@ async fn grpc_code(server: &Server, token: &str) -> Code {
     }
 }
 
+/// The job, as an operator sees it, checked to be still pending.
+async fn still_pending(op: &mut finpool_cli::client::Clients, id: &str) -> pb::Job {
+    let j = op
+        .jobs
+        .get_job(pb::GetJobRequest { id: id.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        j.state,
+        pb::JobState::Pending as i32,
+        "admitted while suspended"
+    );
+    j
+}
+
 /// Token lifetimes, suspension and per-subject revocation.
 async fn revocation(backend: &Backend) {
     let dir = tempfile::tempdir().unwrap();
@@ -522,19 +538,7 @@ async fn revocation(backend: &Backend) {
     // Its waiting job is held with a typed reason (the operator sees it).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let j = op
-            .jobs
-            .get_job(pb::GetJobRequest {
-                id: waiting.id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            j.state,
-            pb::JobState::Pending as i32,
-            "admitted while suspended"
-        );
+        let j = still_pending(&mut op, &waiting.id).await;
         if j.reason_code == "TenantSuspended" {
             break;
         }
@@ -550,19 +554,7 @@ async fn revocation(backend: &Backend) {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let j = op
-        .jobs
-        .get_job(pb::GetJobRequest {
-            id: waiting.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        j.state,
-        pb::JobState::Pending as i32,
-        "admitted while suspended"
-    );
+    still_pending(&mut op, &waiting.id).await;
     // Resume over REST.
     let r = server
         .rest(

@@ -263,6 +263,46 @@ async fn an_invalid_tenant_is_refused_with_an_event_and_a_status() {
     assert!(store.get_tenant("alpha").await.is_err(), "nothing stored");
 }
 
+/// Tenant alpha in the store, as the Tenant controller would write it.
+async fn store_alpha(store: &Store) -> finpool_domain::Tenant {
+    let row = finpool_operator::build::tenant::store_input(&alpha(true))
+        .unwrap()
+        .validate(&["A100".into()], finpool_domain::Timestamp(0))
+        .unwrap();
+    store.create_tenant(&row).await.unwrap();
+    row
+}
+
+/// Submits `input` for `tenant` as the submit path would (a pool of one
+/// 4-card A100 node), under `id`.
+async fn submit_for(
+    store: &Store,
+    tenant: &finpool_domain::Tenant,
+    input: &finpool_domain::JobSpecInput,
+    id: finpool_domain::JobId,
+) -> finpool_domain::Job {
+    let classes = [finpool_domain::GpuClass {
+        name: "A100".into(),
+        memory_mib: 81920,
+    }];
+    let spec = input
+        .validate(&finpool_domain::job::SubmitContext {
+            tenant,
+            classes: &classes,
+            models: &[],
+            max_gpus_per_node: &[("A100".to_owned(), 4)].into(),
+            max_runtime_cap_ms: 3_600_000,
+        })
+        .unwrap();
+    let job = finpool_domain::Job::new(
+        id,
+        tenant.id.clone(),
+        spec,
+        finpool_domain::Timestamp::now(),
+    );
+    store.submit(job).await.unwrap().0
+}
+
 fn var_job() -> InferenceJob {
     let mut j: InferenceJob = serde_json::from_value(json!({
         "apiVersion": "finpool.io/v1alpha1",
@@ -326,11 +366,7 @@ async fn a_tenant_cannot_claim_another_tenants_namespace() {
 #[tokio::test]
 async fn a_job_is_submitted_once_through_the_store_and_gets_its_pod() {
     let (ctx, mut api, store, _dir) = setup().await;
-    let tenant_row = finpool_operator::build::tenant::store_input(&alpha(true))
-        .unwrap()
-        .validate(&["A100".into()], finpool_domain::Timestamp(0))
-        .unwrap();
-    store.create_tenant(&tenant_row).await.unwrap();
+    store_alpha(&store).await;
     for round in 0..2 {
         let run = tokio::spawn(job::reconcile(Arc::new(var_job()), ctx.clone()));
         // Dereference: the namespace names its tenant.
@@ -498,12 +534,8 @@ async fn a_model_is_registered_and_precached_per_node() {
 async fn a_job_from_the_api_is_mirrored_as_an_inference_job() {
     use finpool_operator::controller::mirror;
     let (ctx, mut api, store, _dir) = setup().await;
-    let tenant_row = finpool_operator::build::tenant::store_input(&alpha(true))
-        .unwrap()
-        .validate(&["A100".into()], finpool_domain::Timestamp(0))
-        .unwrap();
-    store.create_tenant(&tenant_row).await.unwrap();
-    let spec = finpool_domain::JobSpecInput {
+    let tenant_row = store_alpha(&store).await;
+    let input = finpool_domain::JobSpecInput {
         name: "from-grpc".into(),
         command: vec!["true".into()],
         resources: finpool_domain::job::ResourcesInput {
@@ -515,28 +547,13 @@ async fn a_job_from_the_api_is_mirrored_as_an_inference_job() {
         },
         ..Default::default()
     };
-    let classes = [finpool_domain::GpuClass {
-        name: "A100".into(),
-        memory_mib: 81920,
-    }];
-    let spec = spec
-        .validate(&finpool_domain::job::SubmitContext {
-            tenant: &tenant_row,
-            classes: &classes,
-            models: &[],
-            max_gpus_per_node: &[("A100".to_owned(), 4)].into(),
-            max_runtime_cap_ms: 3_600_000,
-        })
-        .unwrap();
-    let (job, _) = store
-        .submit(finpool_domain::Job::new(
-            finpool_domain::JobId::new_random(),
-            tenant_row.id.clone(),
-            spec,
-            finpool_domain::Timestamp::now(),
-        ))
-        .await
-        .unwrap();
+    let job = submit_for(
+        &store,
+        &tenant_row,
+        &input,
+        finpool_domain::JobId::new_random(),
+    )
+    .await;
     let run = tokio::spawn({
         let ctx = ctx.clone();
         async move { mirror::sync_once(&ctx).await }
@@ -568,37 +585,12 @@ async fn a_job_from_the_api_is_mirrored_as_an_inference_job() {
 #[tokio::test]
 async fn deleting_an_inference_job_cancels_its_job_and_keeps_the_record() {
     let (ctx, mut api, store, _dir) = setup().await;
-    let tenant_row = finpool_operator::build::tenant::store_input(&alpha(true))
-        .unwrap()
-        .validate(&["A100".into()], finpool_domain::Timestamp(0))
-        .unwrap();
-    store.create_tenant(&tenant_row).await.unwrap();
-    // Submitted earlier through the object (reuse the apply path's store
-    // input, as a submit would).
+    let tenant_row = store_alpha(&store).await;
+    // Submitted earlier through the object, as the apply path does.
     let object = var_job();
     let input = finpool_operator::build::job::store_input(&object).unwrap();
-    let classes = [finpool_domain::GpuClass {
-        name: "A100".into(),
-        memory_mib: 81920,
-    }];
-    let spec = input
-        .validate(&finpool_domain::job::SubmitContext {
-            tenant: &tenant_row,
-            classes: &classes,
-            models: &[],
-            max_gpus_per_node: &[("A100".to_owned(), 4)].into(),
-            max_runtime_cap_ms: 3_600_000,
-        })
-        .unwrap();
-    let (stored, _) = store
-        .submit(finpool_domain::Job::new(
-            finpool_domain::JobId::for_idempotency_key(&tenant_row.id, &input.idempotency_key),
-            tenant_row.id.clone(),
-            spec,
-            finpool_domain::Timestamp::now(),
-        ))
-        .await
-        .unwrap();
+    let id = finpool_domain::JobId::for_idempotency_key(&tenant_row.id, &input.idempotency_key);
+    let stored = submit_for(&store, &tenant_row, &input, id).await;
     let mut deleting = object;
     deleting.metadata.deletion_timestamp = Some(
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
