@@ -445,6 +445,85 @@ async fn grpc_code(server: &Server, token: &str) -> Code {
     }
 }
 
+/// Reads a stream until it ends with an error (events before it are
+/// skipped); panics if it runs on for 10 s.
+async fn stream_end<T>(stream: &mut tonic::Streaming<T>) -> tonic::Status {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match tokio::time::timeout(left, stream.message()).await {
+            Err(_) => panic!("the stream outlived the caller's access"),
+            Ok(Err(status)) => return status,
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => panic!("the stream ended without saying why"),
+        }
+    }
+}
+
+/// Open streams end when the server shuts down, so that a SIGTERM is not
+/// held up by idle clients.
+async fn shutdown_with_open_streams(backend: &Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = backend.start(dir.path(), &[]);
+    let mut op = server.operator().await;
+    create_tenant(&mut op, "alpha", 1, 2).await;
+    let mut alpha = server.tenant("alpha").await;
+    let job = submit(&mut alpha, shell_job("long", whole(1), "sleep 60")).await;
+    let mut watch = alpha
+        .jobs
+        .watch_jobs(pb::WatchJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut follow = alpha
+        .jobs
+        .stream_logs(pb::StreamLogsRequest {
+            id: job.id.clone(),
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rest_watch = server
+        .rest(
+            Method::GET,
+            "/v1/job-events",
+            Some(&server.token(Role::Tenant, Some("alpha"))),
+        )
+        .send()
+        .await
+        .unwrap();
+    let pid = server.child.id() as i32;
+    // SAFETY: signals the server process this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let start = std::time::Instant::now();
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = server.child.wait().unwrap();
+        (status, server)
+    });
+    let (status, server) = tokio::time::timeout(Duration::from_secs(20), exited)
+        .await
+        .expect("finpool up still running 20 s after SIGTERM with streams open")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    eprintln!(
+        "exited {:?} after SIGTERM with 3 streams open",
+        start.elapsed()
+    );
+    for stream_end in [stream_end(&mut watch).await, stream_end(&mut follow).await] {
+        assert!(
+            matches!(
+                stream_end.code(),
+                Code::Unavailable | Code::Cancelled | Code::Unknown
+            ),
+            "{stream_end:?}"
+        );
+    }
+    drop(rest_watch);
+    drop(server);
+    backend.cleanup().await;
+}
+
 /// The job, as an operator sees it, checked to be still pending.
 async fn still_pending(op: &mut finpool_cli::client::Clients, id: &str) -> pb::Job {
     let j = op
@@ -514,6 +593,13 @@ async fn revocation(backend: &Backend) {
     })
     .await;
     let waiting = submit(&mut alpha, shell_job("after", whole(1), "true")).await;
+    // A watch opened before the suspension must not outlive it.
+    let mut watch = alpha
+        .jobs
+        .watch_jobs(pb::WatchJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let suspended = op
         .tenants
         .suspend_tenant(pb::SuspendTenantRequest {
@@ -535,6 +621,9 @@ async fn revocation(backend: &Backend) {
     assert!(err.message().contains("suspended"), "{}", err.message());
     let beta_token = server.token(Role::Tenant, Some("beta"));
     assert_eq!(rest_status(&server, &beta_token).await, 200);
+    let ended = stream_end(&mut watch).await;
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("suspended"), "{}", ended.message());
     // Its waiting job is held with a typed reason (the operator sees it).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -584,6 +673,14 @@ async fn revocation(backend: &Backend) {
     // revoke, checked on both doors); a token issued afterwards works;
     // another subject is untouched.
     let other = sign(dir.path(), &claims("desk-2", now, now + 3600));
+    let mut desk_watch = server
+        .client(&fine)
+        .await
+        .jobs
+        .watch_jobs(pb::WatchJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let r = server
         .rest(
             Method::POST,
@@ -599,6 +696,10 @@ async fn revocation(backend: &Backend) {
     assert_eq!(rest_status(&server, &fine).await, 401);
     assert_eq!(grpc_code(&server, &fine).await, Code::Unauthenticated);
     assert_eq!(rest_status(&server, &other).await, 200);
+    // Its open watch ends too.
+    let ended = stream_end(&mut desk_watch).await;
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("revoked"), "{}", ended.message());
     // The bar is the next whole second; a token issued after it works.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let later = now_seconds();
@@ -697,6 +798,7 @@ on_both_backends! {
     free_text_is_bounded_and_printable => free_text,
     token_lifetimes_suspension_and_revocation => revocation,
     anonymous_callers_are_limited_per_address => anonymous_limits,
+    open_streams_end_at_shutdown => shutdown_with_open_streams,
 }
 
 #[test]

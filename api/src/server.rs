@@ -123,6 +123,7 @@ pub async fn serve(
     }
     let refresh = state.revocations.clone().spawn_refresh(state.store.clone());
     let _stop_refresh = AbortOnDrop(refresh);
+    let closing = state.closing.clone();
     let (router, health) = router(state, verifier).await;
     let prober = health.spawn_prober();
     let stopping = health.clone();
@@ -132,6 +133,9 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
             stopping.shutting_down().await;
+            // Open watches and log follows end now; graceful shutdown
+            // would otherwise wait for idle clients to leave.
+            closing.send_replace(true);
         })
         .await;
     prober.abort();

@@ -60,6 +60,9 @@ pub struct ApiState {
     pub revocations: Arc<Revocations>,
     /// Open streams per caller.
     pub streams: Arc<StreamSlots>,
+    /// Set when the server begins to shut down: open streams end then, so
+    /// that graceful shutdown does not wait on idle clients.
+    pub closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl ApiState {
@@ -77,6 +80,7 @@ impl ApiState {
             config,
             revocations: Arc::default(),
             streams,
+            closing: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 }

@@ -7,10 +7,38 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tonic::Status;
 
 use crate::auth::Principal;
+use crate::state::ApiState;
+
+/// How often an open stream re-checks its caller.
+pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// Resolves when an open stream must end: the caller's tenant was
+/// suspended, its subject revoked or its token expired (access is checked
+/// while the stream lasts, not only when it opens), or the server is
+/// shutting down. The status says which.
+pub async fn lapse(state: ApiState, who: Principal) -> Status {
+    let mut closing = state.closing.subscribe();
+    loop {
+        if *closing.borrow_and_update() {
+            return Status::unavailable("the server is shutting down; reconnect");
+        }
+        if let Err(e) = state.revocations.check(&who) {
+            return Status::unauthenticated(e.to_string());
+        }
+        if who.expired_at(jsonwebtoken::get_current_timestamp()) {
+            return Status::unauthenticated("invalid token: the token has expired");
+        }
+        tokio::select! {
+            _ = closing.changed() => {}
+            _ = tokio::time::sleep(RECHECK) => {}
+        }
+    }
+}
 
 /// The default cap on one caller's open streams.
 pub const DEFAULT_STREAMS_PER_CALLER: u32 = 64;
@@ -117,6 +145,7 @@ mod tests {
             role: Role::Tenant,
             tenant: Some(Name::parse("t", t).unwrap()),
             issued_at: None,
+            expires_at: None,
         }
     }
 

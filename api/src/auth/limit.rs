@@ -117,6 +117,7 @@ mod tests {
             role: Role::Tenant,
             tenant: Some(Name::parse("t", t).unwrap()),
             issued_at: None,
+            expires_at: None,
         }
         .bucket()
     }

@@ -171,9 +171,18 @@ pub struct Principal {
     /// The token's `iat` (else its `nbf`): what a subject's not-before
     /// revocation compares against.
     pub issued_at: Option<u64>,
+    /// The token's `exp`: a stream opened with it ends then.
+    pub expires_at: Option<u64>,
 }
 
 impl Principal {
+    /// Whether the token has expired at `now` (unix seconds), leeway
+    /// included.
+    pub fn expired_at(&self, now: u64) -> bool {
+        self.expires_at
+            .is_some_and(|exp| now > exp.saturating_add(LEEWAY_SECONDS))
+    }
+
     /// Whether the caller may see `tenant`'s data.
     pub fn can_see(&self, tenant: &TenantId) -> bool {
         match self.role {
@@ -508,6 +517,7 @@ impl Verifier {
                 role,
                 tenant,
                 issued_at,
+                expires_at: Some(claims.exp),
             },
             claims.exp,
         ))
@@ -583,6 +593,21 @@ mod tests {
             key.issue("x", Role::Tenant, None, Duration::from_secs(60), now())
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_principal_knows_when_its_token_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::load_or_create(dir.path()).unwrap();
+        let t = Name::parse("t", "alpha").unwrap();
+        let t0 = now();
+        let token = key
+            .issue("a", Role::Tenant, Some(&t), Duration::from_secs(60), t0)
+            .unwrap();
+        let p = key.verifier().verify(&token).unwrap();
+        assert_eq!(p.expires_at, Some(t0 + 60));
+        assert!(!p.expired_at(t0 + 60 + LEEWAY_SECONDS));
+        assert!(p.expired_at(t0 + 61 + LEEWAY_SECONDS));
     }
 
     #[test]

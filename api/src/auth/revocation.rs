@@ -103,6 +103,7 @@ mod tests {
             role: Role::Tenant,
             tenant: Some(Name::parse("t", t).unwrap()),
             issued_at: iat,
+            expires_at: None,
         }
     }
 

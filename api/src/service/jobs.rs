@@ -298,14 +298,20 @@ impl JobService for Jobs {
         // channel, when the client goes away or the stream ends.
         let slot = self.state.streams.acquire(&who)?;
         let mut events = self.state.store.subscribe();
+        let lapse = crate::streams::lapse(self.state.clone(), who.clone());
         // A small buffer: a slow reader falls behind in the broadcast
         // (and is told to list again), not in server memory.
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let _slot = slot;
+            tokio::pin!(lapse);
             loop {
                 let event = tokio::select! {
                     _ = tx.closed() => return,
+                    status = &mut lapse => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
                     event = events.recv() => event,
                 };
                 let item = match event {
@@ -352,13 +358,36 @@ impl JobService for Jobs {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         use futures::StreamExt;
-        // The slot lives as long as the stream: dropped with it.
-        Ok(Response::new(Box::pin(stream.map(move |chunk| {
-            let _held = &slot;
-            chunk
-                .map(|data| pb::LogChunk { data })
-                .map_err(|e| Status::internal(e.to_string()))
-        }))))
+        // Forwarded by a task that holds the slot and ends the stream when
+        // the caller's access lapses or the server closes.
+        let lapse = crate::streams::lapse(self.state.clone(), who);
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let _slot = slot;
+            tokio::pin!(lapse);
+            let mut stream = stream;
+            loop {
+                let item = tokio::select! {
+                    _ = tx.closed() => return,
+                    status = &mut lapse => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                    chunk = stream.next() => match chunk {
+                        None => return,
+                        Some(chunk) => chunk
+                            .map(|data| pb::LogChunk { data })
+                            .map_err(|e| Status::internal(e.to_string())),
+                    },
+                };
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 
