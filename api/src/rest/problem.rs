@@ -58,6 +58,17 @@ fn document_as(status: &Status, code: StatusCode) -> serde_json::Value {
     doc
 }
 
+/// Seconds a refused caller should wait (RFC 9110 `Retry-After`), for a
+/// rate limit whose message says "retry in N ms".
+fn retry_after(status: &Status) -> Option<u64> {
+    if status.code() != Code::ResourceExhausted {
+        return None;
+    }
+    let (_, rest) = status.message().split_once("retry in ")?;
+    let ms: u64 = rest.split_whitespace().next()?.parse().ok()?;
+    Some(ms.div_ceil(1000).max(1))
+}
+
 /// A status as a problem response.
 pub fn problem(status: &Status) -> ProblemResponse {
     ProblemResponse(status.clone(), http_status(status.code()))
@@ -80,6 +91,9 @@ impl IntoResponse for ProblemResponse {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(seconds) = retry_after(&self.0) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if self.0.code() == Code::Unauthenticated {
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -105,6 +119,23 @@ mod tests {
         let doc = document(&Status::not_found("job 1 not found"));
         assert_eq!(doc["status"], 404);
         assert!(doc.get("field").is_none());
+    }
+
+    #[test]
+    fn rate_limits_say_when_to_retry() {
+        let limited = problem(&Status::resource_exhausted(
+            "rate limit: too many requests from this tenant; retry in 1250 ms",
+        ))
+        .into_response();
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.headers()[header::RETRY_AFTER], "2");
+        let soon = retry_after(&Status::resource_exhausted("rate limit: retry in 5 ms"));
+        assert_eq!(soon, Some(1));
+        // A full stream cap or pending queue names no time.
+        assert_eq!(
+            retry_after(&Status::resource_exhausted("streams: close one first")),
+            None
+        );
     }
 
     #[test]
