@@ -53,15 +53,7 @@ async fn stream_caps(backend: &Backend) {
                 .into_inner(),
         );
     }
-    let follow = alpha
-        .jobs
-        .stream_logs(pb::StreamLogsRequest {
-            id: job.id.clone(),
-            follow: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let follow = follow_logs(&mut alpha, &job.id).await;
     // The fourth is refused on both doors.
     let err = alpha
         .jobs
@@ -445,6 +437,30 @@ async fn grpc_code(server: &Server, token: &str) -> Code {
     }
 }
 
+/// A watch on every job the caller may see.
+async fn open_watch(c: &mut finpool_cli::client::Clients) -> tonic::Streaming<pb::JobEvent> {
+    c.jobs
+        .watch_jobs(pb::WatchJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// A job's log, followed.
+async fn follow_logs(
+    c: &mut finpool_cli::client::Clients,
+    id: &str,
+) -> tonic::Streaming<pb::LogChunk> {
+    c.jobs
+        .stream_logs(pb::StreamLogsRequest {
+            id: id.into(),
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Reads a stream until it ends with an error (events before it are
 /// skipped); panics if it runs on for 10 s.
 async fn stream_end<T>(stream: &mut tonic::Streaming<T>) -> tonic::Status {
@@ -469,21 +485,8 @@ async fn shutdown_with_open_streams(backend: &Backend) {
     create_tenant(&mut op, "alpha", 1, 2).await;
     let mut alpha = server.tenant("alpha").await;
     let job = submit(&mut alpha, shell_job("long", whole(1), "sleep 60")).await;
-    let mut watch = alpha
-        .jobs
-        .watch_jobs(pb::WatchJobsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let mut follow = alpha
-        .jobs
-        .stream_logs(pb::StreamLogsRequest {
-            id: job.id.clone(),
-            follow: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = open_watch(&mut alpha).await;
+    let mut follow = follow_logs(&mut alpha, &job.id).await;
     let rest_watch = server
         .rest(
             Method::GET,
@@ -594,12 +597,7 @@ async fn revocation(backend: &Backend) {
     .await;
     let waiting = submit(&mut alpha, shell_job("after", whole(1), "true")).await;
     // A watch opened before the suspension must not outlive it.
-    let mut watch = alpha
-        .jobs
-        .watch_jobs(pb::WatchJobsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = open_watch(&mut alpha).await;
     let suspended = op
         .tenants
         .suspend_tenant(pb::SuspendTenantRequest {

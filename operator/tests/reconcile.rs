@@ -33,8 +33,8 @@ struct Seen {
 }
 
 impl Verifier {
-    /// The next request, answered with `status` and `reply`.
-    async fn answer(&mut self, status: StatusCode, reply: Value) -> Seen {
+    /// The next request, and the handle that answers it.
+    async fn next(&mut self) -> (Seen, tower_test::mock::SendResponse<Response<Body>>) {
         let (request, send) =
             tokio::time::timeout(Duration::from_secs(5), self.handle.next_request())
                 .await
@@ -42,23 +42,26 @@ impl Verifier {
                 .expect("the client is gone");
         let (parts, body) = request.into_parts();
         let bytes = body.collect_bytes().await.unwrap();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let seen = Seen {
+            method: parts.method,
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().unwrap_or_default().to_owned(),
+            body,
         };
+        (seen, send)
+    }
+
+    /// The next request, answered with `status` and `reply`.
+    async fn answer(&mut self, status: StatusCode, reply: Value) -> Seen {
+        let (seen, send) = self.next().await;
         send.send_response(
             Response::builder()
                 .status(status)
                 .body(Body::from(serde_json::to_vec(&reply).unwrap()))
                 .unwrap(),
         );
-        Seen {
-            method: parts.method,
-            path: parts.uri.path().to_owned(),
-            query: parts.uri.query().unwrap_or_default().to_owned(),
-            body,
-        }
+        seen
     }
 
     /// Expects `method path`, answered with `reply` (a status patch returns
@@ -75,30 +78,18 @@ impl Verifier {
 
     /// Expects `method path`, echoes the body back (as an apply would).
     async fn expect_echo(&mut self, method: Method, path: &str) -> Seen {
-        let (request, send) =
-            tokio::time::timeout(Duration::from_secs(5), self.handle.next_request())
-                .await
-                .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
-                .expect("the client is gone");
-        let (parts, body) = request.into_parts();
-        let bytes = body.collect_bytes().await.unwrap();
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let (seen, send) = self.next().await;
         assert_eq!(
-            (&parts.method, parts.uri.path()),
+            (&seen.method, seen.path.as_str()),
             (&method, path),
             "unexpected request"
         );
         send.send_response(
             Response::builder()
-                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .body(Body::from(serde_json::to_vec(&seen.body).unwrap()))
                 .unwrap(),
         );
-        Seen {
-            method: parts.method,
-            path: parts.uri.path().to_owned(),
-            query: parts.uri.query().unwrap_or_default().to_owned(),
-            body,
-        }
+        seen
     }
 }
 
