@@ -86,6 +86,31 @@ pub enum Command {
     /// Serve the API alone (in a cluster: PostgreSQL, nodes and pod logs
     /// from Kubernetes).
     Api(ApiServeArgs),
+    /// Run the in-cluster scheduler: the shared scheduling cycle over
+    /// pending pods and nodes, binding as the leader of a Lease.
+    Scheduler(SchedulerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    /// The system of record: jobs, tenants and the cycle's memory.
+    #[arg(long, env = "FINPOOL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// The namespace of the scheduler's leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "finpool-system")]
+    pub leader_election_namespace: String,
+    /// This replica's identity in the Lease (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+    /// SIGTERM to SIGKILL for a preempted pod (its eviction's grace).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub stop_grace: Duration,
+    /// Assumed for jobs that set no max runtime.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub default_max_runtime: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +124,9 @@ pub struct OperatorArgs {
     /// This replica's identity in the Lease (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
     /// Where the nodes cache base models (mounted read-only into jobs).
     #[arg(long, default_value = finpool_operator::build::DEFAULT_MODEL_CACHE)]
     pub model_cache: String,
@@ -265,6 +293,11 @@ pub struct UpArgs {
     /// Where the API listens.
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, apart from
+    /// the API port (per-tenant figures are for the pool's operators);
+    /// `off` for none.
+    #[arg(long, default_value = "127.0.0.1:9464", value_parser = metrics_addr)]
+    pub metrics_addr: Option<SocketAddr>,
     /// A pool file (TOML) declaring GPU classes and nodes. Without one:
     /// the GPUs NVML finds, else the built-in example pool.
     #[arg(long)]
@@ -353,6 +386,10 @@ pub struct ApiServeArgs {
     /// The longest max runtime a job may ask for.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
     pub max_runtime_cap: Duration,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (apart from
+    /// the API port: per-tenant figures are for the pool's operators).
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -620,4 +657,14 @@ pub struct UsageArgs {
     /// Operators and regulators name the tenant; tenants get their own.
     #[arg(long)]
     pub tenant: Option<String>,
+}
+
+/// A metrics address, or `off`.
+fn metrics_addr(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|e| format!("{s:?}: expected HOST:PORT or off ({e})"))
 }

@@ -11,7 +11,7 @@ use args::{Cli, Command};
 /// Logs go to stderr; `RUST_LOG` overrides the default level.
 pub fn init_tracing(cli: &Cli) {
     let default = match &cli.command {
-        Command::Up(_) | Command::Operator(_) | Command::Api(_) => "info",
+        Command::Up(_) | Command::Operator(_) | Command::Api(_) | Command::Scheduler(_) => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -41,6 +41,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Operator(args) => commands::operator::run(args).await,
         Command::Api(args) => commands::api::run(args).await,
+        Command::Scheduler(args) => commands::scheduler::run(args).await,
         Command::Openapi => {
             let doc = finpool_api::rest::openapi::document();
             println!("{}", serde_json::to_string_pretty(&doc)?);

@@ -14,7 +14,7 @@ use finpool_domain::{
 use finpool_ports::{Runtime, Shell};
 use finpool_scheduler::{CycleConfig, Plan, Policy, QueuedJob, Stop};
 use finpool_sim::pool::SimPool;
-use finpool_standalone::driver::StoreJobs;
+use finpool_store::StoreJobs;
 use finpool_store::{Change, Store, StoreConfig};
 
 const MINUTE: i64 = 60_000;

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod convert;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod reflection;
 pub mod rest;
 pub mod server;

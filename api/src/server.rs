@@ -83,6 +83,7 @@ pub async fn router(state: ApiState, verifier: Verifier) -> (axum::Router, Healt
         RateLimiter::new(state.config.anonymous_rate_limit),
         state.revocations.clone(),
     );
+    let metrics = state.metrics.clone();
     let grpc = AuthLayer::new(std::sync::Arc::new(gate))
         .layer(grpc_routes(state, health_server).prepare());
     let fallback = grpc.clone();
@@ -105,7 +106,8 @@ pub async fn router(state: ApiState, verifier: Verifier) -> (axum::Router, Healt
                     }
                 }
             },
-        ));
+        ))
+        .layer(crate::metrics::CountLayer::new(metrics));
     (router, health)
 }
 

@@ -63,6 +63,8 @@ pub struct ApiState {
     /// Set when the server begins to shut down: open streams end then, so
     /// that graceful shutdown does not wait on idle clients.
     pub closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Requests by method and code, submit latency.
+    pub metrics: finpool_telemetry::Metrics,
 }
 
 impl ApiState {
@@ -81,6 +83,14 @@ impl ApiState {
             revocations: Arc::default(),
             streams,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
+            metrics: finpool_telemetry::Metrics::new(),
         }
+    }
+
+    /// Records into the process's metrics (shared with its scheduler, in
+    /// standalone mode).
+    pub fn with_metrics(mut self, metrics: finpool_telemetry::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 }

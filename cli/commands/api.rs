@@ -39,6 +39,18 @@ pub async fn run(args: ApiServeArgs) -> anyhow::Result<()> {
         Arc::new(PodLogs { client }),
         config,
     );
+    let metrics = state.metrics.clone();
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("--metrics-addr {}", args.metrics_addr))?;
+    let readiness = finpool_telemetry::Readiness::default();
+    readiness.set(true);
+    tokio::spawn(finpool_telemetry::serve(
+        metrics_listener,
+        metrics,
+        readiness,
+        futures::future::pending(),
+    ));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}", args.listen))?;

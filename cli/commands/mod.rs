@@ -6,6 +6,7 @@ pub mod job;
 pub mod model;
 pub mod node;
 pub mod operator;
+pub mod scheduler;
 pub mod simulate;
 pub mod tenant;
 pub mod token;

@@ -29,5 +29,17 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         ..Install::default()
     };
     let ctx = Context::new(client, store, install);
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("--metrics-addr {}", args.metrics_addr))?;
+    // Ready once connected: standing by for the Lease is ready too.
+    let readiness = finpool_telemetry::Readiness::default();
+    readiness.set(true);
+    tokio::spawn(finpool_telemetry::serve(
+        listener,
+        finpool_telemetry::Metrics::new(),
+        readiness,
+        futures::future::pending(),
+    ));
     controller::run(ctx, &args.leader_election_namespace, &identity).await
 }

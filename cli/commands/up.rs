@@ -30,6 +30,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         node_bandwidth_mib_s: args.node_bandwidth_mib_s,
     };
     config.sandbox = args.sandbox.config();
+    config.metrics_addr = args.metrics_addr;
     let pool = finpool_standalone::start(config)
         .await
         .context("starting the pool")?;
@@ -43,6 +44,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         pool.store.backend_kind(),
         args.data_dir.display(),
     );
+    if let Some(addr) = pool.metrics_addr {
+        eprintln!("metrics: http://{addr}/metrics");
+    }
     eprintln!(
         "operator token: finpool token issue --role operator --data-dir {}",
         args.data_dir.display()

@@ -2,10 +2,12 @@
 //! It holds no policy of its own: it loads, runs the pure
 //! [`Cycle`], and carries out the [`Plan`] in a fixed order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
 
 use finpool_domain::{JobId, Timestamp};
 use finpool_scheduler::{Cycle, CycleConfig, CycleInputs, DurableMemory, Plan, Policy};
+use finpool_telemetry::{Metrics, TenantSnapshot};
 
 use crate::{InventorySource, JobSource, PortError, Runtime};
 
@@ -27,6 +29,9 @@ pub struct Shell<S, R, I> {
     pub inventory: I,
     /// The last save failed: try again even if nothing changed since.
     unsaved: bool,
+    /// Where cycle durations, decisions and the tenants' state go, if
+    /// anywhere (simulators run without).
+    metrics: Option<Metrics>,
 }
 
 impl<S, R, I> Shell<S, R, I>
@@ -57,7 +62,14 @@ where
             runtime,
             inventory,
             unsaved: false,
+            metrics: None,
         })
+    }
+
+    /// Records every cycle in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn cycle_state(&self) -> &Cycle {
@@ -70,6 +82,23 @@ where
 
     /// One cycle at `now`.
     pub async fn run_cycle(&mut self, now: Timestamp) -> Result<CycleReport, PortError> {
+        let began = Instant::now();
+        let report = self.cycle_once(now).await?;
+        if let Some(m) = &self.metrics {
+            m.observe_cycle(
+                began.elapsed(),
+                report.admitted,
+                report.preempted,
+                report.plan.waiting.len(),
+            );
+            for stop in &report.plan.stop {
+                m.preempted(stop.preemption.reason.code());
+            }
+        }
+        Ok(report)
+    }
+
+    async fn cycle_once(&mut self, now: Timestamp) -> Result<CycleReport, PortError> {
         for sample in self.runtime.take_load_samples() {
             self.cycle
                 .record_load(&sample.node, &sample.model, sample.took_ms);
@@ -92,6 +121,9 @@ where
             holding: view.holding.into_iter().map(|(r, _)| r).collect(),
         };
         let queued = inputs.queued.len();
+        if let Some(m) = &self.metrics {
+            m.set_tenants(&tenant_snapshots(&inputs));
+        }
         let plan = self
             .cycle
             .run(inputs)
@@ -142,4 +174,47 @@ where
         report.plan = plan;
         Ok(report)
     }
+}
+
+/// Pending jobs, and allocated against guaranteed GPUs per class, per
+/// tenant, as the cycle's inputs show them.
+fn tenant_snapshots(inputs: &CycleInputs) -> Vec<TenantSnapshot> {
+    let mut pending: BTreeMap<&str, i64> = BTreeMap::new();
+    for q in &inputs.queued {
+        *pending.entry(q.tenant.as_str()).or_default() += 1;
+    }
+    // Thousandths of a GPU, per tenant and class.
+    let mut milli: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for h in &inputs.holding {
+        for g in &h.placement.gpus {
+            *milli
+                .entry((h.tenant.as_str(), g.class.as_str()))
+                .or_default() += u64::from(g.milli);
+        }
+    }
+    inputs
+        .tenants
+        .iter()
+        .map(|t| {
+            let id = t.id.as_str();
+            let mut classes: BTreeMap<&str, (f64, f64)> = t
+                .quotas
+                .iter()
+                .map(|(class, q)| (class.as_str(), (0.0, f64::from(q.guaranteed))))
+                .collect();
+            for ((tenant, class), m) in &milli {
+                if *tenant == id {
+                    classes.entry(class).or_default().0 = *m as f64 / 1000.0;
+                }
+            }
+            TenantSnapshot {
+                tenant: id.to_owned(),
+                pending: pending.get(id).copied().unwrap_or(0),
+                classes: classes
+                    .into_iter()
+                    .map(|(c, (a, g))| (c.to_owned(), a, g))
+                    .collect(),
+            }
+        })
+        .collect()
 }

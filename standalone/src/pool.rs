@@ -12,6 +12,7 @@ use finpool_domain::Inventory;
 use finpool_scheduler::Policy;
 use finpool_store::{Store, StoreConfig, StoreError};
 use thiserror::Error;
+use finpool_telemetry::{Metrics, Readiness};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -51,6 +52,9 @@ pub struct StandaloneConfig {
     pub locality: finpool_scheduler::LocalityConfig,
     /// How jobs are isolated from the server and each other.
     pub sandbox: SandboxConfig,
+    /// Where `/metrics` (and the probes) are served, apart from the API
+    /// port: per-tenant figures are for the pool's operators.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl StandaloneConfig {
@@ -70,6 +74,7 @@ impl StandaloneConfig {
             schedule: true,
             locality: finpool_scheduler::LocalityConfig::default(),
             sandbox: SandboxConfig::default(),
+            metrics_addr: None,
         }
     }
 
@@ -132,6 +137,8 @@ pub struct RunningPool {
     pub reconciled: Reconciled,
     /// How jobs are sandboxed, in words.
     pub sandbox: String,
+    /// Where `/metrics` is served, if anywhere (the real port when 0 was asked).
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     driver: JoinHandle<()>,
@@ -189,6 +196,7 @@ pub async fn start(mut config: StandaloneConfig) -> Result<RunningPool, StartErr
     let executor_config = config.executor_config(sandbox);
     let executor = Executor::spawn(store.clone(), executor_config.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let metrics = Metrics::new();
     let driver = driver::driver(
         store.clone(),
         inventory.clone(),
@@ -202,7 +210,8 @@ pub async fn start(mut config: StandaloneConfig) -> Result<RunningPool, StartErr
         },
     )
     .await
-    .map_err(StartError::Scheduler)?;
+    .map_err(StartError::Scheduler)?
+    .with_metrics(metrics.clone());
     let driver = if config.schedule {
         tokio::spawn(driver::run(driver, shutdown_rx.clone()))
     } else {
@@ -228,7 +237,35 @@ pub async fn start(mut config: StandaloneConfig) -> Result<RunningPool, StartErr
             config: executor_config,
         }),
         config.api.clone(),
-    );
+    )
+    .with_metrics(metrics.clone());
+    let metrics_addr = match config.metrics_addr {
+        Some(wanted) => {
+            let listener = TcpListener::bind(wanted)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: wanted,
+                    source,
+                })?;
+            let bound = listener.local_addr().map_err(|source| StartError::Listen {
+                addr: wanted,
+                source,
+            })?;
+            let readiness = Readiness::default();
+            readiness.set(true);
+            let mut stop = shutdown_rx.clone();
+            tokio::spawn(finpool_telemetry::serve(
+                listener,
+                metrics.clone(),
+                readiness,
+                async move {
+                    let _ = stop.changed().await;
+                },
+            ));
+            Some(bound)
+        }
+        None => None,
+    };
     let mut stop = shutdown_rx;
     let server = tokio::spawn(finpool_api::server::serve(
         listener,
@@ -246,6 +283,7 @@ pub async fn start(mut config: StandaloneConfig) -> Result<RunningPool, StartErr
         store,
         reconciled,
         sandbox: sandbox_status,
+        metrics_addr,
         shutdown,
         server,
         driver,

@@ -14,6 +14,7 @@ mod bench;
 mod catalog;
 mod error;
 mod events;
+mod job_source;
 mod jobs;
 mod rows;
 mod submit;
@@ -25,6 +26,7 @@ pub use backend::StoreConfig;
 pub use catalog::CATALOG_TTL;
 pub use error::StoreError;
 pub use events::JobEvent;
+pub use job_source::StoreJobs;
 pub use jobs::{Change, JobFilter, JobPage};
 pub use usage::{ClassUsage, RunRecord, TenantUsage};
 

@@ -79,6 +79,8 @@ impl Server {
                 "up",
                 "--listen",
                 "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
                 "--stop-grace",
                 "1s",
                 "--data-dir",

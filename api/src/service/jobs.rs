@@ -179,6 +179,7 @@ impl JobService for Jobs {
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let began = std::time::Instant::now();
         let who = principal(&request)?;
         let tenant = who
             .tenant
@@ -206,6 +207,10 @@ impl JobService for Jobs {
                     e => error::store(e),
                 })?;
         tracing::info!(job = %job.id, tenant = %job.tenant_id, created, "job submitted");
+        self.state
+            .metrics
+            .submit_duration
+            .observe(began.elapsed().as_secs_f64());
         Ok(Response::new(pb::SubmitJobResponse {
             job: Some(convert::job_to_pb(&job)),
             created,

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use finpool_domain::job::{GpuRequestInput, GpuShareInput, JobSpecInput, ResourcesInput};
 use finpool_domain::{RestartPolicy as StoreRestart, TenantId};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext,
+    Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector,
+    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext,
     PodSpec, ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -16,7 +17,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
 use super::tenant::{MIG_PROFILES, MODEL_CACHE_CLAIM};
-use super::{Invalid, JOB_ID_LABEL, MANAGED_BY, SCHEDULER_NAME, TENANT_LABEL, owner_ref};
+use super::{
+    GPUS_ANNOTATION, Invalid, JOB_ID_LABEL, MANAGED_BY, SCHEDULER_NAME, TENANT_LABEL, owner_ref,
+};
 use crate::crd::inference_job::{InferenceJob, RestartPolicy};
 
 /// Where a job finds its model.
@@ -164,6 +167,19 @@ pub fn pod(job: &InferenceJob, inputs: &PodInputs) -> Result<Pod, Invalid> {
     env.push(EnvVar {
         name: "FINPOOL_JOB_ID".into(),
         value: Some(inputs.job_id.clone()),
+        ..EnvVar::default()
+    });
+    // The cards the scheduler assigned, set by the binding before the
+    // container starts.
+    env.push(EnvVar {
+        name: "FINPOOL_GPUS".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: format!("metadata.annotations['{GPUS_ANNOTATION}']"),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
         ..EnvVar::default()
     });
     let mut volumes = Vec::new();

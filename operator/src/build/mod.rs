@@ -19,6 +19,12 @@ pub const TENANT_LABEL: &str = "finpool.io/tenant";
 pub const JOB_ID_LABEL: &str = "finpool.io/job-id";
 /// Who manages what the operator applies.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "finpool-operator");
+/// On a bound pod: the cards the scheduler gave it (what
+/// `CUDA_VISIBLE_DEVICES` names), set atomically by the binding.
+pub const GPUS_ANNOTATION: &str = "finpool.io/gpus";
+/// On a pod being evicted for preemption: why. Its end is then the
+/// scheduler's to record (requeue), not a failure of the job.
+pub const PREEMPTED_ANNOTATION: &str = "finpool.io/preempted";
 /// The scheduler that places finpool pods.
 pub const SCHEDULER_NAME: &str = "finpool-scheduler";
 /// The ClusterRole a tenant's group is bound to in its namespaces.

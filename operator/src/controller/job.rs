@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::{Context, Error, MANAGER, apply};
 use crate::build::job::{PodInputs, pod, store_input};
-use crate::build::{Invalid, JOB_ID_LABEL, TENANT_LABEL};
+use crate::build::{Invalid, JOB_ID_LABEL, PREEMPTED_ANNOTATION, TENANT_LABEL};
 use crate::crd::inference_job::{InferenceJobStatus, PreemptionRecord};
 use crate::crd::tenant::Isolation;
 use crate::crd::{Condition, InferenceJob, Tenant};
@@ -221,6 +221,10 @@ fn phase(state: JobState) -> &'static str {
 /// makes it Succeeded or Failed, with the container's exit code. Binding
 /// (Pending → Admitted, with the cards) is the scheduler's to record.
 pub fn pod_change(state: JobState, pod: &Pod) -> Option<Change> {
+    // An evicted victim's end is a requeue the scheduler records.
+    if pod.annotations().contains_key(PREEMPTED_ANNOTATION) {
+        return None;
+    }
     let status = pod.status.as_ref()?;
     let phase = status.phase.as_deref()?;
     let exit_code = status
@@ -407,5 +411,10 @@ mod tests {
         assert!(pod_change(JobState::Pending, &pod("Running", None)).is_none());
         assert!(pod_change(JobState::Cancelled, &pod("Failed", Some(137))).is_none());
         assert!(pod_change(JobState::Running, &pod("Running", None)).is_none());
+        // A preempted pod's end is the scheduler's to record.
+        let mut evicted = pod("Failed", Some(143));
+        evicted.metadata.annotations =
+            Some([(PREEMPTED_ANNOTATION.to_owned(), "reclaim".to_owned())].into());
+        assert!(pod_change(JobState::Running, &evicted).is_none());
     }
 }
