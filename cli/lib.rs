@@ -11,6 +11,7 @@ use args::{Cli, Command};
 /// Logs go to stderr; `RUST_LOG` overrides the default level.
 pub fn init_tracing(cli: &Cli) {
     let default = match &cli.command {
+        Command::Agent(_) => "info",
         Command::Up(_) | Command::Operator(_) | Command::Api(_) => "info",
         _ => "warn",
     };
@@ -39,6 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", finpool_operator::crd::yaml());
             Ok(())
         }
+        Command::Agent(args) => commands::agent::run(args).await,
         Command::Operator(args) => commands::operator::run(args).await,
         Command::Api(args) => commands::api::run(args).await,
         Command::Openapi => {
