@@ -81,6 +81,9 @@ pub enum Command {
     /// Print the custom resource definitions (Tenant, BaseModel,
     /// InferenceJob) as YAML, as charts/finpool/crds/ holds them.
     Crd,
+    /// Run the node agent: publish this node's GPUs (NVML) and cached
+    /// models on its Node (a DaemonSet in a cluster).
+    Agent(AgentArgs),
     /// Run the Kubernetes operator (in a cluster, with PostgreSQL).
     Operator(OperatorArgs),
     /// Serve the API alone (in a cluster: PostgreSQL, nodes and pod logs
@@ -111,6 +114,41 @@ pub struct SchedulerArgs {
     /// Assumed for jobs that set no max runtime.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub default_max_runtime: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The Node to publish on: the pod's spec.nodeName (downward API).
+    #[arg(long, env = "NODE_NAME", required_unless_present = "print")]
+    pub node_name: Option<String>,
+    /// The node's model cache: each subdirectory with a model's name is
+    /// published as a cached model.
+    #[arg(long, default_value = finpool_agent::run::DEFAULT_MODEL_CACHE)]
+    pub model_cache: PathBuf,
+    /// How often the cards' use is sampled and published.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub sample_interval: Duration,
+    /// How often the cards are discovered again (MIG changes, a driver
+    /// that came up late); checked at each sample.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub rediscover: Duration,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+    /// Exit non-zero when the node has no usable GPU (without it: warn,
+    /// serve health, look again at each rediscovery).
+    #[arg(long)]
+    pub require_gpu: bool,
+    /// One round (discover, sample, publish), then exit.
+    #[arg(long)]
+    pub discover_once: bool,
+    /// With --discover-once: print the cards and the labels and
+    /// annotations a publish would apply, as JSON; apply nothing.
+    #[arg(long, requires = "discover_once")]
+    pub print: bool,
+    /// With --print: a fake NVLink node of N H100s instead of NVML (demos).
+    #[arg(long, hide = true, requires = "print", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub fake_gpus: Option<u32>,
 }
 
 #[derive(Debug, Args)]

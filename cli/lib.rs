@@ -11,7 +11,11 @@ use args::{Cli, Command};
 /// Logs go to stderr; `RUST_LOG` overrides the default level.
 pub fn init_tracing(cli: &Cli) {
     let default = match &cli.command {
-        Command::Up(_) | Command::Operator(_) | Command::Api(_) | Command::Scheduler(_) => "info",
+        Command::Up(_)
+        | Command::Operator(_)
+        | Command::Api(_)
+        | Command::Scheduler(_)
+        | Command::Agent(_) => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -39,6 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", finpool_operator::crd::yaml());
             Ok(())
         }
+        Command::Agent(args) => commands::agent::run(args).await,
         Command::Operator(args) => commands::operator::run(args).await,
         Command::Api(args) => commands::api::run(args).await,
         Command::Scheduler(args) => commands::scheduler::run(args).await,

@@ -648,7 +648,14 @@ async fn the_data_dir_is_private_and_held_by_one_server() {
     assert_eq!(mode(&dir.path().join("jobs")), 0o700);
 
     let second = std::process::Command::new(env!("CARGO_BIN_EXE_finpool"))
-        .args(["up", "--listen", "127.0.0.1:0", "--metrics-addr", "off", "--data-dir"])
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "off",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .arg("--pool")
         .arg(dir.path().join("pool.toml"))

@@ -7,10 +7,12 @@
 use finpool_domain::{Placement, Timestamp};
 use finpool_operator::build::{GPUS_ANNOTATION, PREEMPTED_ANNOTATION};
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::Api;
 use k8s_openapi::api::policy::v1::Eviction;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, Preconditions as K8sPreconditions};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    DeleteOptions, Preconditions as K8sPreconditions,
+};
+use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -46,9 +48,7 @@ pub fn binding(pod: &PodRef, placement: &Placement) -> Binding {
             // The API server binds only the pod with this uid: a pod
             // deleted and created again under its name is not bound.
             uid: Some(pod.uid.clone()),
-            annotations: Some(
-                [(GPUS_ANNOTATION.to_owned(), placement.visible_devices())].into(),
-            ),
+            annotations: Some([(GPUS_ANNOTATION.to_owned(), placement.visible_devices())].into()),
             ..ObjectMeta::default()
         },
         target: ObjectReference {

@@ -24,11 +24,11 @@ use finpool_telemetry::{Metrics, Readiness};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use tokio::sync::{Notify, watch};
 
 use crate::index::ClusterIndex;
@@ -191,7 +191,10 @@ pub async fn run(
         .inspect_ok(move |event| match event {
             // Bound (it left the selector) or deleted: the bound watch or
             // nothing takes it from here.
-            Event::Delete(p) => index_for_deletes.lock().expect("index lock").delete_pending(p),
+            Event::Delete(p) => index_for_deletes
+                .lock()
+                .expect("index lock")
+                .delete_pending(p),
             Event::InitDone => synced.send_modify(|s| *s |= 4),
             _ => {}
         })

@@ -111,7 +111,10 @@ fn fingerprint(node: &Node) -> u64 {
             (k, v).hash(&mut h);
         }
     }
-    node.spec.as_ref().and_then(|s| s.unschedulable).hash(&mut h);
+    node.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .hash(&mut h);
     if let Some(alloc) = node.status.as_ref().and_then(|s| s.allocatable.as_ref()) {
         for (k, v) in alloc {
             (k, &v.0).hash(&mut h);
@@ -338,11 +341,7 @@ impl ClusterIndex {
         self.bound
             .get(&job)
             .map(|b| (&b.pod, b.node.as_str()))
-            .or_else(|| {
-                self.assumed
-                    .get(&job)
-                    .map(|a| (&a.pod, a.node.as_str()))
-            })
+            .or_else(|| self.assumed.get(&job).map(|a| (&a.pod, a.node.as_str())))
     }
 
     pub fn pending_jobs(&self) -> impl Iterator<Item = (JobId, &PodRef)> {
@@ -404,10 +403,7 @@ pub(crate) mod tests {
         pod.metadata.name = Some(format!("job-{uid}"));
         pod.metadata.namespace = Some("alpha-jobs".into());
         pod.metadata.uid = Some(uid.into());
-        pod.metadata.labels = Some(BTreeMap::from([(
-            JOB_ID_LABEL.to_owned(),
-            job.to_string(),
-        )]));
+        pod.metadata.labels = Some(BTreeMap::from([(JOB_ID_LABEL.to_owned(), job.to_string())]));
         pod.spec = Some(PodSpec {
             scheduler_name: Some(SCHEDULER_NAME.into()),
             node_name: node.map(str::to_owned),

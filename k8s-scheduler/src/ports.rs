@@ -206,7 +206,12 @@ impl PodRuntime {
             // Gone already: settled when the index sees it go (or now, if
             // it never had it).
             Err(ActionError::Gone(_)) => {
-                let placed = self.index.lock().expect("index lock").placed_pod(job).is_some();
+                let placed = self
+                    .index
+                    .lock()
+                    .expect("index lock")
+                    .placed_pod(job)
+                    .is_some();
                 if !placed {
                     self.requeue(job).await;
                 }
@@ -222,7 +227,10 @@ impl PodRuntime {
         };
         let now = Timestamp::now();
         for (from, change) in [
-            (None, Change::new(JobState::Preempted, ev.reason.clone(), now)),
+            (
+                None,
+                Change::new(JobState::Preempted, ev.reason.clone(), now),
+            ),
             (
                 Some(JobState::Preempted),
                 Change::new(JobState::Pending, format!("requeued: {}", ev.reason), now),
@@ -278,7 +286,11 @@ impl PodRuntime {
         let result = match stored.spec.restart_policy {
             RestartPolicy::Fail => {
                 self.store
-                    .transition(job, Some(stored.state), Change::new(JobState::Failed, why, now))
+                    .transition(
+                        job,
+                        Some(stored.state),
+                        Change::new(JobState::Failed, why, now),
+                    )
                     .await
             }
             RestartPolicy::Requeue => {
@@ -355,7 +367,9 @@ impl Runtime for PodRuntime {
                     index.forget_pending(job.id);
                 }
             }
-            Err(e) => tracing::warn!(job = %job.id, error = %e, "binding failed; retrying next cycle"),
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "binding failed; retrying next cycle")
+            }
         }
     }
 

@@ -162,13 +162,22 @@ async fn a_pending_pod_is_bound_by_uid_to_a_node_that_fits_with_its_cards() {
     let (store, dir) = store_with(&[tenant("alpha", 8, 8)]).await;
     let j = job("alpha", 1, 2);
     store.submit(j.clone()).await.unwrap();
-    let api = FakeApi::new(vec![gpu_node("gpu-1", 8)], vec![pod_for(j.id, 1, None)], vec![]);
+    let api = FakeApi::new(
+        vec![gpu_node("gpu-1", 8)],
+        vec![pod_for(j.id, 1, None)],
+        vec![],
+    );
     let run = start(&api, store, dir);
-    api.wait_for("a binding", 10, |w| w.iter().any(|w| w.path.ends_with("/binding")))
-        .await;
+    api.wait_for("a binding", 10, |w| {
+        w.iter().any(|w| w.path.ends_with("/binding"))
+    })
+    .await;
     let binding = &api.writes_to("/binding")[0];
     assert_eq!(binding.method, http::Method::POST);
-    assert_eq!(binding.path, "/api/v1/namespaces/alpha-jobs/pods/job-1/binding");
+    assert_eq!(
+        binding.path,
+        "/api/v1/namespaces/alpha-jobs/pods/job-1/binding"
+    );
     assert_eq!(binding.body["target"]["kind"], "Node");
     assert_eq!(binding.body["target"]["name"], "gpu-1");
     assert_eq!(binding.body["metadata"]["uid"], "uid-1");
@@ -188,11 +197,17 @@ async fn a_conflict_on_binding_counts_as_done() {
     let (store, dir) = store_with(&[tenant("alpha", 8, 8)]).await;
     let j = job("alpha", 1, 1);
     store.submit(j.clone()).await.unwrap();
-    let api = FakeApi::new(vec![gpu_node("gpu-1", 8)], vec![pod_for(j.id, 1, None)], vec![]);
+    let api = FakeApi::new(
+        vec![gpu_node("gpu-1", 8)],
+        vec![pod_for(j.id, 1, None)],
+        vec![],
+    );
     api.conflict_on("job-1");
     let run = start(&api, store, dir);
-    api.wait_for("a binding", 10, |w| w.iter().any(|w| w.path.ends_with("/binding")))
-        .await;
+    api.wait_for("a binding", 10, |w| {
+        w.iter().any(|w| w.path.ends_with("/binding"))
+    })
+    .await;
     // Several idle cycles later: no second try, and the job stays admitted.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(api.writes_to("/binding").len(), 1, "{:#?}", api.writes());
@@ -207,7 +222,11 @@ async fn a_job_too_big_for_any_node_is_marked_unschedulable_with_its_reason() {
     let (store, dir) = store_with(&[tenant("alpha", 16, 16)]).await;
     let j = job("alpha", 1, 16);
     store.submit(j.clone()).await.unwrap();
-    let api = FakeApi::new(vec![gpu_node("gpu-1", 8)], vec![pod_for(j.id, 1, None)], vec![]);
+    let api = FakeApi::new(
+        vec![gpu_node("gpu-1", 8)],
+        vec![pod_for(j.id, 1, None)],
+        vec![],
+    );
     let run = start(&api, store, dir);
     api.wait_for("a status patch", 10, |w| {
         w.iter().any(|w| w.path.ends_with("/status"))
@@ -215,7 +234,10 @@ async fn a_job_too_big_for_any_node_is_marked_unschedulable_with_its_reason() {
     .await;
     let patch = &api.writes_to("/status")[0];
     assert_eq!(patch.method, http::Method::PATCH);
-    assert_eq!(patch.path, "/api/v1/namespaces/alpha-jobs/pods/job-1/status");
+    assert_eq!(
+        patch.path,
+        "/api/v1/namespaces/alpha-jobs/pods/job-1/status"
+    );
     let condition = &patch.body["status"]["conditions"][0];
     assert_eq!(condition["type"], "PodScheduled");
     assert_eq!(condition["status"], "False");
@@ -310,7 +332,10 @@ async fn a_guarantee_reclaim_evicts_the_borrowers_pod_then_binds_the_preemptor()
     );
     assert_eq!(eviction.body["kind"], "Eviction");
     assert_eq!(eviction.body["deleteOptions"]["gracePeriodSeconds"], 5);
-    assert_eq!(eviction.body["deleteOptions"]["preconditions"]["uid"], "uid-1");
+    assert_eq!(
+        eviction.body["deleteOptions"]["preconditions"]["uid"],
+        "uid-1"
+    );
     // Marked preempted first (its end is a requeue, not a failure), and
     // an event names the reason.
     let mark = position("pods/job-1").expect("the preempted mark");
@@ -330,7 +355,10 @@ async fn a_guarantee_reclaim_evicts_the_borrowers_pod_then_binds_the_preemptor()
     assert_eq!(victim.state, JobState::Pending, "{:?}", victim.history);
     assert!(victim.history.iter().any(|t| t.to == JobState::Preempted));
     let text = run.metrics.encode();
-    assert!(text.contains("finpool_preemptions_total{reason=\"Reclaim\"} 1"), "{text}");
+    assert!(
+        text.contains("finpool_preemptions_total{reason=\"Reclaim\"} 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -370,7 +398,10 @@ async fn two_hundred_pods_at_once_never_share_a_card() {
             .as_str()
             .unwrap();
         for g in gpus.split(',') {
-            assert!(cards.insert((node.clone(), g.to_owned())), "card {node}/{g} given twice");
+            assert!(
+                cards.insert((node.clone(), g.to_owned())),
+                "card {node}/{g} given twice"
+            );
         }
         assert!(pods.insert(b.path.clone()), "{} bound twice", b.path);
     }
@@ -379,7 +410,10 @@ async fn two_hundred_pods_at_once_never_share_a_card() {
     let mut admitted = 0;
     for j in &jobs {
         let stored = run.store.get_job(j.id).await.unwrap();
-        if let Some(p) = stored.placement.filter(|_| stored.state == JobState::Admitted) {
+        if let Some(p) = stored
+            .placement
+            .filter(|_| stored.state == JobState::Admitted)
+        {
             admitted += 1;
             for g in p.gpus {
                 assert!(held.insert((p.node.clone(), g.index)));

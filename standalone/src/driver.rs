@@ -10,8 +10,8 @@ use std::time::Duration;
 use finpool_domain::{Inventory, Job, JobId, Timestamp};
 use finpool_ports::{PortError, Runtime, Shell};
 use finpool_scheduler::{CycleConfig, LocalityConfig, Policy, Stop};
-use finpool_store::StoreJobs;
 use finpool_store::Store;
+use finpool_store::StoreJobs;
 use tokio::sync::watch;
 
 use crate::executor::{Executor, StopKind};

@@ -11,8 +11,8 @@ use finpool_api::{ApiState, SigningKey};
 use finpool_domain::Inventory;
 use finpool_scheduler::Policy;
 use finpool_store::{Store, StoreConfig, StoreError};
-use thiserror::Error;
 use finpool_telemetry::{Metrics, Readiness};
+use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -241,12 +241,13 @@ pub async fn start(mut config: StandaloneConfig) -> Result<RunningPool, StartErr
     .with_metrics(metrics.clone());
     let metrics_addr = match config.metrics_addr {
         Some(wanted) => {
-            let listener = TcpListener::bind(wanted)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: wanted,
-                    source,
-                })?;
+            let listener =
+                TcpListener::bind(wanted)
+                    .await
+                    .map_err(|source| StartError::Listen {
+                        addr: wanted,
+                        source,
+                    })?;
             let bound = listener.local_addr().map_err(|source| StartError::Listen {
                 addr: wanted,
                 source,

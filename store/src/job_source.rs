@@ -108,4 +108,3 @@ impl JobSource for StoreJobs {
             .map_err(port)
     }
 }
-

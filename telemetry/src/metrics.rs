@@ -281,7 +281,10 @@ mod tests {
             "finpool_api_requests_total",
             "finpool_api_submit_duration_seconds_bucket",
         ] {
-            assert!(names.iter().any(|n| n == expected), "{expected} missing in {names:?}");
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} missing in {names:?}"
+            );
         }
         assert!(text.contains(r#"finpool_tenant_allocated_gpus{tenant="acme",class="H100"} 1.5"#));
     }

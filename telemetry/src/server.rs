@@ -91,7 +91,10 @@ mod tests {
         let readiness = Readiness::default();
         let router = router(Metrics::new(), readiness.clone());
         assert_eq!(get(&router, "/healthz").await.0, StatusCode::OK);
-        assert_eq!(get(&router, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            get(&router, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         readiness.set(true);
         assert_eq!(get(&router, "/readyz").await.0, StatusCode::OK);
         let (status, body) = get(&router, "/metrics").await;

@@ -135,13 +135,23 @@ impl FakeApi {
     pub fn add_node(&self, node: Node) {
         let mut s = self.state.lock().unwrap();
         s.nodes.push(node.clone());
-        push_locked(&mut s, Feed::Nodes, "ADDED", serde_json::to_value(node).unwrap());
+        push_locked(
+            &mut s,
+            Feed::Nodes,
+            "ADDED",
+            serde_json::to_value(node).unwrap(),
+        );
     }
 
     pub fn add_pending(&self, pod: Pod) {
         let mut s = self.state.lock().unwrap();
         s.pending.push(pod.clone());
-        push_locked(&mut s, Feed::Pending, "ADDED", serde_json::to_value(pod).unwrap());
+        push_locked(
+            &mut s,
+            Feed::Pending,
+            "ADDED",
+            serde_json::to_value(pod).unwrap(),
+        );
     }
 
     fn feed_of(path: &str, query: &str) -> Option<Feed> {
@@ -184,9 +194,15 @@ impl FakeApi {
                         &status(409, "Conflict", "pod is already assigned to node"),
                     );
                 }
-                let Some(i) = s.pending.iter().position(|p| p.metadata.name.as_deref() == Some(&name))
+                let Some(i) = s
+                    .pending
+                    .iter()
+                    .position(|p| p.metadata.name.as_deref() == Some(&name))
                 else {
-                    return reply(StatusCode::NOT_FOUND, &status(404, "NotFound", "no such pod"));
+                    return reply(
+                        StatusCode::NOT_FOUND,
+                        &status(404, "NotFound", "no such pod"),
+                    );
                 };
                 if body["metadata"]["uid"] != json!(s.pending[i].metadata.uid) {
                     return reply(
@@ -211,12 +227,23 @@ impl FakeApi {
             }
             (Method::POST, ["api", "v1", "namespaces", _, "pods", name, "eviction"]) => {
                 let name = name.to_string();
-                let Some(i) = s.bound.iter().position(|p| p.metadata.name.as_deref() == Some(&name))
+                let Some(i) = s
+                    .bound
+                    .iter()
+                    .position(|p| p.metadata.name.as_deref() == Some(&name))
                 else {
-                    return reply(StatusCode::NOT_FOUND, &status(404, "NotFound", "no such pod"));
+                    return reply(
+                        StatusCode::NOT_FOUND,
+                        &status(404, "NotFound", "no such pod"),
+                    );
                 };
                 let pod = s.bound.remove(i);
-                push_locked(&mut s, Feed::Bound, "DELETED", serde_json::to_value(&pod).unwrap());
+                push_locked(
+                    &mut s,
+                    Feed::Bound,
+                    "DELETED",
+                    serde_json::to_value(&pod).unwrap(),
+                );
                 reply(StatusCode::CREATED, &status(201, "", ""))
             }
             (Method::PATCH, ["api", "v1", "namespaces", _, "pods", name, ..]) => {
@@ -229,13 +256,19 @@ impl FakeApi {
                     .cloned();
                 match pod {
                     Some(p) => reply(StatusCode::OK, &serde_json::to_value(p).unwrap()),
-                    None => reply(StatusCode::NOT_FOUND, &status(404, "NotFound", "no such pod")),
+                    None => reply(
+                        StatusCode::NOT_FOUND,
+                        &status(404, "NotFound", "no such pod"),
+                    ),
                 }
             }
             (Method::POST, ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => {
                 reply(StatusCode::CREATED, &body)
             }
-            _ => reply(StatusCode::NOT_FOUND, &status(404, "NotFound", "not served by the fake")),
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                &status(404, "NotFound", "not served by the fake"),
+            ),
         }
     }
 
@@ -254,17 +287,26 @@ impl FakeApi {
         let body = match feed {
             Feed::Nodes => list(
                 "NodeList",
-                s.nodes.iter().map(|n| serde_json::to_value(n).unwrap()).collect(),
+                s.nodes
+                    .iter()
+                    .map(|n| serde_json::to_value(n).unwrap())
+                    .collect(),
                 v,
             ),
             Feed::Pending => list(
                 "PodList",
-                s.pending.iter().map(|p| serde_json::to_value(p).unwrap()).collect(),
+                s.pending
+                    .iter()
+                    .map(|p| serde_json::to_value(p).unwrap())
+                    .collect(),
                 v,
             ),
             Feed::Bound => list(
                 "PodList",
-                s.bound.iter().map(|p| serde_json::to_value(p).unwrap()).collect(),
+                s.bound
+                    .iter()
+                    .map(|p| serde_json::to_value(p).unwrap())
+                    .collect(),
                 v,
             ),
         };
@@ -291,7 +333,8 @@ fn urlencoding_decode(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'%'
             && i + 2 < bytes.len() + 1
-            && let Ok(b) = u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or(""), 16)
+            && let Ok(b) =
+                u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or(""), 16)
         {
             out.push(b);
             i += 3;
