@@ -177,6 +177,17 @@ pub enum BenchCommand {
     /// Authenticated, durable job submissions per second through a real
     /// server, against the same database's raw single-row insert rate.
     Submit(BenchSubmitArgs),
+    /// The in-cluster scheduler's index: Nodes and pending Pods applied
+    /// per second (against a plain map), and the time to a ready snapshot.
+    Index(BenchIndexArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchIndexArgs {
+    #[arg(long, default_value_t = 10_000)]
+    pub nodes: usize,
+    #[arg(long, default_value_t = 100_000)]
+    pub pods: usize,
 }
 
 #[derive(Debug, Args)]
@@ -334,8 +345,8 @@ pub struct UpArgs {
     /// Where `/metrics`, `/healthz` and `/readyz` are served, apart from
     /// the API port (per-tenant figures are for the pool's operators);
     /// `off` for none.
-    #[arg(long, default_value = "127.0.0.1:9464", value_parser = metrics_addr)]
-    pub metrics_addr: Option<SocketAddr>,
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics_addr: String,
     /// A pool file (TOML) declaring GPU classes and nodes. Without one:
     /// the GPUs NVML finds, else the built-in example pool.
     #[arg(long)]
@@ -695,14 +706,4 @@ pub struct UsageArgs {
     /// Operators and regulators name the tenant; tenants get their own.
     #[arg(long)]
     pub tenant: Option<String>,
-}
-
-/// A metrics address, or `off`.
-fn metrics_addr(s: &str) -> Result<Option<SocketAddr>, String> {
-    if s == "off" {
-        return Ok(None);
-    }
-    s.parse()
-        .map(Some)
-        .map_err(|e| format!("{s:?}: expected HOST:PORT or off ({e})"))
 }

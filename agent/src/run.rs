@@ -344,8 +344,14 @@ pub async fn run(
     let readiness = Readiness::default();
     let agent = Agent::new(open, client, settings, readiness.clone())?;
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(metrics_addr)
+        .await
+        .map_err(|source| RunError::Serve {
+            addr: metrics_addr,
+            source,
+        })?;
     let mut server = tokio::spawn(finpool_telemetry::serve(
-        metrics_addr,
+        listener,
         Metrics::new(),
         readiness,
         async move {

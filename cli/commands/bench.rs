@@ -29,6 +29,14 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Scheduler(args) => scheduler(args),
         BenchCommand::Submit(args) => submit(args).await,
+        BenchCommand::Index(args) => {
+            if args.nodes == 0 || args.pods == 0 {
+                anyhow::bail!("--nodes and --pods must be positive");
+            }
+            let report = finpool_k8s_scheduler::bench::run(args.nodes, args.pods);
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
     }
 }
 

@@ -30,7 +30,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         node_bandwidth_mib_s: args.node_bandwidth_mib_s,
     };
     config.sandbox = args.sandbox.config();
-    config.metrics_addr = args.metrics_addr;
+    config.metrics_addr = match args.metrics_addr.as_str() {
+        "off" => None,
+        addr => Some(addr.parse().map_err(|e| {
+            anyhow::anyhow!("--metrics-addr {addr:?}: expected HOST:PORT or off ({e})")
+        })?),
+    };
     let pool = finpool_standalone::start(config)
         .await
         .context("starting the pool")?;

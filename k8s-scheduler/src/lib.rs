@@ -11,6 +11,7 @@
 //!   one loop that runs cycles.
 
 pub mod actions;
+pub mod bench;
 pub mod driver;
 pub mod index;
 pub mod ports;

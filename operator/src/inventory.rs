@@ -1,12 +1,14 @@
-//! The pool's inventory from Kubernetes Nodes: the cards come from what
-//! NVIDIA GPU Feature Discovery labels (`nvidia.com/gpu.product`, `.count`,
-//! `.memory`), CPU and memory from the node's allocatable, the location
-//! from its zone label, and cached models from the agent's annotation.
+//! The pool's inventory from Kubernetes Nodes: the cards come from the
+//! finpool agent's inventory annotation (each card's UUID, memory and MIG
+//! slices, from NVML), else from what NVIDIA GPU Feature Discovery labels
+//! (`nvidia.com/gpu.product`, `.count`, `.memory`); CPU and memory from
+//! the node's allocatable, the location from its zone label, and cached
+//! models from the agent's annotation.
 //! Pure, so the submit path and the scheduler see the same pool.
 
 use std::collections::BTreeMap;
 
-use finpool_domain::{Gpu, GpuClass, Inventory, Node as PoolNode};
+use finpool_domain::{Gpu, GpuClass, Inventory, MigSlice, Node as PoolNode};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
@@ -18,6 +20,13 @@ pub const GPU_MEMORY: &str = "nvidia.com/gpu.memory";
 pub const LOCATION_LABELS: [&str; 2] = ["finpool.io/location", "topology.kubernetes.io/zone"];
 /// The base models the node agent found in the node's cache.
 pub const MODELS_ANNOTATION: &str = "finpool.io/models";
+
+/// A GPU class name from NVML's product name, as GFD spells it in its
+/// label (`NVIDIA H100 80GB HBM3` → `NVIDIA-H100-80GB-HBM3`), so that a
+/// node reads the same class either way.
+fn card_class(product: &str) -> String {
+    finpool_agent::publish::label_value(product).unwrap_or_else(|| product.replace(' ', "-"))
+}
 
 /// A GPU class name from a product label (`NVIDIA-A100-SXM4-80GB` stays
 /// as it is: it is already a label value).
@@ -78,8 +87,44 @@ pub fn from_nodes(nodes: &[Node]) -> Inventory {
             .get(GPU_MEMORY)
             .and_then(|m| m.parse().ok())
             .unwrap_or(0);
-        let gpus = match labels.get(GPU_PRODUCT) {
-            Some(product) if count > 0 => {
+        let from_agent = node
+            .annotations()
+            .get(finpool_agent::publish::INVENTORY_ANNOTATION)
+            .and_then(
+                |a| match finpool_agent::publish::inventory_from_annotation(a) {
+                    Ok(cards) => Some(cards),
+                    Err(e) => {
+                        tracing::warn!(node = %node.name_any(), error = %e,
+                        "unreadable agent inventory; using the GPU Feature Discovery labels");
+                        None
+                    }
+                },
+            );
+        let gpus = match (from_agent, labels.get(GPU_PRODUCT)) {
+            (Some(cards), _) => cards
+                .iter()
+                .map(|card| {
+                    let class = card_class(&card.product);
+                    let known = classes.entry(class.clone()).or_insert(card.memory_mib);
+                    *known = (*known).max(card.memory_mib);
+                    Gpu {
+                        index: card.index,
+                        uuid: card.uuid.clone(),
+                        class,
+                        memory_mib: card.memory_mib,
+                        mig: if card.mig.enabled {
+                            card.mig
+                                .instances
+                                .iter()
+                                .filter_map(|i| MigSlice::from_profile(&i.profile, i.uuid.clone()))
+                                .collect()
+                        } else {
+                            Vec::new()
+                        },
+                    }
+                })
+                .collect(),
+            (None, Some(product)) if count > 0 => {
                 let class = class_of(product);
                 let known = classes.entry(class.clone()).or_insert(memory);
                 *known = (*known).max(memory);
@@ -176,6 +221,26 @@ pub(crate) mod tests {
         assert_eq!((n.cpu_milli, n.memory_mib), (15_500, 65_536));
         assert_eq!(n.labels["location"], "dc-1");
         assert_eq!(n.models, ["llama-3-8b", "mistral-7b"]);
+    }
+
+    #[test]
+    fn the_agents_cards_win_over_the_gfd_labels() {
+        use finpool_agent::devices::{Devices, FakeDevices};
+        let fake = FakeDevices::nvlink_node(8).with_mig(7, &["3g.40gb", "3g.40gb"]);
+        let cards = fake.discover().unwrap();
+        let published = finpool_agent::publish::publish(&cards, None, &[]);
+        let mut node = gpu_node("gpu-1", "A100", 2);
+        node.metadata
+            .annotations
+            .get_or_insert_default()
+            .extend(published.annotations.clone());
+        let inv = from_nodes(&[node]);
+        let gpus = &inv.nodes[0].gpus;
+        assert_eq!(gpus.len(), 8);
+        assert_eq!(gpus[0].uuid, cards[0].uuid);
+        assert_eq!(gpus[0].class, "NVIDIA-H100-80GB-HBM3");
+        assert_eq!(gpus[7].mig.len(), 2);
+        assert_eq!(inv.class_names(), ["NVIDIA-H100-80GB-HBM3"]);
     }
 
     #[test]

@@ -169,6 +169,21 @@ impl Server {
     pub fn logs(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+
+    /// Where `/metrics` is served, as `up` announced it.
+    pub async fn metrics_url(&self) -> String {
+        for _ in 0..100 {
+            if let Some(url) = self
+                .logs()
+                .lines()
+                .find_map(|l| l.strip_prefix("metrics: "))
+            {
+                return url.trim().to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("finpool up announced no metrics address:\n{}", self.logs());
+    }
 }
 
 impl Drop for Server {

@@ -138,3 +138,46 @@ imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* Every component serves /metrics, /healthz and /readyz here. */}}
+{{- define "finpool.metricsAddr" -}}0.0.0.0:9090{{- end -}}
+
+{{/*
+The ClusterIP Service of one component's `metrics` port (9090), which its
+ServiceMonitor scrapes: (dict "ctx" $ "component" "api"). Apart from any
+other Service of the component, so that a public Service never exposes it;
+the label finpool.io/metrics tells it from them.
+*/}}
+{{- define "finpool.metricsService" -}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "finpool.componentName" . }}-metrics
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "finpool.componentLabels" . | nindent 4 }}
+    finpool.io/metrics: "true"
+spec:
+  type: ClusterIP
+  selector:
+    {{- include "finpool.selectorLabels" . | nindent 4 }}
+  ports:
+    - name: metrics
+      port: 9090
+      targetPort: metrics
+      protocol: TCP
+{{- end -}}
+
+{{/*
+A probe from values. Helm merges a probe given in values into the default
+(httpGet on the metrics port), so a tcpSocket, exec or grpc probe given
+there would come with the default's httpGet too, which Kubernetes refuses
+(one handler per probe): another handler replaces httpGet.
+*/}}
+{{- define "finpool.probe" -}}
+{{- $probe := deepCopy . -}}
+{{- if and (hasKey $probe "httpGet") (or (hasKey $probe "tcpSocket") (hasKey $probe "exec") (hasKey $probe "grpc")) -}}
+{{- $_ := unset $probe "httpGet" -}}
+{{- end -}}
+{{- toYaml $probe -}}
+{{- end -}}
