@@ -153,12 +153,12 @@ impl Metrics {
         // Known label values start at zero, so that a rate over them
         // exists before the first event.
         for reason in ["Reclaim", "Priority"] {
-            preemptions.get_or_create(&ReasonLabels {
+            let _ = preemptions.get_or_create(&ReasonLabels {
                 reason: reason.to_owned(),
             });
         }
         for outcome in ["admitted", "preempted", "waiting"] {
-            decisions.get_or_create(&OutcomeLabels { outcome });
+            let _ = decisions.get_or_create(&OutcomeLabels { outcome });
         }
         Self {
             registry: Arc::new(registry),
