@@ -33,6 +33,7 @@ use serde_json::json;
 
 const NAMESPACE: &str = "finpool-system";
 const OPERATOR_USER: &str = "system:serviceaccount:finpool-system:finpool-operator";
+const SCHEDULER_USER: &str = "system:serviceaccount:finpool-system:finpool-scheduler";
 
 struct Binaries {
     apiserver: PathBuf,
@@ -113,6 +114,11 @@ const USERS: &[(&str, &str, &str)] = &[
         "system:serviceaccounts,system:serviceaccounts:finpool-system",
     ),
     // The group the example Tenant names for alpha.
+    (
+        "scheduler-token",
+        SCHEDULER_USER,
+        "system:serviceaccounts,system:serviceaccounts:finpool-system",
+    ),
     ("alice-token", "alice", "alpha-traders"),
     ("bob-token", "bob", "finpool:tenant:beta"),
 ];
@@ -682,6 +688,8 @@ async fn the_operator_against_a_real_api_server() {
         "{denied}"
     );
 
+    scheduler_checks(&cluster, &admin, &store, &job_name, &examples).await;
+
     if bins.controller_manager.is_some() {
         controller_manager_checks(&admin, &job_name).await;
     } else {
@@ -690,6 +698,112 @@ async fn the_operator_against_a_real_api_server() {
         );
     }
     operator.abort();
+}
+
+/// Two `finpool scheduler` replicas, as the scheduler's own user (the
+/// chart's RBAC): the one holding the Lease binds the job's pod to the node
+/// that fits, with the cards annotated; a job that cannot fit now is
+/// `Unschedulable` with its reason; the other replica never runs a cycle.
+async fn scheduler_checks(
+    cluster: &Cluster,
+    admin: &Client,
+    store: &Store,
+    job_name: &str,
+    examples: &Path,
+) {
+    use finpool_k8s_scheduler::driver::{self, DriverConfig};
+    let replica = |identity: &'static str| {
+        let store = store.clone();
+        async move {
+            let client = cluster.client("scheduler-token").await;
+            let leading = driver::lease(client.clone(), NAMESPACE, identity)
+                .await
+                .unwrap();
+            let metrics = finpool_telemetry::Metrics::new();
+            let config = DriverConfig {
+                cycle: finpool_scheduler::CycleConfig::default(),
+                policy: finpool_scheduler::Policy::finpool,
+                idle_tick: Duration::from_millis(500),
+                identity: identity.into(),
+            };
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(driver::run(
+                client,
+                store,
+                config,
+                metrics.clone(),
+                finpool_telemetry::Readiness::default(),
+                leading.clone(),
+                stopped,
+            ));
+            (leading, metrics, stop, task)
+        }
+    };
+    let (a_leads, a_metrics, _a_stop, a_task) = replica("scheduler-a").await;
+    eventually("scheduler-a to lead", || {
+        let leads = *a_leads.borrow();
+        async move { leads.then_some(()) }
+    })
+    .await;
+    let (b_leads, b_metrics, _b_stop, b_task) = replica("scheduler-b").await;
+
+    let pods = Api::<Pod>::namespaced(admin.clone(), "alpha-jobs");
+    let bound = eventually("the job's pod bound", || {
+        let pods = pods.clone();
+        let name = job_name.to_owned();
+        async move {
+            let p = pods.get(&name).await.ok()?;
+            p.spec.as_ref()?.node_name.as_ref()?;
+            Some(p)
+        }
+    })
+    .await;
+    assert_eq!(bound.spec.unwrap().node_name.as_deref(), Some("gpu-1"));
+    let gpus = bound.metadata.annotations.unwrap()["finpool.io/gpus"].clone();
+    assert_eq!(gpus.split(',').count(), 1, "{gpus}");
+
+    // A job bigger than any node (256 GiB of memory; the node has 128):
+    // it waits, and its pod says why.
+    let mut big: serde_json::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(examples.join("inferencejob.yaml")).unwrap(),
+    )
+    .unwrap();
+    big["metadata"]["name"] = json!("too-big");
+    big["spec"]["resources"]["memoryMiB"] = json!(262_144);
+    apply_yaml(admin, &serde_yaml_ng::to_string(&big).unwrap()).await;
+    let condition = eventually("the big job's pod unschedulable", || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get_opt("too-big").await.ok()??;
+            p.status?
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        }
+    })
+    .await;
+    assert_eq!(condition.reason.as_deref(), Some("Unschedulable"));
+    let message = condition.message.unwrap_or_default();
+    let (code, _) = message.split_once(": ").expect("code: text");
+    assert!(
+        !code.is_empty() && code.chars().all(|c| c.is_ascii_alphanumeric()),
+        "{message}"
+    );
+    eprintln!("the big job waits: {message}");
+
+    // Only the Lease holder ran cycles.
+    assert!(*a_leads.borrow() && !*b_leads.borrow());
+    let cycles = |m: &finpool_telemetry::Metrics| {
+        m.encode()
+            .lines()
+            .find(|l| l.starts_with("finpool_scheduler_cycle_duration_seconds_count"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(cycles(&a_metrics) > 0);
+    assert_eq!(cycles(&b_metrics), 0, "the standby replica ran a cycle");
+    a_task.abort();
+    b_task.abort();
 }
 
 /// With kube-controller-manager: the tenant's quota is enforced by
