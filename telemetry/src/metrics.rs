@@ -282,14 +282,14 @@ mod tests {
             "finpool_pending_jobs",
             "finpool_tenant_allocated_gpus",
             "finpool_tenant_guaranteed_gpus",
-            "finpool_scheduler_cycle_duration_seconds_bucket",
+            "finpool_scheduler_cycle_duration_seconds",
             "finpool_scheduler_decisions_total",
             "finpool_scheduler_bind_duration_seconds_count",
             "finpool_preemptions_total",
             "finpool_model_loads_total",
             "finpool_model_load_duration_seconds_sum",
             "finpool_api_requests_total",
-            "finpool_api_submit_duration_seconds_bucket",
+            "finpool_api_submit_duration_seconds",
         ] {
             assert!(
                 names.iter().any(|n| n == expected),
