@@ -3,22 +3,11 @@
 use anyhow::Context as _;
 use finpool_operator::build::Install;
 use finpool_operator::controller::{self, Context};
-use finpool_store::{Store, StoreConfig};
 
 use crate::args::OperatorArgs;
 
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
-    if !args.database_url.starts_with("postgres") {
-        anyhow::bail!(
-            "--database-url: Kubernetes mode keeps its records in PostgreSQL (postgres://…)"
-        );
-    }
-    let store = Store::open(&StoreConfig::Postgres(args.database_url.clone()))
-        .await
-        .context("opening the store")?;
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let (store, client) = super::cluster_mode(&args.database_url).await?;
     let identity = args
         .identity
         .clone()

@@ -3,26 +3,15 @@
 use anyhow::Context as _;
 use finpool_k8s_scheduler::driver::{self, DriverConfig};
 use finpool_scheduler::{CycleConfig, Policy};
-use finpool_store::{Store, StoreConfig};
 use finpool_telemetry::{Metrics, Readiness};
 
 use crate::args::SchedulerArgs;
 
 pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
-    if !args.database_url.starts_with("postgres") {
-        anyhow::bail!(
-            "--database-url: Kubernetes mode keeps its records in PostgreSQL (postgres://…)"
-        );
-    }
     if args.stop_grace.as_secs() == 0 {
         anyhow::bail!("--stop-grace: must be at least 1s (the eviction's grace period)");
     }
-    let store = Store::open(&StoreConfig::Postgres(args.database_url.clone()))
-        .await
-        .context("opening the store")?;
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let (store, client) = super::cluster_mode(&args.database_url).await?;
     let identity = args
         .identity
         .clone()
