@@ -802,8 +802,154 @@ async fn scheduler_checks(
     };
     assert!(cycles(&a_metrics) > 0);
     assert_eq!(cycles(&b_metrics), 0, "the standby replica ran a cycle");
+
+    reclaim_checks(admin, store, examples).await;
+    assert_eq!(cycles(&b_metrics), 0, "the standby replica ran a cycle");
     a_task.abort();
     b_task.abort();
+}
+
+/// A guarantee reclaim: beta (no guarantee) borrows the node's three free
+/// cards; alpha then asks for the second card of its guarantee, and
+/// beta's pod is evicted. No kubelet finishes the graceful deletion here,
+/// so the test completes it (as a kubelet would once the container
+/// stopped); then beta's job is back in the queue and alpha's pod bound.
+async fn reclaim_checks(admin: &Client, store: &Store, examples: &Path) {
+    let mut beta: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(examples.join("tenant.yaml")).unwrap())
+            .unwrap();
+    beta["metadata"]["name"] = json!("beta");
+    beta["spec"]["displayName"] = json!("Beta Brokers");
+    beta["spec"]["namespaces"] = json!(["beta-jobs"]);
+    beta["spec"]["group"] = json!("finpool:tenant:beta");
+    beta["spec"]["quotas"] = json!([{"gpuClass": "A100", "guaranteed": 0, "borrowingLimit": 4}]);
+    apply_yaml(admin, &serde_yaml_ng::to_string(&beta).unwrap()).await;
+    eventually("beta in the store and its namespace", || {
+        let store = store.clone();
+        let admin = admin.clone();
+        async move {
+            store.get_tenant("beta").await.ok()?;
+            Api::<Namespace>::all(admin)
+                .get_opt("beta-jobs")
+                .await
+                .ok()?
+        }
+    })
+    .await;
+    let job = |ns: &str, name: &str, gpus: u32| {
+        let mut j: serde_json::Value = serde_yaml_ng::from_str(
+            &std::fs::read_to_string(examples.join("inferencejob.yaml")).unwrap(),
+        )
+        .unwrap();
+        j["metadata"]["namespace"] = json!(ns);
+        j["metadata"]["name"] = json!(name);
+        j["spec"]["resources"]["gpu"]["wholeGpus"] = json!(gpus);
+        // Preemptible as soon as it runs.
+        j["spec"]["minRuntimeSeconds"] = json!(null);
+        serde_yaml_ng::to_string(&j).unwrap()
+    };
+    let bound = |ns: &'static str, name: &'static str| {
+        let pods = Api::<Pod>::namespaced(admin.clone(), ns);
+        async move {
+            eventually(&format!("{ns}/{name} bound"), || {
+                let pods = pods.clone();
+                async move {
+                    let p = pods.get_opt(name).await.ok()??;
+                    p.spec.as_ref()?.node_name.as_ref()?;
+                    Some(p)
+                }
+            })
+            .await
+        }
+    };
+    apply_yaml(admin, &job("beta-jobs", "borrower", 3)).await;
+    bound("beta-jobs", "borrower").await;
+    // Only a running job is preempted: say it runs, as its kubelet would.
+    let beta_pods = Api::<Pod>::namespaced(admin.clone(), "beta-jobs");
+    beta_pods
+        .patch_status(
+            "borrower",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running"}})),
+        )
+        .await
+        .unwrap();
+    eventually("the borrower running in the store", || {
+        let store = store.clone();
+        async move {
+            store.active_jobs().await.ok()?.into_iter().find(|j| {
+                j.spec.name.as_str() == "borrower" && j.state == finpool_domain::JobState::Running
+            })
+        }
+    })
+    .await;
+
+    apply_yaml(admin, &job("alpha-jobs", "reclaimer", 1)).await;
+    let evicted = eventually("the borrower evicted", || {
+        let pods = beta_pods.clone();
+        async move {
+            let p = pods.get_opt("borrower").await.ok()??;
+            p.metadata.deletion_timestamp.is_some().then_some(p)
+        }
+    })
+    .await;
+    let why = evicted.metadata.annotations.unwrap()["finpool.io/preempted"].clone();
+    assert!(why.contains("reclaims"), "{why}");
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(admin.clone(), "beta-jobs");
+    eventually("a Preempted event on the borrower", || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("Preempted")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("borrower")
+            })
+        }
+    })
+    .await;
+    // The reclaimer waits for its victim's cards.
+    let reclaimer = Api::<Pod>::namespaced(admin.clone(), "alpha-jobs")
+        .get("reclaimer")
+        .await
+        .unwrap();
+    assert!(reclaimer.spec.unwrap().node_name.is_none());
+
+    // What the kubelet would do once the container stopped.
+    beta_pods
+        .delete(
+            "borrower",
+            &kube::api::DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    bound("alpha-jobs", "reclaimer").await;
+    let beta_id = finpool_domain::Name::parse("t", "beta").unwrap();
+    let requeued = store
+        .list_jobs(&finpool_store::JobFilter {
+            tenant: Some(beta_id),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let borrower = requeued
+        .jobs
+        .iter()
+        .find(|j| j.spec.name.as_str() == "borrower")
+        .unwrap();
+    // A listing carries no history; the job itself does.
+    let borrower = store.get_job(borrower.id).await.unwrap();
+    assert!(
+        borrower
+            .history
+            .iter()
+            .any(|t| t.to == finpool_domain::JobState::Preempted),
+        "{:?}",
+        borrower.history
+    );
 }
 
 /// With kube-controller-manager: the tenant's quota is enforced by
