@@ -134,6 +134,9 @@ pub fn usage_over_time(report: &Report) -> Result<String, ChartError> {
     Ok(svg)
 }
 
+/// A named line: its name, colour and points.
+type Series = (&'static str, RGBColor, Vec<(f64, f64)>);
+
 /// Used, held idle and idle as percentages of capacity, per interval.
 pub fn pool_utilization(report: &Report) -> Result<String, ChartError> {
     let e = err("utilization");
@@ -145,7 +148,7 @@ pub fn pool_utilization(report: &Report) -> Result<String, ChartError> {
             part as f64 * 100.0 / whole as f64
         }
     };
-    let series: [(&str, RGBColor, Vec<(f64, f64)>); 3] = {
+    let series: [Series; 3] = {
         let mut used = Vec::new();
         let mut held = Vec::new();
         let mut idle = Vec::new();
