@@ -9,6 +9,7 @@
 //! time.
 
 pub mod charts;
+pub mod history;
 pub mod model;
 pub mod render;
 

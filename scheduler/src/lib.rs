@@ -24,7 +24,9 @@ pub mod wait;
 
 pub use cluster::{Allocation, Choice, ClassSet, Cluster, GpuState, NodeState};
 pub use cycle::{Cycle, CycleConfig, CycleInputs, DurableMemory, LocalityConfig, Plan, Stop};
-pub use decide::{Admission, Outcome, PreemptReason, Preemption, Reservation, Waiting, decide};
+pub use decide::{
+    Admission, AdmissionKind, Outcome, PreemptReason, Preemption, Reservation, Waiting, decide,
+};
 pub use engine::{Engine, Request};
 pub use feasibility::PoolFit;
 pub use plugins::{Ctx, Filter, Policy, QuotaBound, Scorer};

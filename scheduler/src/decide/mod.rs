@@ -80,6 +80,37 @@ impl Admission {
     }
 }
 
+/// How an admission recorded by [`Admission::describe`] came about, read
+/// back from its text (reports read the job history, which keeps text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmissionKind {
+    WithinGuarantee,
+    /// Within the guarantee, by reclaiming cards others borrowed.
+    Reclaimed,
+    Borrowing,
+    /// By preempting lower-priority jobs of the same tenant.
+    Preempting,
+}
+
+impl AdmissionKind {
+    pub fn of(text: &str) -> Option<Self> {
+        if !text.starts_with("admitted to ") {
+            return None;
+        }
+        Some(if text.contains("(within guarantee, reclaimed from ") {
+            Self::Reclaimed
+        } else if text.ends_with("(within guarantee)") {
+            Self::WithinGuarantee
+        } else if text.ends_with("(borrowing idle capacity)") {
+            Self::Borrowing
+        } else if text.contains("lower-priority job(s))") {
+            Self::Preempting
+        } else {
+            return None;
+        })
+    }
+}
+
 /// Why a running job is preempted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PreemptReason {
@@ -94,6 +125,18 @@ impl PreemptReason {
         match self {
             Self::Reclaim { .. } => "Reclaim",
             Self::Priority => "Priority",
+        }
+    }
+
+    /// The code of a preemption recorded by [`Preemption`]'s text, read
+    /// back from the job history.
+    pub fn code_of(text: &str) -> Option<&'static str> {
+        if text.starts_with("preempted: tenant ") && text.contains(" reclaims ") {
+            Some("Reclaim")
+        } else if text.starts_with("preempted by higher-priority job ") {
+            Some("Priority")
+        } else {
+            None
         }
     }
 }

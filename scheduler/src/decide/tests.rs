@@ -596,3 +596,44 @@ fn every_waiting_job_learns_it_fits_no_node() {
         ]
     );
 }
+
+#[test]
+fn recorded_admissions_and_preemptions_read_back_as_their_kinds() {
+    let admission = |within_guarantee, victims: usize| Admission {
+        job: JobId::new_random(),
+        placement: Placement {
+            node: "gpu-1".into(),
+            gpus: vec![],
+        },
+        within_guarantee,
+        waits_for: (0..victims).map(|_| JobId::new_random()).collect(),
+    };
+    for (a, kind) in [
+        (admission(true, 0), AdmissionKind::WithinGuarantee),
+        (admission(true, 2), AdmissionKind::Reclaimed),
+        (admission(false, 0), AdmissionKind::Borrowing),
+        (admission(false, 1), AdmissionKind::Preempting),
+    ] {
+        assert_eq!(
+            AdmissionKind::of(&a.describe()),
+            Some(kind),
+            "{}",
+            a.describe()
+        );
+    }
+    assert_eq!(AdmissionKind::of("pod running"), None);
+    for reason in [
+        PreemptReason::Reclaim {
+            tenant: "alpha".into(),
+        },
+        PreemptReason::Priority,
+    ] {
+        let p = Preemption {
+            job: JobId::new_random(),
+            reason: reason.clone(),
+            for_job: JobId::new_random(),
+        };
+        assert_eq!(PreemptReason::code_of(&p.to_string()), Some(reason.code()));
+    }
+    assert_eq!(PreemptReason::code_of("server restarted"), None);
+}
