@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use finpool_domain::JobState;
 use finpool_scheduler::{AdmissionKind, PreemptReason};
 
 use crate::model::{ComplianceLine, PreemptionLine};
@@ -15,7 +16,7 @@ pub struct EventRow {
     pub tenant: String,
     /// The GPU class the job runs on (its placement's), if placed.
     pub class: Option<String>,
-    /// The state entered (`Pending`, `Admitted`, `Running`, `Preempted`…).
+    /// The state entered, as [`JobState::as_str`] writes it.
     pub to: String,
     pub at_ms: i64,
     pub reason: String,
@@ -26,7 +27,7 @@ pub struct EventRow {
 pub fn preemptions(events: &[EventRow], from_ms: i64, to_ms: i64) -> Vec<PreemptionLine> {
     let mut by: BTreeMap<&str, u64> = BTreeMap::new();
     for e in events {
-        if e.to == "Preempted" && (from_ms..to_ms).contains(&e.at_ms) {
+        if e.to == JobState::Preempted.as_str() && (from_ms..to_ms).contains(&e.at_ms) {
             *by.entry(PreemptReason::code_of(&e.reason).unwrap_or("Other"))
                 .or_default() += 1;
         }
@@ -72,15 +73,17 @@ pub fn compliance(
         let mut reclaiming_since: Option<i64> = None;
         while i < events.len() && &events[i].job == job {
             let e = &events[i];
-            match e.to.as_str() {
-                "Pending" => {
+            match JobState::parse("to", &e.to) {
+                Ok(JobState::Pending) => {
                     pending_since = Some(e.at_ms);
                     reclaiming_since = None;
                 }
-                "Admitted" if AdmissionKind::of(&e.reason) == Some(AdmissionKind::Reclaimed) => {
+                Ok(JobState::Admitted)
+                    if AdmissionKind::of(&e.reason) == Some(AdmissionKind::Reclaimed) =>
+                {
                     reclaiming_since = pending_since.or(Some(e.at_ms));
                 }
-                "Running" => {
+                Ok(JobState::Running) => {
                     if let Some(since) = reclaiming_since.take()
                         && (from_ms..to_ms).contains(&e.at_ms)
                     {
@@ -132,7 +135,7 @@ mod tests {
             job: job.into(),
             tenant: "alpha".into(),
             class: Some("H100".into()),
-            to: to.into(),
+            to: to.to_lowercase(),
             at_ms,
             reason: reason.into(),
         }

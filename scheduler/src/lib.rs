@@ -25,7 +25,8 @@ pub mod wait;
 pub use cluster::{Allocation, Choice, ClassSet, Cluster, GpuState, NodeState};
 pub use cycle::{Cycle, CycleConfig, CycleInputs, DurableMemory, LocalityConfig, Plan, Stop};
 pub use decide::{
-    Admission, AdmissionKind, Outcome, PreemptReason, Preemption, Reservation, Waiting, decide,
+    Admission, AdmissionKind, Outcome, PreemptReason, Preemption, RECLAIMED_MARKER, Reservation,
+    Waiting, decide,
 };
 pub use engine::{Engine, Request};
 pub use feasibility::PoolFit;

@@ -559,3 +559,85 @@ async fn the_pending_cap_holds_under_concurrency_and_follows_transitions() {
         ));
     }
 }
+
+#[tokio::test]
+async fn reports_read_preemptions_and_reclaim_waits_from_the_history() {
+    for b in backends().await {
+        let s = &b.store;
+        s.create_tenant(&tenant("alpha")).await.unwrap();
+        s.create_tenant(&tenant("beta")).await.unwrap();
+        let (victim, _) = s.submit(new_job("beta", "v", 0)).await.unwrap();
+        let (reclaimer, _) = s.submit(new_job("alpha", "r", 1_000)).await.unwrap();
+        let (plain, _) = s.submit(new_job("alpha", "p", 1_000)).await.unwrap();
+        let admit = |reason: &str, at| {
+            let mut c = Change::new(JobState::Admitted, reason, Timestamp(at));
+            c.placement = Some(placement());
+            c
+        };
+        let run = |at| Change::new(JobState::Running, "started", Timestamp(at));
+        s.transition(
+            victim.id,
+            None,
+            admit("admitted to node-a (borrowing idle capacity)", 100),
+        )
+        .await
+        .unwrap();
+        s.transition(victim.id, None, run(200)).await.unwrap();
+        s.transition(
+            victim.id,
+            None,
+            Change::new(
+                JobState::Preempted,
+                "preempted: tenant alpha reclaims its guaranteed GPUs for job x",
+                Timestamp(2_000),
+            ),
+        )
+        .await
+        .unwrap();
+        s.transition(
+            reclaimer.id,
+            None,
+            admit(
+                "admitted to node-a (within guarantee, reclaimed from 1 job(s))",
+                1_500,
+            ),
+        )
+        .await
+        .unwrap();
+        s.transition(reclaimer.id, None, run(9_000)).await.unwrap();
+        s.transition(
+            plain.id,
+            None,
+            admit("admitted to node-a (within guarantee)", 1_200),
+        )
+        .await
+        .unwrap();
+
+        let preempted = s
+            .preemptions_between(Timestamp(0), Timestamp(10_000))
+            .await
+            .unwrap();
+        assert_eq!(preempted.len(), 1);
+        assert!(preempted[0].1.contains("reclaims"));
+        assert!(
+            s.preemptions_between(Timestamp(2_001), Timestamp(10_000))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        let rows = s
+            .reclaim_histories(Timestamp(5_000), Timestamp(10_000))
+            .await
+            .unwrap();
+        let jobs: std::collections::BTreeSet<_> = rows.iter().map(|r| r.job_id.clone()).collect();
+        assert_eq!(jobs.len(), 1, "only the reclaiming job: {rows:?}");
+        assert_eq!(rows[0].job_id, reclaimer.id.to_string());
+        assert_eq!(
+            rows.iter().map(|r| r.to_state.as_str()).collect::<Vec<_>>(),
+            ["pending", "admitted", "running"]
+        );
+        assert_eq!(rows[0].class().as_deref(), Some("A100"));
+        assert!(rows.windows(2).all(|w| w[0].at <= w[1].at));
+    }
+}

@@ -72,13 +72,17 @@ impl Admission {
     pub fn describe(&self) -> String {
         let how = match (self.within_guarantee, self.waits_for.len()) {
             (true, 0) => " (within guarantee)".to_owned(),
-            (true, n) => format!(" (within guarantee, reclaimed from {n} job(s))"),
+            (true, n) => format!(" (within guarantee, {RECLAIMED_MARKER} {n} job(s))"),
             (false, 0) => " (borrowing idle capacity)".to_owned(),
             (false, n) => format!(" (preempting {n} lower-priority job(s))"),
         };
         format!("admitted to {}{how}", self.placement.node)
     }
 }
+
+/// What marks, in a job's history, an admission that reclaimed cards (a
+/// store may search for it).
+pub const RECLAIMED_MARKER: &str = "reclaimed from";
 
 /// How an admission recorded by [`Admission::describe`] came about, read
 /// back from its text (reports read the job history, which keeps text).
@@ -97,17 +101,19 @@ impl AdmissionKind {
         if !text.starts_with("admitted to ") {
             return None;
         }
-        Some(if text.contains("(within guarantee, reclaimed from ") {
-            Self::Reclaimed
-        } else if text.ends_with("(within guarantee)") {
-            Self::WithinGuarantee
-        } else if text.ends_with("(borrowing idle capacity)") {
-            Self::Borrowing
-        } else if text.contains("lower-priority job(s))") {
-            Self::Preempting
-        } else {
-            return None;
-        })
+        Some(
+            if text.contains(&format!("(within guarantee, {RECLAIMED_MARKER} ")) {
+                Self::Reclaimed
+            } else if text.ends_with("(within guarantee)") {
+                Self::WithinGuarantee
+            } else if text.ends_with("(borrowing idle capacity)") {
+                Self::Borrowing
+            } else if text.contains("lower-priority job(s))") {
+                Self::Preempting
+            } else {
+                return None;
+            },
+        )
     }
 }
 
