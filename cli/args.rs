@@ -326,6 +326,10 @@ pub struct SimulateCheckArgs {
     pub nodes: PathBuf,
     #[arg(long)]
     pub placements: PathBuf,
+    /// Recount the state when arrivals first reached this percent of the
+    /// GPU capacity (as the simulator reads its curve), not the end.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -345,8 +345,8 @@ fn check_placements(args: SimulateCheckArgs) -> anyhow::Result<()> {
     }
     let mut reports = std::collections::BTreeMap::new();
     for (policy, csv) in by_policy {
-        let report =
-            check::check(&nodes, csv.as_bytes()).map_err(|e| anyhow::anyhow!("{policy}: {e}"))?;
+        let report = check::check_at(&nodes, csv.as_bytes(), args.at)
+            .map_err(|e| anyhow::anyhow!("{policy}: {e}"))?;
         reports.insert(policy, report);
     }
     println!("{}", serde_json::to_string_pretty(&reports)?);

@@ -7,6 +7,7 @@ use std::io::Read;
 
 use serde::Serialize;
 
+use crate::experiment::CYCLES_PER_PERCENT;
 use crate::openb::OpenbNode;
 
 /// The placements file's header.
@@ -53,6 +54,19 @@ pub fn line(seed: u64, row: &crate::experiment::PlacementRow) -> String {
 }
 
 pub fn check(nodes: &[OpenbNode], placements: impl Read) -> Result<CheckReport, String> {
+    check_at(nodes, placements, None)
+}
+
+/// As [`check`], but of the state when arrivals first reached `at`% of
+/// the GPU capacity: the rows (in arrival order) up to the end of the
+/// scheduling cycle in which they did, the way the simulator takes its
+/// reading ([`CYCLES_PER_PERCENT`] cycles per percent arrived). Without
+/// `at`, every row counts.
+pub fn check_at(
+    nodes: &[OpenbNode],
+    placements: impl Read,
+    at: Option<u64>,
+) -> Result<CheckReport, String> {
     let by_name: HashMap<&str, &OpenbNode> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
     let capacity: u64 = nodes.iter().map(|n| n.gpus as u64 * 1000).sum();
     let mut r = csv::ReaderBuilder::new().from_reader(placements);
@@ -67,6 +81,8 @@ pub fn check(nodes: &[OpenbNode], placements: impl Read) -> Result<CheckReport, 
         capacity_milli: capacity,
         ..Default::default()
     };
+    // Per seed: (arrived milli, cycles run, the reading's cycle is past).
+    let mut arrival: HashMap<String, (u64, u64, bool)> = HashMap::new();
     for record in r.records() {
         let record = record.map_err(|e| e.to_string())?;
         let line = record.position().map_or(0, |p| p.line());
@@ -78,6 +94,19 @@ pub fn check(nodes: &[OpenbNode], placements: impl Read) -> Result<CheckReport, 
         };
         let seed = field(0).to_owned();
         let (cpu, mem, num_gpu, milli) = (num(2)?, num(3)?, num(4)?, num(5)?);
+        if let Some(at) = at {
+            let (arrived, cycles, past) = arrival.entry(seed.clone()).or_default();
+            if *past {
+                continue;
+            }
+            *arrived += num_gpu * milli;
+            // A cycle each time arrivals reach the next step of capacity;
+            // the reading is taken after the first cycle at `at`%.
+            if *arrived * 100 * CYCLES_PER_PERCENT >= capacity * (*cycles + 1) {
+                *cycles = *arrived * 100 * CYCLES_PER_PERCENT / capacity.max(1);
+                *past = *arrived * 100 >= capacity * at;
+            }
+        }
         let spec: Vec<&str> = field(6).split('|').filter(|s| !s.is_empty()).collect();
         let node_name = field(7);
         let entry = report.seeds.entry(seed.clone()).or_default();

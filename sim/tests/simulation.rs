@@ -96,6 +96,15 @@ proptest! {
             prop_assert!(run.alloc_pct.windows(2).all(|w| w[0] <= w[1]));
             prop_assert!(run.alloc_pct.iter().all(|p| *p <= 100.0 + 1e-9));
             prop_assert_eq!(run.alloc_pct.len(), MAX_PERCENT);
+            // The recount at an arrival level reads what the curve read.
+            for at in [90u64, 100, 110, 120, 130] {
+                let report =
+                    check::check_at(&nodes, placements_csv(seed, &rows).as_bytes(), Some(at)).unwrap();
+                let recount = &report.seeds[&seed.to_string()];
+                prop_assert!((recount.alloc_pct - run.alloc_pct[at as usize - 1]).abs() < 1e-9,
+                    "{} at {at}%: recount {} vs curve {}", kind.name(), recount.alloc_pct,
+                    run.alloc_pct[at as usize - 1]);
+            }
         }
     }
 
