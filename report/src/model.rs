@@ -1,14 +1,15 @@
 //! The report's figures as plain data. The store fills them; the
 //! renderers only format them, so every format says the same thing.
 //!
-//! Quantities are integers: GPU-seconds as milli-GPU-seconds (a share of a
-//! card counts as its thousandths), money in fen. Lists are kept sorted
+//! Quantities are integers: GPU time as milli-GPU-milliseconds (a share of
+//! a card counts as its thousandths; the metering's own unit, so that the
+//! pool's figures add up exactly), money in fen. Lists are kept sorted
 //! (tenant, then class), so equal figures serialize to equal bytes.
 
 use serde::{Deserialize, Serialize};
 
-/// A thousandth of a GPU for one second.
-pub type MilliGpuSeconds = u64;
+/// A thousandth of a GPU for one millisecond.
+pub type MilliGpuMs = u64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
@@ -43,19 +44,19 @@ pub struct TenantLine {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClassUsage {
     pub class: String,
-    pub used: MilliGpuSeconds,
+    pub used: MilliGpuMs,
     /// The rest of cards the tenant held alone, unused.
-    pub held_idle: MilliGpuSeconds,
+    pub held_idle: MilliGpuMs,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolLine {
     pub class: String,
-    pub capacity: MilliGpuSeconds,
-    pub used: MilliGpuSeconds,
-    pub held_idle: MilliGpuSeconds,
+    pub capacity: MilliGpuMs,
+    pub used: MilliGpuMs,
+    pub held_idle: MilliGpuMs,
     /// capacity − used − held idle.
-    pub idle: MilliGpuSeconds,
+    pub idle: MilliGpuMs,
 }
 
 /// One metering interval: each tenant's used and held-idle GPU time, and
@@ -63,9 +64,9 @@ pub struct PoolLine {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IntervalLine {
     pub start: String,
-    pub capacity: MilliGpuSeconds,
+    pub capacity: MilliGpuMs,
     /// (tenant, used, held idle), sorted by tenant.
-    pub tenants: Vec<(String, MilliGpuSeconds, MilliGpuSeconds)>,
+    pub tenants: Vec<(String, MilliGpuMs, MilliGpuMs)>,
 }
 
 /// Was a tenant's guarantee on a class honoured over the period?
@@ -120,17 +121,17 @@ pub enum Inconsistent {
     )]
     Conservation {
         class: String,
-        used: MilliGpuSeconds,
-        held_idle: MilliGpuSeconds,
-        idle: MilliGpuSeconds,
-        capacity: MilliGpuSeconds,
+        used: MilliGpuMs,
+        held_idle: MilliGpuMs,
+        idle: MilliGpuMs,
+        capacity: MilliGpuMs,
     },
     #[error("class {class}: the tenants' {field} ({tenants}) differs from the pool's ({pool})")]
     TenantsVsPool {
         class: String,
         field: &'static str,
-        tenants: MilliGpuSeconds,
-        pool: MilliGpuSeconds,
+        tenants: MilliGpuMs,
+        pool: MilliGpuMs,
     },
 }
 
@@ -174,7 +175,10 @@ impl Report {
     }
 }
 
-/// GPU-hours from milli-GPU-seconds, for display only.
-pub fn gpu_hours(m: MilliGpuSeconds) -> f64 {
-    m as f64 / 1000.0 / 3600.0
+/// Milli-GPU-ms in one GPU-hour.
+pub const GPU_HOUR: MilliGpuMs = 1000 * 3_600_000;
+
+/// GPU-hours, for display only.
+pub fn gpu_hours(m: MilliGpuMs) -> f64 {
+    m as f64 / GPU_HOUR as f64
 }

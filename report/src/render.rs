@@ -48,14 +48,14 @@ pub fn csv(report: &Report) -> String {
                 "usage",
                 &t.tenant,
                 &c.class,
-                "used_milli_gpu_seconds",
+                "used_milli_gpu_ms",
                 c.used.to_string(),
             );
             row(
                 "usage",
                 &t.tenant,
                 &c.class,
-                "held_idle_milli_gpu_seconds",
+                "held_idle_milli_gpu_ms",
                 c.held_idle.to_string(),
             );
         }
@@ -73,28 +73,28 @@ pub fn csv(report: &Report) -> String {
             "pool",
             "",
             &p.class,
-            "capacity_milli_gpu_seconds",
+            "capacity_milli_gpu_ms",
             p.capacity.to_string(),
         );
         row(
             "pool",
             "",
             &p.class,
-            "used_milli_gpu_seconds",
+            "used_milli_gpu_ms",
             p.used.to_string(),
         );
         row(
             "pool",
             "",
             &p.class,
-            "held_idle_milli_gpu_seconds",
+            "held_idle_milli_gpu_ms",
             p.held_idle.to_string(),
         );
         row(
             "pool",
             "",
             &p.class,
-            "idle_milli_gpu_seconds",
+            "idle_milli_gpu_ms",
             p.idle.to_string(),
         );
     }

@@ -43,7 +43,7 @@ fn csv_is_one_table_with_every_figure() {
     let csv = render::csv(&fixture::report());
     let mut lines = csv.split("\r\n");
     assert_eq!(lines.next(), Some("section,tenant,class,metric,value"));
-    assert!(csv.contains("usage,alpha,H100,used_milli_gpu_seconds,54000000\r\n"));
+    assert!(csv.contains("usage,alpha,H100,used_milli_gpu_ms,54000000000\r\n"));
     assert!(csv.contains("usage,gamma,,charges_fen,37035\r\n"));
     assert!(csv.contains("denied,,,cross_tenant,2\r\n"));
     assert!(csv.contains("location,,,gpu-1,dc-1 (8 GPUs)\r\n"));
