@@ -6,24 +6,40 @@ pub mod commands;
 pub mod demo;
 pub mod output;
 
-use args::{Cli, Command};
+use std::io::IsTerminal;
 
-/// Logs go to stderr; `RUST_LOG` overrides the default level.
-pub fn init_tracing(cli: &Cli) {
-    let default = match &cli.command {
+use args::{Cli, Command, LogFormat};
+
+/// Whether the command is a long-running server (it logs at info, and
+/// keeps Rust's ignored SIGPIPE: a peer gone is an error to handle).
+pub fn is_server(command: &Command) -> bool {
+    matches!(
+        command,
         Command::Up(_)
-        | Command::Operator(_)
-        | Command::Api(_)
-        | Command::Scheduler(_)
-        | Command::Agent(_) => "info",
-        _ => "warn",
+            | Command::Operator(_)
+            | Command::Api(_)
+            | Command::Scheduler(_)
+            | Command::Agent(_)
+    )
+}
+
+/// Logs go to stderr, as text (coloured only on a terminal) or JSON lines;
+/// `RUST_LOG` overrides the default level.
+pub fn init_tracing(cli: &Cli) {
+    let default = if is_server(&cli.command) {
+        "info"
+    } else {
+        "warn"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {

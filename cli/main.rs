@@ -13,6 +13,16 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = finpool_cli::args::Cli::parse();
+    if !finpool_cli::is_server(&cli.command) {
+        // `finpool job list -o json | head`: a reader that leaves is not an
+        // error; die quietly of SIGPIPE, as Unix tools do. (Sockets are
+        // written with MSG_NOSIGNAL, so this reaches only stdout/stderr.)
+        // SAFETY: setting a signal's disposition to its default, once, before
+        // any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     finpool_cli::init_tracing(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -217,3 +217,79 @@ async fn client_commands_work_against_a_server() {
     assert!(!out.status.success());
     assert!(text(&out).1.contains("no token"));
 }
+
+/// `finpool … | head`: the reader leaving is not an error (no panic, no
+/// exit 101); the client dies quietly of SIGPIPE, as Unix tools do.
+#[test]
+fn a_closed_pipe_is_not_an_error() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    // The OpenAPI document (about 90 KiB) overflows the pipe's buffer.
+    let mut child = std::process::Command::new(finpool_bin())
+        .arg("openapi")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is gone now; the rest of the output has nowhere to go.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
+
+/// `--log-format json` writes one JSON object per log line, and text logs
+/// carry no colour codes when stderr is not a terminal.
+#[test]
+fn logs_are_json_lines_or_plain_text() {
+    use std::io::{BufRead, BufReader};
+    for format in ["json", "text"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(finpool_bin())
+            .args(["--log-format", format, "up", "--listen", "127.0.0.1:0"])
+            .args(["--metrics-addr", "off", "--sandbox", "off", "--data-dir"])
+            .arg(dir.path())
+            .env("RUST_LOG", "info")
+            .env_remove("FINPOOL_DATABASE_URL")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut logs = Vec::new();
+        for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+            let line = line.unwrap();
+            let serving = line.starts_with("finpool is serving");
+            logs.push(line);
+            if serving {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let all = logs.join("\n");
+        assert!(!all.contains('\u{1b}'), "{format}: colour codes in {all}");
+        let events: Vec<serde_json::Value> = logs
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        match format {
+            "json" => {
+                assert!(!events.is_empty(), "no JSON log line in {all}");
+                assert!(
+                    events
+                        .iter()
+                        .all(|e| e["level"].is_string() && e["fields"].is_object())
+                );
+            }
+            _ => assert!(events.is_empty() && all.contains(" INFO "), "{all}"),
+        }
+    }
+}
