@@ -102,6 +102,12 @@ pub enum Command {
     /// Run the in-cluster scheduler: the shared scheduling cycle over
     /// pending pods and nodes, binding as the leader of a Lease.
     Scheduler(SchedulerArgs),
+    /// Print a shell completion script: `source <(finpool completion bash)`.
+    Completion {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -63,6 +63,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Operator(args) => commands::operator::run(args).await,
         Command::Api(args) => commands::api::run(args).await,
         Command::Scheduler(args) => commands::scheduler::run(args).await,
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "finpool",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Openapi => {
             let doc = finpool_api::rest::openapi::document();
             println!("{}", serde_json::to_string_pretty(&doc)?);

@@ -293,3 +293,38 @@ fn logs_are_json_lines_or_plain_text() {
         }
     }
 }
+
+/// `finpool completion SHELL` prints a script the shell accepts, naming
+/// the commands.
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = std::process::Command::new(finpool_bin())
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        for word in ["finpool", "job", "tenant", "simulate"] {
+            assert!(script.contains(word), "{shell}: {word} missing");
+        }
+        if shell == "bash" {
+            // bash parses it (and defines the completion function).
+            let check = std::process::Command::new("bash")
+                .args(["-n", "-c", &script])
+                .output()
+                .unwrap();
+            assert!(
+                check.status.success(),
+                "{}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+        }
+    }
+    let bad = std::process::Command::new(finpool_bin())
+        .args(["completion", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("tcsh"));
+}
