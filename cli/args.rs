@@ -649,14 +649,29 @@ pub enum JobCommand {
         #[arg(long, default_value = "")]
         reason: String,
     },
-    /// Print a job's output; -f follows it until the job ends.
+    /// Print a job's output; -f follows it until the job ends, and exits
+    /// with the job's outcome (see `finpool job wait`).
     Logs {
+        /// The job's id.
         id: String,
+        /// Keep printing until the job ends.
         #[arg(short, long)]
         follow: bool,
     },
     /// Stream job state changes (all you may see, or one job).
-    Watch { id: Option<String> },
+    Watch {
+        /// Only this job.
+        id: Option<String>,
+    },
+    /// Wait until a job ends; the exit code is its outcome: 0 succeeded,
+    /// 3 failed, 4 cancelled, 5 still running at --timeout.
+    Wait {
+        /// The job's id.
+        id: String,
+        /// Give up after this long (`30s`, `2h`); forever by default.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -82,6 +82,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// An error for people: a gRPC status reads as its code and message.
+/// A command that ran fine but reports an outcome through its exit code
+/// (`job wait`, `job logs -f`): main exits with `code`, saying `message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Outcome {
+    pub code: u8,
+    pub message: String,
+}
+
 pub fn describe_error(e: &anyhow::Error) -> String {
     if let Some(status) = e.downcast_ref::<tonic::Status>() {
         return format!("{:?}: {}", status.code(), status.message());

@@ -36,9 +36,15 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(finpool_cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", finpool_cli::describe_error(&e));
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<finpool_cli::Outcome>() {
+            Some(outcome) => {
+                eprintln!("{}", outcome.message);
+                ExitCode::from(outcome.code)
+            }
+            None => {
+                eprintln!("error: {}", finpool_cli::describe_error(&e));
+                ExitCode::FAILURE
+            }
+        },
     }
 }

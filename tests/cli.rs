@@ -328,3 +328,40 @@ fn completions_for_bash_zsh_and_fish() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("tcsh"));
 }
+
+/// `job wait` and `job logs -f` end with the job's outcome: 0 succeeded,
+/// 3 failed, 4 cancelled, 5 still running at --timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_wait_and_logs_follow_exit_with_the_jobs_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut op = server.operator().await;
+    create_tenant(&mut op, "alpha", 1, 2).await;
+    let token = server.token(finpool_api::Role::Tenant, Some("alpha"));
+    let mut alpha = server.tenant("alpha").await;
+    let ok = submit(&mut alpha, shell_job("ok", whole(1), "echo fine")).await;
+    let bad = submit(&mut alpha, shell_job("bad", whole(1), "echo oops; exit 3")).await;
+    let slow = submit(&mut alpha, shell_job("slow", share(100), "sleep 30")).await;
+
+    let run = |args: &[&str]| finpool(Some(&server), Some(&token), args);
+    let out = run(&["job", "wait", &ok.id]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let out = run(&["job", "wait", &bad.id]);
+    assert_eq!(out.status.code(), Some(3), "{:?}", text(&out));
+    assert!(text(&out).1.contains("failed"), "{:?}", text(&out));
+    let out = run(&["job", "logs", "-f", &bad.id]);
+    assert_eq!(out.status.code(), Some(3), "{:?}", text(&out));
+    assert!(text(&out).0.contains("oops"));
+    let out = run(&["job", "logs", "-f", &ok.id]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    // Without -f, the output so far, and no verdict.
+    let out = run(&["job", "logs", &bad.id]);
+    assert_eq!(out.status.code(), Some(0));
+
+    let out = run(&["job", "wait", &slow.id, "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(5), "{:?}", text(&out));
+    let out = run(&["job", "cancel", &slow.id]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = run(&["job", "wait", &slow.id, "--timeout", "30s"]);
+    assert_eq!(out.status.code(), Some(4), "{:?}", text(&out));
+}

@@ -62,14 +62,31 @@ pub async fn run(global: &Global, command: JobCommand) -> anyhow::Result<()> {
         JobCommand::Logs { id, follow } => {
             let mut stream = c
                 .jobs
-                .stream_logs(pb::StreamLogsRequest { id, follow })
+                .stream_logs(pb::StreamLogsRequest {
+                    id: id.clone(),
+                    follow,
+                })
                 .await?
                 .into_inner();
-            let mut stdout = std::io::stdout().lock();
-            while let Some(chunk) = stream.next().await {
-                stdout.write_all(&chunk?.data)?;
-                stdout.flush()?;
+            {
+                let mut stdout = std::io::stdout().lock();
+                while let Some(chunk) = stream.next().await {
+                    stdout.write_all(&chunk?.data)?;
+                    stdout.flush()?;
+                }
             }
+            if follow {
+                // The output ended with the job: say how it ended.
+                let job = c.jobs.get_job(pb::GetJobRequest { id }).await?.into_inner();
+                outcome(&job)?;
+            }
+        }
+        JobCommand::Wait { id, timeout } => {
+            let job = wait(&mut c, &id, timeout).await?;
+            if global.output == Output::Json {
+                output::json(&job);
+            }
+            outcome(&job)?;
         }
         JobCommand::Watch { id } => {
             let mut stream = c
@@ -99,6 +116,88 @@ pub async fn run(global: &Global, command: JobCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Exit codes for a job's outcome (documented in the README).
+pub const EXIT_FAILED: u8 = 3;
+pub const EXIT_CANCELLED: u8 = 4;
+pub const EXIT_STILL_RUNNING: u8 = 5;
+
+fn is_ended(state: i32) -> bool {
+    matches!(
+        pb::JobState::try_from(state),
+        Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
+    )
+}
+
+/// Ok for a job that succeeded; an [`Outcome`](crate::Outcome) with its
+/// exit code otherwise.
+fn outcome(job: &pb::Job) -> anyhow::Result<()> {
+    let code = match pb::JobState::try_from(job.state) {
+        Ok(pb::JobState::Succeeded) => return Ok(()),
+        Ok(pb::JobState::Failed) => EXIT_FAILED,
+        Ok(pb::JobState::Cancelled) => EXIT_CANCELLED,
+        _ => EXIT_STILL_RUNNING,
+    };
+    Err(crate::Outcome {
+        code,
+        message: format!(
+            "job {}: {}{}",
+            job.id,
+            output::state(job.state),
+            if job.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", job.reason)
+            }
+        ),
+    }
+    .into())
+}
+
+/// Follows the job's changes until it ends or `timeout` passes; the job
+/// as it then is.
+async fn wait(
+    c: &mut Clients,
+    id: &str,
+    timeout: Option<std::time::Duration>,
+) -> anyhow::Result<pb::Job> {
+    // Subscribe first, then read: an end between the two is not missed.
+    let mut changes = c
+        .jobs
+        .watch_jobs(pb::WatchJobsRequest {
+            job_id: id.to_owned(),
+        })
+        .await?
+        .into_inner();
+    let job = c
+        .jobs
+        .get_job(pb::GetJobRequest { id: id.to_owned() })
+        .await?
+        .into_inner();
+    if is_ended(job.state) {
+        return Ok(job);
+    }
+    let until_ended = async {
+        while let Some(event) = changes.next().await {
+            if is_ended(event?.transition.unwrap_or_default().to) {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    };
+    match timeout {
+        Some(t) => {
+            if let Ok(r) = tokio::time::timeout(t, until_ended).await {
+                r?;
+            }
+        }
+        None => until_ended.await?,
+    }
+    Ok(c.jobs
+        .get_job(pb::GetJobRequest { id: id.to_owned() })
+        .await?
+        .into_inner())
 }
 
 /// The spec from `-f FILE` (if any), with flags on top.
