@@ -642,17 +642,22 @@ pub enum JobCommand {
     /// List jobs, newest first.
     List(JobListArgs),
     /// Show a job with its history.
-    Get { id: String },
+    Get {
+        /// The job: its id, a unique prefix or suffix of it, or its unique name.
+        id: String,
+    },
     /// Cancel a job.
     Cancel {
+        /// The job: its id, a unique prefix or suffix of it, or its unique name.
         id: String,
+        /// Why, for the job's history.
         #[arg(long, default_value = "")]
         reason: String,
     },
     /// Print a job's output; -f follows it until the job ends, and exits
     /// with the job's outcome (see `finpool job wait`).
     Logs {
-        /// The job's id.
+        /// The job: its id, a unique prefix or suffix of it, or its unique name.
         id: String,
         /// Keep printing until the job ends.
         #[arg(short, long)]
@@ -666,7 +671,7 @@ pub enum JobCommand {
     /// Wait until a job ends; the exit code is its outcome: 0 succeeded,
     /// 3 failed, 4 cancelled, 5 still running at --timeout.
     Wait {
-        /// The job's id.
+        /// The job: its id, a unique prefix or suffix of it, or its unique name.
         id: String,
         /// Give up after this long (`30s`, `2h`); forever by default.
         #[arg(long, value_parser = humantime::parse_duration)]

@@ -1,6 +1,8 @@
 //! Printing: tables for people, proto3 JSON for scripts.
 
-use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use std::io::IsTerminal;
+
+use comfy_table::{ContentArrangement, Table, presets::UTF8_BORDERS_ONLY};
 use finpool_proto::v1 as pb;
 
 /// Prints a message as proto3 JSON.
@@ -36,10 +38,32 @@ pub fn clean(text: &str) -> String {
         .collect()
 }
 
+/// The terminal's width, when stdout is one.
+fn terminal_width() -> Option<u16> {
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize into the struct given.
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    (ok && size.ws_col > 0).then_some(size.ws_col)
+}
+
+/// A table that fits the terminal (wrapping cells), or at full width when
+/// the output goes to a file or a pipe.
 pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY)
         .set_header(headers.to_vec());
+    if let Some(width) = terminal_width() {
+        t.set_content_arrangement(ContentArrangement::Dynamic)
+            .set_width(width);
+    }
     for row in rows {
         t.add_row(row.iter().map(|cell| clean(cell)).collect::<Vec<_>>());
     }
@@ -69,6 +93,10 @@ pub fn duration_ms(ms: i64) -> String {
 }
 
 pub fn state(value: i32) -> String {
+    // A job's first transition comes from no state at all.
+    if value == pb::JobState::Unspecified as i32 {
+        return "new".into();
+    }
     pb::JobState::try_from(value)
         .map(|s| {
             s.as_str_name()

@@ -365,3 +365,52 @@ async fn job_wait_and_logs_follow_exit_with_the_jobs_outcome() {
     let out = run(&["job", "wait", &slow.id, "--timeout", "30s"]);
     assert_eq!(out.status.code(), Some(4), "{:?}", text(&out));
 }
+
+/// Jobs are named by a unique name or a unique part (prefix or suffix) of
+/// their id; a
+/// shortened list says that more exist; a first transition reads "new".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_by_name_or_prefix_and_lists_that_say_there_is_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut op = server.operator().await;
+    create_tenant(&mut op, "alpha", 1, 2).await;
+    let token = server.token(finpool_api::Role::Tenant, Some("alpha"));
+    let mut alpha = server.tenant("alpha").await;
+    let first = submit(&mut alpha, shell_job("risk-eod", whole(1), "true")).await;
+    submit(&mut alpha, shell_job("dup", whole(1), "true")).await;
+    submit(&mut alpha, shell_job("dup", whole(1), "true")).await;
+    let run = |args: &[&str]| finpool(Some(&server), Some(&token), args);
+
+    let suffix = &first.id[first.id.len() - 8..];
+    for given in [suffix, "risk-eod", first.id.as_str()] {
+        let out = run(&["job", "get", given, "-o", "json"]);
+        assert!(out.status.success(), "{given}: {:?}", text(&out));
+        assert!(text(&out).0.contains(&first.id), "{given}");
+    }
+    // The ids' common prefix (their time) names no one job.
+    let out = run(&["job", "get", &first.id[..4]]);
+    assert!(text(&out).1.contains("jobs match"), "{:?}", text(&out));
+    let out = run(&["job", "get", "dup"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains("2 jobs match"), "{:?}", text(&out));
+    let out = run(&["job", "get", "no-such-job"]);
+    assert!(
+        text(&out).1.contains("no job has this name"),
+        "{:?}",
+        text(&out)
+    );
+
+    let out = run(&["job", "list", "--page-size", "1"]);
+    assert!(out.status.success());
+    assert!(
+        text(&out).1.contains("more exist: --all"),
+        "{:?}",
+        text(&out)
+    );
+    let out = run(&["job", "list", "--all"]);
+    assert!(!text(&out).1.contains("more exist"));
+
+    let out = run(&["job", "get", "risk-eod"]);
+    assert!(!text(&out).0.contains("unspecified"), "{}", text(&out).0);
+}

@@ -14,6 +14,27 @@ use crate::output;
 
 pub async fn run(global: &Global, command: JobCommand) -> anyhow::Result<()> {
     let mut c = Clients::from_global(global).await?;
+    let command = match command {
+        JobCommand::Get { id } => JobCommand::Get {
+            id: resolve(&mut c, &id).await?,
+        },
+        JobCommand::Cancel { id, reason } => JobCommand::Cancel {
+            id: resolve(&mut c, &id).await?,
+            reason,
+        },
+        JobCommand::Logs { id, follow } => JobCommand::Logs {
+            id: resolve(&mut c, &id).await?,
+            follow,
+        },
+        JobCommand::Wait { id, timeout } => JobCommand::Wait {
+            id: resolve(&mut c, &id).await?,
+            timeout,
+        },
+        JobCommand::Watch { id: Some(id) } => JobCommand::Watch {
+            id: Some(resolve(&mut c, &id).await?),
+        },
+        other => other,
+    };
     match command {
         JobCommand::Submit(args) => {
             let spec = spec_from_args(&args)?;
@@ -116,6 +137,54 @@ pub async fn run(global: &Global, command: JobCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A job named by its full id, a unique prefix or suffix of its id, or
+/// its unique name (among the jobs the caller may see), as its full id.
+/// (Ids are UUIDv7: jobs submitted together share a prefix, the time, and
+/// differ in their random suffix.)
+async fn resolve(c: &mut Clients, given: &str) -> anyhow::Result<String> {
+    if finpool_domain::JobId::parse("id", given).is_ok() {
+        return Ok(given.to_owned());
+    }
+    let mut matches: Vec<(String, String)> = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .jobs
+            .list_jobs(pb::ListJobsRequest {
+                page_size: 500,
+                page_token: token,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        for j in page.jobs {
+            let name = j.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+            if j.id.starts_with(given) || j.id.ends_with(given) || name == given {
+                matches.push((j.id, name));
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    match matches.len() {
+        1 => Ok(matches.remove(0).0),
+        0 => {
+            anyhow::bail!("job {given:?}: no job has this name or an id starting or ending with it")
+        }
+        n => anyhow::bail!(
+            "job {given:?}: {n} jobs match ({}); give more of the id",
+            matches
+                .iter()
+                .take(5)
+                .map(|(id, name)| format!("{id} {name}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// Exit codes for a job's outcome (documented in the README).
@@ -282,7 +351,7 @@ async fn list(global: &Global, c: &mut Clients, args: JobListArgs) -> anyhow::Re
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut jobs = Vec::new();
     let mut token = String::new();
-    loop {
+    let more = loop {
         let page = c
             .jobs
             .list_jobs(pb::ListJobsRequest {
@@ -295,9 +364,15 @@ async fn list(global: &Global, c: &mut Clients, args: JobListArgs) -> anyhow::Re
             .into_inner();
         jobs.extend(page.jobs);
         if !args.all || page.next_page_token.is_empty() {
-            break;
+            break !page.next_page_token.is_empty();
         }
         token = page.next_page_token;
+    };
+    if more {
+        eprintln!(
+            "{} jobs shown, newest first; more exist: --all lists every page",
+            jobs.len()
+        );
     }
     if global.output == Output::Json {
         output::json_list(&jobs);
