@@ -414,3 +414,77 @@ async fn jobs_by_name_or_prefix_and_lists_that_say_there_is_more() {
     let out = run(&["job", "get", "risk-eod"]);
     assert!(!text(&out).0.contains("unspecified"), "{}", text(&out).0);
 }
+
+/// `finpool up &` and at once `token issue`: the token waits for the key
+/// of a server that is starting; without a server it says so at once.
+#[test]
+fn token_issue_waits_for_a_starting_server_and_explains_a_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let started = std::time::Instant::now();
+    let out = finpool(
+        None,
+        None,
+        &[
+            "token",
+            "issue",
+            "--role",
+            "operator",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).1.contains("the server has not started"),
+        "{:?}",
+        text(&out)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "no server: no wait"
+    );
+
+    for _ in 0..3 {
+        let fresh = dir.path().join(format!("fresh-{}", rand_suffix()));
+        let mut server = std::process::Command::new(finpool_bin())
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "off",
+                "--sandbox",
+                "off",
+            ])
+            .arg("--data-dir")
+            .arg(&fresh)
+            .env_remove("FINPOOL_DATABASE_URL")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // At once, as `finpool up & finpool token issue …` does: the data
+        // dir may not even exist yet.
+        let out = finpool(
+            None,
+            None,
+            &[
+                "token",
+                "issue",
+                "--role",
+                "operator",
+                "--data-dir",
+                fresh.to_str().unwrap(),
+            ],
+        );
+        server.kill().unwrap();
+        server.wait().unwrap();
+        assert!(out.status.success(), "{:?}", text(&out));
+        assert_eq!(text(&out).0.trim().split('.').count(), 3, "a JWT");
+    }
+}
+
+fn rand_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}

@@ -50,6 +50,39 @@ pub async fn run(global: &Global, command: TokenCommand) -> anyhow::Result<()> {
     }
 }
 
+/// How long `token issue` waits for a server that is starting
+/// (`finpool up & finpool token issue …`) to write its key.
+const KEY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long it waits for a server to take the data dir at all (it may not
+/// have created it yet).
+const START_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The data dir's signing key, waiting briefly for a server starting on
+/// it; a plain error if none comes.
+fn wait_for_key(data_dir: &std::path::Path) -> anyhow::Result<SigningKey> {
+    let path = data_dir.join(finpool_api::auth::KEY_FILE);
+    let began = std::time::Instant::now();
+    // A moment for a server to take the data dir; then, while one holds
+    // it (it is starting), a while for its key.
+    while !path.exists() {
+        let served = finpool_standalone::datadir::is_served(data_dir);
+        let waited = began.elapsed();
+        if waited >= KEY_WAIT || (!served && waited >= START_WAIT) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if !path.exists() {
+        anyhow::bail!(
+            "--data-dir {}: no signing key there: the server has not started on this data dir \
+             (start it with `finpool up --data-dir {}`)",
+            data_dir.display(),
+            data_dir.display()
+        );
+    }
+    Ok(SigningKey::load(data_dir)?)
+}
+
 pub fn issue(args: &TokenIssueArgs) -> anyhow::Result<String> {
     let role = Role::parse(&args.role).context("unknown role")?;
     let tenant = args
@@ -64,7 +97,7 @@ pub fn issue(args: &TokenIssueArgs) -> anyhow::Result<String> {
         }
         _ => {}
     }
-    let key = SigningKey::load(&args.data_dir)?;
+    let key = wait_for_key(&args.data_dir)?;
     // Bounded by what the server on this data dir accepts.
     TokenLifetimes::load(&args.data_dir)?
         .check_ttl(role, args.ttl)

@@ -39,6 +39,17 @@ pub struct DataDirLock {
     _file: File,
 }
 
+/// Whether a server holds the data dir's lock now (it is starting or
+/// running). Reads only: a missing lock file means no.
+pub fn is_served(dir: &Path) -> bool {
+    let Ok(file) = OpenOptions::new().read(true).open(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    // SAFETY: flock on a file descriptor we own; released when it closes.
+    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+    !free
+}
+
 /// Creates (or tightens) the data dir and takes its lock.
 pub fn open(dir: &Path, sqlite: bool) -> Result<DataDirLock, DataDirError> {
     let io = |path: &Path| {

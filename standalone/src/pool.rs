@@ -160,6 +160,8 @@ pub async fn start(mut config: StandaloneConfig) -> Result<RunningPool, StartErr
         ),
     };
     tracing::info!(sandbox = %sandbox_status, "job sandbox");
+    // The lifetimes first: `token issue` reads them once it sees the key.
+    config.api.token_lifetimes.save(&config.data_dir)?;
     let key = SigningKey::load_or_create(&config.data_dir)?;
     let fd_streams = stream_budget();
     if fd_streams < config.api.streams_total {
@@ -169,7 +171,6 @@ pub async fn start(mut config: StandaloneConfig) -> Result<RunningPool, StartErr
         );
         config.api.streams_total = fd_streams;
     }
-    config.api.token_lifetimes.save(&config.data_dir)?;
     let mut verifier = key.verifier();
     if let Some((path, issuer)) = &config.jwks {
         let text = std::fs::read_to_string(path).map_err(|source| StartError::Jwks {
