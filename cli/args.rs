@@ -365,7 +365,7 @@ pub struct UpArgs {
     /// Where `/metrics`, `/healthz` and `/readyz` are served, apart from
     /// the API port (per-tenant figures are for the pool's operators);
     /// `off` for none.
-    #[arg(long, default_value = "127.0.0.1:9464")]
+    #[arg(long, env = "FINPOOL_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: String,
     /// A pool file (TOML) declaring GPU classes and nodes. Without one:
     /// the GPUs NVML finds, else the built-in example pool.

@@ -151,6 +151,19 @@ pub struct RunningPool {
 /// running, then starts the executor, the scheduling loop and the API.
 pub async fn start(mut config: StandaloneConfig) -> Result<RunningPool, StartError> {
     let lock = datadir::open(&config.data_dir, config.database_url.is_none())?;
+    // The port opens before the key is written: a client that sees the key
+    // (`finpool up & finpool token issue …`) finds the port open, and its
+    // connection waits in the backlog until the API serves.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let sandbox = Sandbox::prepare(&config.sandbox, &config.data_dir)?.map(Arc::new);
     let sandbox_status = match &sandbox {
         Some(s) => s.describe(),
@@ -220,16 +233,6 @@ pub async fn start(mut config: StandaloneConfig) -> Result<RunningPool, StartErr
         tokio::spawn(async {})
     };
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: config.listen,
-        source,
-    })?;
     let state = ApiState::new(
         store.clone(),
         Arc::new(inventory.clone()),
