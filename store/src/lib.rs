@@ -11,6 +11,7 @@
 
 mod backend;
 mod bench;
+pub mod billing;
 mod catalog;
 mod error;
 mod events;
