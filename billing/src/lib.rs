@@ -57,6 +57,17 @@ pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> BillingError {
 /// A deterministic id: the first 128 bits of SHA-256 over the parts, each
 /// followed by a NUL (no part holds one), in hex.
 pub fn deterministic_id(parts: &[&str]) -> String {
+    hash_hex(parts, 16)
+}
+
+/// A usage event's id: its interval start in 12 hex digits (so that ids
+/// grow with time and inserts land together in an index), then 80 bits of
+/// SHA-256 over the parts.
+pub fn event_id(interval_start: i64, parts: &[&str]) -> String {
+    format!("{:012x}{}", interval_start, hash_hex(parts, 10))
+}
+
+fn hash_hex(parts: &[&str], bytes: usize) -> String {
     let mut h = Sha256::new();
     for p in parts {
         h.update(p.as_bytes());
@@ -64,7 +75,7 @@ pub fn deterministic_id(parts: &[&str]) -> String {
     }
     let digest = h.finalize();
     let mut out = String::with_capacity(32);
-    for b in &digest[..16] {
+    for b in &digest[..bytes] {
         use std::fmt::Write;
         let _ = write!(out, "{b:02x}");
     }

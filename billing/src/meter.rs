@@ -17,15 +17,16 @@
 //! MiB-ms), so sums are exact and capacity is conserved to the unit: per
 //! class and interval, Σ used + Σ held idle + idle = cards × 1000 × length.
 //!
-//! Every event's id is a hash of what it counts (job id, run, interval
-//! start, kind and class; or tenant, card, interval start and kind), so
+//! Every event's id is its interval start followed by a hash of what it
+//! counts (job id, run, interval start, kind and class; or tenant, card,
+//! interval start and kind), so
 //! metering the same runs again gives the same ids, and a store that
 //! inserts them with `ON CONFLICT DO NOTHING` counts each once.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::period::IntervalLength;
-use crate::{BillingError, deterministic_id, invalid};
+use crate::{BillingError, event_id, invalid};
 
 /// What is metered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -218,14 +219,17 @@ pub fn meter_interval<'a>(
             }
             let quantity = to_i64(kind.as_str(), per_ms as i128 * dur)?;
             out.push(UsageEvent {
-                id: deterministic_id(&[
-                    "usage-v1",
-                    &run.job_id,
-                    &attempt,
-                    &start_s,
-                    kind.as_str(),
-                    "",
-                ]),
+                id: event_id(
+                    start,
+                    &[
+                        "usage-v1",
+                        &run.job_id,
+                        &attempt,
+                        &start_s,
+                        kind.as_str(),
+                        "",
+                    ],
+                ),
                 tenant: run.tenant.clone(),
                 job_id: Some(run.job_id.clone()),
                 attempt: Some(run.attempt),
@@ -321,14 +325,17 @@ pub fn meter_interval<'a>(
             continue;
         }
         out.push(UsageEvent {
-            id: deterministic_id(&[
-                "usage-v1",
-                job_id,
-                &attempt.to_string(),
-                &start_s,
-                Kind::GpuUsed.as_str(),
-                class,
-            ]),
+            id: event_id(
+                start,
+                &[
+                    "usage-v1",
+                    job_id,
+                    &attempt.to_string(),
+                    &start_s,
+                    Kind::GpuUsed.as_str(),
+                    class,
+                ],
+            ),
             tenant: run.tenant.clone(),
             job_id: Some(job_id.to_owned()),
             attempt: Some(attempt),
@@ -343,14 +350,17 @@ pub fn meter_interval<'a>(
     }
     for ((tenant, node, index, class), q) in idle {
         out.push(UsageEvent {
-            id: deterministic_id(&[
-                "held-idle-v1",
-                tenant,
-                node,
-                &index.to_string(),
-                class,
-                &start_s,
-            ]),
+            id: event_id(
+                start,
+                &[
+                    "held-idle-v1",
+                    tenant,
+                    node,
+                    &index.to_string(),
+                    class,
+                    &start_s,
+                ],
+            ),
             tenant: tenant.to_owned(),
             job_id: None,
             attempt: None,

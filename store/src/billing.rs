@@ -213,9 +213,9 @@ macro_rules! select_runs {
 const EVENTS_PER_STATEMENT: usize = 500;
 /// Events per transaction.
 const EVENTS_PER_TRANSACTION: usize = 50_000;
-/// Intervals per metering chunk (a day of hours): bounds memory, and the
+/// Intervals per metering chunk (a week of hours): bounds memory, and the
 /// progress mark moves after each.
-const INTERVALS_PER_CHUNK: i64 = 24;
+const INTERVALS_PER_CHUNK: i64 = 168;
 
 /// Inserts a journal entry and its postings in `$tx`, then checks in the
 /// same transaction that the stored postings sum to zero.

@@ -3,11 +3,12 @@
 -- journal in fen, and invoices. Times are UTC milliseconds; money is
 -- integer fen. Everything here is append-only; a closed period is frozen.
 
--- Metering reads runs by their end.
-CREATE INDEX job_runs_by_ended ON job_runs (ended_at);
+-- Metering reads the runs that end after (or are open at) where it starts.
+CREATE INDEX job_runs_by_ended ON job_runs (ended_at, started_at);
 
--- One metered quantity. id = H(job, run, interval start, kind, class), or
--- H(tenant, card, interval start) for held idle: inserted with ON CONFLICT
+-- One metered quantity. id = the interval start (12 hex digits, so ids
+-- grow with time) + H(job, run, interval start, kind, class), or
+-- + H(tenant, card, interval start) for held idle: inserted with ON CONFLICT
 -- DO NOTHING, so metering again counts nothing twice.
 CREATE TABLE usage_events (
     id              TEXT PRIMARY KEY,
@@ -22,7 +23,8 @@ CREATE TABLE usage_events (
     interval_end    BIGINT NOT NULL,
     quantity        BIGINT NOT NULL CHECK (quantity > 0)
 );
-CREATE INDEX usage_events_by_interval ON usage_events (interval_start, tenant_id, gpu_class, kind);
+-- Covers the sums by period, tenant, class and kind.
+CREATE INDEX usage_events_by_interval ON usage_events (interval_start, tenant_id, gpu_class, kind, quantity);
 
 -- The pool's cards per class in each metered interval, and their memory.
 CREATE TABLE metering_capacity (
