@@ -140,6 +140,7 @@ fn spec(n: &str, cpu_milli: u64, memory_mib: u64) -> JobSpec {
 
 /// Submits a job and runs it on one card of node n1 from `from` to `to`
 /// (still running when `to` is `None`).
+#[allow(clippy::too_many_arguments)]
 async fn run_job(
     s: &Store,
     t: &str,
