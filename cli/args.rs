@@ -78,8 +78,18 @@ pub enum Command {
     /// Submit, follow and cancel jobs.
     #[command(subcommand)]
     Job(JobCommand),
-    /// Metered GPU time of a tenant.
+    /// Metered GPU time of a tenant; with --from/--to, metered usage per
+    /// tenant, class and kind over a period.
     Usage(UsageArgs),
+    /// The price book (operators set prices; everyone reads).
+    #[command(subcommand)]
+    Price(PriceCommand),
+    /// Invoices per tenant and billing period.
+    #[command(subcommand)]
+    Invoice(InvoiceCommand),
+    /// Billing periods: list them, close one (operators).
+    #[command(subcommand)]
+    Period(PeriodCommand),
     /// Replay public traces through the scheduler.
     #[command(subcommand)]
     Simulate(SimulateCommand),
@@ -196,6 +206,20 @@ pub enum BenchCommand {
     /// The in-cluster scheduler's index: Nodes and pending Pods applied
     /// per second (against a plain map), and the time to a ready snapshot.
     Index(BenchIndexArgs),
+    /// Closing a billing period at scale on SQLite: meter a month of job
+    /// runs, then close it, against the raw insert rate of the same rows.
+    Close(BenchCloseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchCloseArgs {
+    #[arg(long, default_value_t = 1_000)]
+    pub tenants: usize,
+    /// Jobs (one run each) over the month.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub jobs: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Args)]
@@ -430,6 +454,21 @@ pub struct ApiArgs {
     /// The longest-lived operator or regulator token the server accepts.
     #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
     pub max_staff_token_ttl: Duration,
+    /// Usage is metered in intervals of this length, aligned to UTC (whole
+    /// seconds that divide a day).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub meter_interval: Duration,
+    /// Billing periods: `month` (calendar months, UTC) or a length that is
+    /// a multiple of --meter-interval.
+    #[arg(long, default_value = "month")]
+    pub billing_period: String,
+    /// An interval is metered this long after it ends, so that runs being
+    /// written as it ended are in.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub meter_settle: Duration,
+    /// How often the server runs a metering pass (`finpool up`).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub meter_every: Duration,
     /// A JWKS file with more token keys (an external OIDC issuer's), named
     /// by `kid`; tokens signed with them must carry --jwks-issuer.
     #[arg(long, requires = "jwks_issuer")]
@@ -743,7 +782,70 @@ pub struct JobListArgs {
 
 #[derive(Debug, Args)]
 pub struct UsageArgs {
-    /// Operators and regulators name the tenant; tenants get their own.
+    /// Operators and regulators may name a tenant (every tenant's usage
+    /// when omitted); tenants get their own.
     #[arg(long)]
     pub tenant: Option<String>,
+    /// RFC 3339 start of a period (e.g. 2026-03-01T00:00:00Z): metered
+    /// usage per class and kind from then.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// RFC 3339 end of the period (default: now).
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PriceCommand {
+    /// Add a price version (operators): in effect from --effective-from
+    /// until the next version; prices are never edited.
+    Set(PriceSetArgs),
+    /// Every price version.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct PriceSetArgs {
+    /// gpu_used, gpu_held_idle, cpu or memory.
+    #[arg(long)]
+    pub kind: String,
+    /// The GPU class (for gpu_used and gpu_held_idle).
+    #[arg(long = "class", default_value = "")]
+    pub gpu_class: String,
+    /// Fen per GPU-hour (GPU kinds), core-hour (cpu) or GiB-hour (memory).
+    #[arg(long)]
+    pub rate_fen: i64,
+    /// RFC 3339, a metering interval boundary (e.g. 2026-04-01T00:00:00Z).
+    #[arg(long)]
+    pub effective_from: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InvoiceCommand {
+    /// Invoices: a tenant's own; others may filter by --tenant.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A period's label, such as 2026-03.
+        #[arg(long)]
+        period: Option<String>,
+    },
+    /// One invoice with its lines.
+    Show { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeriodCommand {
+    /// Billing periods on record, and the current one.
+    List,
+    /// Meter and close a period (operators): invoices, journal entries,
+    /// and the period frozen.
+    Close {
+        /// RFC 3339: the period holding this time (default: the last
+        /// period that has ended).
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Run a metering pass now (operators).
+    Meter,
 }

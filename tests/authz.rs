@@ -8,6 +8,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use base64::Engine;
 use common::*;
@@ -59,6 +60,14 @@ fn expected() -> BTreeMap<&'static str, [Outcome; 5]> {
         ("ListModels", read_any),
         ("ListNodes", read_any),
         ("GetUsage", read_alpha),
+        ("ListPrices", read_any),
+        ("SetPrice", operator_only),
+        ("GetPeriodUsage", read_alpha),
+        ("ListInvoices", read_alpha),
+        ("GetInvoice", read_alpha),
+        ("ListPeriods", read_any),
+        ("ClosePeriod", operator_only),
+        ("MeterUsage", operator_only),
     ])
 }
 
@@ -90,11 +99,26 @@ struct World {
     alpha: Clients,
     alpha_job: String,
     beta_job: String,
+    /// An invoice of alpha's, from a closed billing period.
+    alpha_invoice: String,
 }
 
 impl World {
     async fn new(dir: &std::path::Path) -> World {
-        let server = Server::start(dir);
+        // One-second billing periods, so that alpha's job is invoiced.
+        let server = Server::start_with(
+            dir,
+            &[
+                "--meter-interval",
+                "1s",
+                "--billing-period",
+                "1s",
+                "--meter-settle",
+                "1s",
+                "--meter-every",
+                "1s",
+            ],
+        );
         let mut op = server.operator().await;
         create_tenant(&mut op, "alpha", 1, 2).await;
         create_tenant(&mut op, "beta", 1, 2).await;
@@ -108,6 +132,7 @@ impl World {
         let beta_job = submit(&mut beta, shell_job("b-job", whole(1), "echo beta"))
             .await
             .id;
+        let alpha_invoice = invoice_of(&mut op, &mut alpha, &alpha_job).await;
         let tokens = [
             Some(server.token(Role::Tenant, Some("alpha"))),
             Some(server.token(Role::Tenant, Some("beta"))),
@@ -121,6 +146,7 @@ impl World {
             alpha,
             alpha_job,
             beta_job,
+            alpha_invoice,
         }
     }
 
@@ -130,6 +156,58 @@ impl World {
             .await
             .id
     }
+}
+
+/// Prices every kind, waits for `job` to end, closes the billing period
+/// it started in and returns the invoice of its tenant.
+async fn invoice_of(op: &mut Clients, tenant: &mut Clients, job: &str) -> String {
+    let classes = op
+        .nodes
+        .list_nodes(pb::ListNodesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .gpu_classes;
+    let from = prost_types::Timestamp {
+        seconds: 1_577_836_800, // 2020-01-01
+        nanos: 0,
+    };
+    let mut prices: Vec<(String, &str)> = vec![(String::new(), "cpu"), (String::new(), "memory")];
+    for c in classes {
+        prices.push((c.name.clone(), "gpu_used"));
+        prices.push((c.name, "gpu_held_idle"));
+    }
+    for (gpu_class, kind) in prices {
+        op.billing
+            .set_price(pb::SetPriceRequest {
+                gpu_class,
+                kind: kind.into(),
+                rate_fen: 100_000,
+                effective_from: Some(from),
+            })
+            .await
+            .unwrap();
+    }
+    let jobs = wait_for(tenant, Duration::from_secs(30), "the job to end", |jobs| {
+        jobs.iter()
+            .any(|j| j.id == job && common::is_terminal(j.state))
+    })
+    .await;
+    let started = jobs.iter().find(|j| j.id == job).unwrap().started_at;
+    let at = finpool_domain::Timestamp(common::millis(&started)).to_rfc3339();
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    op.billing
+        .close_period(pb::ClosePeriodRequest { at })
+        .await
+        .unwrap();
+    let invoices = tenant
+        .billing
+        .list_invoices(pb::ListInvoicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .invoices;
+    invoices.first().expect("alpha is invoiced").id.clone()
 }
 
 /// The REST request for a route, aimed at alpha's data.
@@ -178,6 +256,14 @@ fn rest_request(
         "ListJobs" => (None, "?tenant_id=alpha"),
         "WatchJobs" => (None, "?job_id="),
         "GetUsage" => (None, "?tenant_id=alpha"),
+        "GetPeriodUsage" => (None, "?tenant_id=alpha&from=2020-01-01T00:00:00Z"),
+        "ListInvoices" => (None, "?tenant_id=alpha"),
+        "SetPrice" => (
+            Some(json!({"kind": "cpu", "rate_fen": 7, "effective_from": "2030-01-01T00:00:00Z"})),
+            "",
+        ),
+        "ClosePeriod" => (Some(json!({"at": "2020-01-01T00:00:00Z"})), ""),
+        "MeterUsage" => (Some(json!({})), ""),
         _ => (None, ""),
     };
     (path, body, query)
@@ -307,6 +393,63 @@ async fn grpc_call(c: &mut Clients, rpc: &str, job: &str, n: usize) -> Result<()
             })
             .await
             .map(drop),
+        "ListPrices" => c
+            .billing
+            .list_prices(pb::ListPricesRequest {})
+            .await
+            .map(drop),
+        "SetPrice" => c
+            .billing
+            .set_price(pb::SetPriceRequest {
+                gpu_class: String::new(),
+                kind: "cpu".into(),
+                rate_fen: 7,
+                effective_from: Some(prost_types::Timestamp {
+                    seconds: 1_893_456_000, // 2030-01-01
+                    nanos: 0,
+                }),
+            })
+            .await
+            .map(drop),
+        "GetPeriodUsage" => c
+            .billing
+            .get_period_usage(pb::GetPeriodUsageRequest {
+                tenant_id: "alpha".into(),
+                from: "2020-01-01T00:00:00Z".into(),
+                to: String::new(),
+            })
+            .await
+            .map(drop),
+        "ListInvoices" => c
+            .billing
+            .list_invoices(pb::ListInvoicesRequest {
+                tenant_id: "alpha".into(),
+                period: String::new(),
+            })
+            .await
+            .map(drop),
+        "GetInvoice" => c
+            .billing
+            .get_invoice(pb::GetInvoiceRequest { id: job.into() })
+            .await
+            .map(drop),
+        "ListPeriods" => c
+            .billing
+            .list_periods(pb::ListPeriodsRequest {})
+            .await
+            .map(drop),
+        "ClosePeriod" => c
+            .billing
+            .close_period(pb::ClosePeriodRequest {
+                at: "2020-01-01T00:00:00Z".into(),
+            })
+            .await
+            .map(drop),
+        "MeterUsage" => c
+            .billing
+            .meter_usage(pb::MeterUsageRequest {})
+            .await
+            .map(drop),
         other => panic!("no gRPC call written for {other}"),
     }
 }
@@ -350,6 +493,8 @@ async fn every_route_by_every_caller_on_both_doors() {
             n += 1;
             let job = if rpc == "CancelJob" {
                 w.fresh_alpha_job().await
+            } else if rpc == "GetInvoice" {
+                w.alpha_invoice.clone()
             } else {
                 w.alpha_job.clone()
             };
@@ -400,6 +545,8 @@ async fn every_route_by_every_caller_on_both_doors() {
             // gRPC
             let job = if rpc == "CancelJob" {
                 w.fresh_alpha_job().await
+            } else if rpc == "GetInvoice" {
+                w.alpha_invoice.clone()
             } else {
                 w.alpha_job.clone()
             };

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 
+use finpool_proto::v1::billing_service_server::BillingServiceServer;
 use finpool_proto::v1::job_service_server::JobServiceServer;
 use finpool_proto::v1::model_service_server::ModelServiceServer;
 use finpool_proto::v1::node_service_server::NodeServiceServer;
@@ -20,6 +21,7 @@ use crate::auth::layer::{AuthLayer, Gate};
 use crate::auth::limit::RateLimiter;
 use crate::health::Health;
 use crate::reflection::Reflection;
+use crate::service::billing::Billing;
 use crate::service::jobs::Jobs;
 use crate::service::nodes::Nodes;
 use crate::service::tenants::{Models, Tenants, Tokens, Usage};
@@ -36,6 +38,7 @@ pub const SERVICES: &[&str] = &[
     finpool_proto::v1::model_service_server::SERVICE_NAME,
     finpool_proto::v1::node_service_server::SERVICE_NAME,
     finpool_proto::v1::usage_service_server::SERVICE_NAME,
+    finpool_proto::v1::billing_service_server::SERVICE_NAME,
 ];
 
 /// Every gRPC service, unauthenticated (the caller adds [`AuthLayer`]).
@@ -65,7 +68,11 @@ pub fn grpc_routes(
             .max_decoding_message_size(MAX_REQUEST_BYTES),
     )
     .add_service(
-        UsageServiceServer::new(Usage::new(state)).max_decoding_message_size(MAX_REQUEST_BYTES),
+        UsageServiceServer::new(Usage::new(state.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
+    .add_service(
+        BillingServiceServer::new(Billing::new(state)).max_decoding_message_size(MAX_REQUEST_BYTES),
     )
     .add_service(health)
     .add_service(reflection.v1())

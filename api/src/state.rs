@@ -31,6 +31,8 @@ pub struct ApiConfig {
     pub streams_total: u32,
     /// The longest token lifetime accepted, per role.
     pub token_lifetimes: TokenLifetimes,
+    /// Metering interval, billing period and settle delay.
+    pub billing: finpool_billing::BillingConfig,
 }
 
 /// The default cap on a tenant's pending jobs.
@@ -46,6 +48,7 @@ impl Default for ApiConfig {
             streams_per_caller: crate::streams::DEFAULT_STREAMS_PER_CALLER,
             streams_total: crate::streams::DEFAULT_STREAMS_TOTAL,
             token_lifetimes: TokenLifetimes::default(),
+            billing: finpool_billing::BillingConfig::default(),
         }
     }
 }

@@ -8,7 +8,7 @@ use finpool_sim::PolicyKind;
 use finpool_sim::bench::{self, BenchConfig};
 use serde::Serialize;
 
-use crate::args::{BenchCommand, BenchSchedulerArgs, BenchSubmitArgs, Format};
+use crate::args::{BenchCloseArgs, BenchCommand, BenchSchedulerArgs, BenchSubmitArgs, Format};
 use crate::output;
 
 #[derive(Serialize)]
@@ -29,6 +29,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Scheduler(args) => scheduler(args),
         BenchCommand::Submit(args) => submit(args).await,
+        BenchCommand::Close(args) => close(args).await,
         BenchCommand::Index(args) => {
             if args.nodes == 0 || args.pods == 0 {
                 anyhow::bail!("--nodes and --pods must be positive");
@@ -326,5 +327,107 @@ fn scheduler(args: BenchSchedulerArgs) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct CloseReport {
+    db: &'static str,
+    tenants: usize,
+    jobs: usize,
+    period: String,
+    usage_events: usize,
+    invoices: usize,
+    total_fen: i64,
+    /// Metering the month's runs into usage events (1 h intervals).
+    meter_seconds: f64,
+    /// Closing the period: sums by tenant, class and kind × the price
+    /// book, invoices, journal entries, freeze.
+    close_seconds: f64,
+    /// Metering and closing together.
+    seconds: f64,
+    jobs_per_second: f64,
+    usage_events_per_second: f64,
+    /// The same number of usage-event rows inserted raw (no key, no index,
+    /// same batching), per second, in this run.
+    raw_insert_rows_per_second: f64,
+    /// usage_events_per_second ÷ raw_insert_rows_per_second.
+    meter_to_raw_insert: f64,
+}
+
+/// `finpool bench close`: a month of runs for many tenants, metered and
+/// closed on a scratch SQLite database with the store's durability settings.
+async fn close(args: BenchCloseArgs) -> anyhow::Result<()> {
+    use finpool_billing::{BillingConfig, Kind, PeriodLength, Price};
+    if args.tenants == 0 || args.jobs == 0 {
+        anyhow::bail!("--tenants and --jobs must be positive");
+    }
+    let dir = tempfile::tempdir().context("a scratch directory")?;
+    let store = finpool_store::Store::open(&finpool_store::StoreConfig::Sqlite(
+        dir.path().join("bench.db"),
+    ))
+    .await?;
+    let config = BillingConfig::default();
+    // January 2026, UTC.
+    let period = PeriodLength::Monthly.period_containing(1_768_435_200_000)?;
+    eprintln!("seeding {} jobs of {} tenants…", args.jobs, args.tenants);
+    let seed = store
+        .seed_billing_bench(args.tenants, args.jobs, period.start, period.end, args.seed)
+        .await?;
+    for (class, kind, rate) in [
+        ("A100", Kind::GpuUsed, 1_800),
+        ("A100", Kind::GpuHeldIdle, 900),
+        ("", Kind::Cpu, 40),
+        ("", Kind::Memory, 5),
+    ] {
+        store
+            .set_price(
+                &config,
+                &Price {
+                    class: class.into(),
+                    kind,
+                    effective_from: period.start,
+                    rate_fen: rate,
+                },
+                "bench",
+                period.start,
+            )
+            .await?;
+    }
+    let capacity = [finpool_store::billing::CapacityClass {
+        class: "A100".into(),
+        cards: seed.cards,
+        card_memory_mib: finpool_store::BENCH_CARD_MIB,
+    }];
+    let now = period.end + config.settle_ms;
+    eprintln!("metering…");
+    let started = std::time::Instant::now();
+    let metered = store.meter(&config, &capacity, now).await?;
+    let meter_seconds = started.elapsed().as_secs_f64();
+    eprintln!("closing…");
+    let started = std::time::Instant::now();
+    let closed = store.close_period(&config, period, "bench", now).await?;
+    let close_seconds = started.elapsed().as_secs_f64();
+    eprintln!("baseline…");
+    let raw = store.raw_event_insert_rate(metered.events).await?;
+    let seconds = meter_seconds + close_seconds;
+    let events_per_second = metered.events as f64 / meter_seconds.max(1e-9);
+    let report = CloseReport {
+        db: "sqlite",
+        tenants: args.tenants,
+        jobs: args.jobs,
+        period: period.label(),
+        usage_events: metered.events,
+        invoices: closed.invoices,
+        total_fen: closed.total_fen,
+        meter_seconds,
+        close_seconds,
+        seconds,
+        jobs_per_second: args.jobs as f64 / seconds.max(1e-9),
+        usage_events_per_second: events_per_second,
+        raw_insert_rows_per_second: raw,
+        meter_to_raw_insert: events_per_second / raw.max(1e-9),
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod api;
 pub mod bench;
+pub mod billing;
 pub mod job;
 pub mod model;
 pub mod node;

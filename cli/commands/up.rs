@@ -30,6 +30,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         node_bandwidth_mib_s: args.node_bandwidth_mib_s,
     };
     config.sandbox = args.sandbox.config();
+    if args.api.meter_every.is_zero() {
+        anyhow::bail!("--meter-every 0s: must be positive");
+    }
+    config.meter_every = args.api.meter_every;
     config.metrics_addr = match args.metrics_addr.as_str() {
         "off" => None,
         addr => Some(addr.parse().map_err(|e| {
@@ -127,10 +131,36 @@ pub fn limits(
             );
         }
     }
+    config.billing = billing(args)?;
     config.token_lifetimes = finpool_api::TokenLifetimes {
         tenant: args.max_tenant_token_ttl,
         operator: args.max_staff_token_ttl,
         regulator: args.max_staff_token_ttl,
     };
     Ok(config)
+}
+
+/// Metering and billing periods from `--meter-interval`, `--billing-period`
+/// and `--meter-settle`.
+pub fn billing(args: &crate::args::ApiArgs) -> anyhow::Result<finpool_billing::BillingConfig> {
+    use finpool_billing::{BillingConfig, IntervalLength, PeriodLength};
+    let interval = IntervalLength::from_millis(args.meter_interval.as_millis() as i64)
+        .map_err(|e| anyhow::anyhow!("--meter-interval: {e}"))?;
+    let period = match args.billing_period.as_str() {
+        "month" | "monthly" => PeriodLength::Monthly,
+        text => {
+            let length = humantime::parse_duration(text).map_err(|e| {
+                anyhow::anyhow!(
+                    "--billing-period {text:?}: expected `month` or a length such as 7d ({e})"
+                )
+            })?;
+            PeriodLength::fixed(length.as_millis() as i64, interval)
+                .map_err(|e| anyhow::anyhow!("--billing-period: {e}"))?
+        }
+    };
+    Ok(BillingConfig {
+        interval,
+        period,
+        settle_ms: args.meter_settle.as_millis() as i64,
+    })
 }

@@ -55,6 +55,8 @@ pub struct StandaloneConfig {
     /// Where `/metrics` (and the probes) are served, apart from the API
     /// port: per-tenant figures are for the pool's operators.
     pub metrics_addr: Option<SocketAddr>,
+    /// How often usage is metered (see `api.billing` for the intervals).
+    pub meter_every: Duration,
 }
 
 impl StandaloneConfig {
@@ -75,6 +77,7 @@ impl StandaloneConfig {
             locality: finpool_scheduler::LocalityConfig::default(),
             sandbox: SandboxConfig::default(),
             metrics_addr: None,
+            meter_every: Duration::from_secs(300),
         }
     }
 
@@ -271,6 +274,13 @@ pub async fn start(mut config: StandaloneConfig) -> Result<RunningPool, StartErr
         }
         None => None,
     };
+    tokio::spawn(meter_loop(
+        store.clone(),
+        inventory.clone(),
+        config.api.billing,
+        config.meter_every,
+        shutdown_rx.clone(),
+    ));
     let mut stop = shutdown_rx;
     let server = tokio::spawn(finpool_api::server::serve(
         listener,
@@ -308,6 +318,36 @@ impl RunningPool {
             Ok(Err(e)) => tracing::warn!(error = %e, "API server ended with an error"),
             Err(e) => tracing::warn!(error = %e, "API server task failed"),
             Ok(Ok(())) => {}
+        }
+    }
+}
+
+/// Meters usage every `every` (and once at start) until shutdown: each
+/// pass recomputes the intervals from the store's progress mark to the last
+/// settled one and inserts their events once (see `finpool_store::billing`).
+async fn meter_loop(
+    store: Store,
+    inventory: Arc<finpool_domain::Inventory>,
+    config: finpool_billing::BillingConfig,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let capacity = finpool_store::billing::capacity_of(&inventory);
+    loop {
+        match store
+            .meter(&config, &capacity, finpool_domain::Timestamp::now().0)
+            .await
+        {
+            Ok(r) if r.inserted > 0 => tracing::info!(
+                to = %finpool_billing::rfc3339(r.to), events = r.events, inserted = r.inserted,
+                "usage metered"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "metering pass failed; retrying next pass"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
         }
     }
 }

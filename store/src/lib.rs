@@ -11,6 +11,8 @@
 
 mod backend;
 mod bench;
+pub mod billing;
+mod billing_bench;
 mod catalog;
 mod error;
 mod events;
@@ -24,6 +26,7 @@ pub mod testing;
 mod usage;
 
 pub use backend::StoreConfig;
+pub use billing_bench::{BENCH_CARD_MIB, BenchSeed};
 pub use catalog::CATALOG_TTL;
 pub use error::StoreError;
 pub use events::JobEvent;

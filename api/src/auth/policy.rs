@@ -59,6 +59,31 @@ pub const RULES: &[(&str, Access)] = &[
     ("/finpool.v1.ModelService/ListModels", Access::Roles(ALL)),
     ("/finpool.v1.NodeService/ListNodes", Access::Roles(ALL)),
     ("/finpool.v1.UsageService/GetUsage", Access::Roles(ALL)),
+    // Billing: everyone reads (tenants their own); operators set prices,
+    // meter and close periods.
+    ("/finpool.v1.BillingService/ListPrices", Access::Roles(ALL)),
+    (
+        "/finpool.v1.BillingService/SetPrice",
+        Access::Roles(OPERATOR),
+    ),
+    (
+        "/finpool.v1.BillingService/GetPeriodUsage",
+        Access::Roles(ALL),
+    ),
+    (
+        "/finpool.v1.BillingService/ListInvoices",
+        Access::Roles(ALL),
+    ),
+    ("/finpool.v1.BillingService/GetInvoice", Access::Roles(ALL)),
+    ("/finpool.v1.BillingService/ListPeriods", Access::Roles(ALL)),
+    (
+        "/finpool.v1.BillingService/ClosePeriod",
+        Access::Roles(OPERATOR),
+    ),
+    (
+        "/finpool.v1.BillingService/MeterUsage",
+        Access::Roles(OPERATOR),
+    ),
     // Probes and tools ask these before they hold a token.
     ("/grpc.health.v1.Health/Check", Access::Anonymous),
     ("/grpc.health.v1.Health/Watch", Access::Anonymous),
@@ -128,6 +153,7 @@ mod tests {
         for (path, access) in RULES {
             let mutates = [
                 "Submit", "Cancel", "Create", "Set", "Register", "Suspend", "Resume", "Revoke",
+                "Close", "Meter",
             ]
             .iter()
             .any(|verb| path.rsplit('/').next().unwrap().starts_with(verb));
