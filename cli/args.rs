@@ -81,6 +81,9 @@ pub enum Command {
     /// Metered GPU time of a tenant; with --from/--to, metered usage per
     /// tenant, class and kind over a period.
     Usage(UsageArgs),
+    /// The regulator's reports (operators and regulators).
+    #[command(subcommand)]
+    Report(ReportCommand),
     /// The price book (operators set prices; everyone reads).
     #[command(subcommand)]
     Price(PriceCommand),
@@ -778,6 +781,32 @@ pub struct JobListArgs {
     /// Follow every page, not just the first.
     #[arg(long)]
     pub all: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Per-tenant GPU time by class, jobs and charges; guarantee
+    /// compliance; preemptions; the pool's capacity split into used, held
+    /// idle and idle; denied attempts; node locations; the audit
+    /// checkpoint. A range of closed billing periods gives the same bytes
+    /// every time.
+    Usage(ReportUsageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportUsageArgs {
+    /// Start of the range, RFC 3339 (`2026-11-01T00:00:00Z`).
+    #[arg(long)]
+    pub from: String,
+    /// End of the range (exclusive), RFC 3339.
+    #[arg(long)]
+    pub to: String,
+    /// json, csv or html (one self-contained page with SVG charts).
+    #[arg(long, value_parser = ["json", "csv", "html"], default_value = "json")]
+    pub format: String,
+    /// Write the report here instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

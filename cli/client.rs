@@ -5,6 +5,7 @@ use finpool_proto::v1::billing_service_client::BillingServiceClient;
 use finpool_proto::v1::job_service_client::JobServiceClient;
 use finpool_proto::v1::model_service_client::ModelServiceClient;
 use finpool_proto::v1::node_service_client::NodeServiceClient;
+use finpool_proto::v1::report_service_client::ReportServiceClient;
 use finpool_proto::v1::tenant_service_client::TenantServiceClient;
 use finpool_proto::v1::token_service_client::TokenServiceClient;
 use finpool_proto::v1::usage_service_client::UsageServiceClient;
@@ -42,6 +43,7 @@ pub struct Clients {
     pub usage: UsageServiceClient<Svc>,
     pub tokens: TokenServiceClient<Svc>,
     pub billing: BillingServiceClient<Svc>,
+    pub reports: ReportServiceClient<Svc>,
 }
 
 impl Clients {
@@ -71,7 +73,8 @@ impl Clients {
             nodes: NodeServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             usage: UsageServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             tokens: TokenServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-            billing: BillingServiceClient::with_interceptor(channel, bearer),
+            billing: BillingServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            reports: ReportServiceClient::with_interceptor(channel, bearer),
         })
     }
 

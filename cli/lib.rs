@@ -53,6 +53,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(args) => commands::node::run(&global, args).await,
         Command::Job(args) => commands::job::run(&global, args).await,
         Command::Usage(args) => commands::usage::run(&global, args).await,
+        Command::Report(args) => commands::report::run(&global, args).await,
         Command::Price(args) => commands::billing::price(&global, args).await,
         Command::Invoice(args) => commands::billing::invoice(&global, args).await,
         Command::Period(args) => commands::billing::period(&global, args).await,

@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "finpool/v1/jobs.proto",
         "finpool/v1/pool.proto",
         "finpool/v1/billing.proto",
+        "finpool/v1/reports.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -68,6 +68,7 @@ fn expected() -> BTreeMap<&'static str, [Outcome; 5]> {
         ("ListPeriods", read_any),
         ("ClosePeriod", operator_only),
         ("MeterUsage", operator_only),
+        ("GetUsageReport", [Denied, Denied, Ok, Ok, Unauthenticated]),
     ])
 }
 
@@ -264,6 +265,10 @@ fn rest_request(
         ),
         "ClosePeriod" => (Some(json!({"at": "2020-01-01T00:00:00Z"})), ""),
         "MeterUsage" => (Some(json!({})), ""),
+        "GetUsageReport" => (
+            None,
+            "?from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z&format=csv",
+        ),
         _ => (None, ""),
     };
     (path, body, query)
@@ -448,6 +453,15 @@ async fn grpc_call(c: &mut Clients, rpc: &str, job: &str, n: usize) -> Result<()
         "MeterUsage" => c
             .billing
             .meter_usage(pb::MeterUsageRequest {})
+            .await
+            .map(drop),
+        "GetUsageReport" => c
+            .reports
+            .get_usage_report(pb::GetUsageReportRequest {
+                from: "2020-01-01T00:00:00Z".into(),
+                to: "2020-01-02T00:00:00Z".into(),
+                format: "html".into(),
+            })
             .await
             .map(drop),
         other => panic!("no gRPC call written for {other}"),

@@ -9,6 +9,7 @@ pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod reflection;
+pub mod reports;
 pub mod rest;
 pub mod server;
 pub mod service;

@@ -24,8 +24,10 @@ use crate::reflection::Reflection;
 use crate::service::billing::Billing;
 use crate::service::jobs::Jobs;
 use crate::service::nodes::Nodes;
+use crate::service::reports::Reports;
 use crate::service::tenants::{Models, Tenants, Tokens, Usage};
 use crate::state::ApiState;
+use finpool_proto::v1::report_service_server::ReportServiceServer;
 
 /// The largest request accepted (a job spec's command alone may be 64 KiB).
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -39,6 +41,7 @@ pub const SERVICES: &[&str] = &[
     finpool_proto::v1::node_service_server::SERVICE_NAME,
     finpool_proto::v1::usage_service_server::SERVICE_NAME,
     finpool_proto::v1::billing_service_server::SERVICE_NAME,
+    finpool_proto::v1::report_service_server::SERVICE_NAME,
 ];
 
 /// Every gRPC service, unauthenticated (the caller adds [`AuthLayer`]).
@@ -72,7 +75,11 @@ pub fn grpc_routes(
             .max_decoding_message_size(MAX_REQUEST_BYTES),
     )
     .add_service(
-        BillingServiceServer::new(Billing::new(state)).max_decoding_message_size(MAX_REQUEST_BYTES),
+        BillingServiceServer::new(Billing::new(state.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
+    .add_service(
+        ReportServiceServer::new(Reports::new(state)).max_decoding_message_size(MAX_REQUEST_BYTES),
     )
     .add_service(health)
     .add_service(reflection.v1())

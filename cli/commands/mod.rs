@@ -8,6 +8,7 @@ pub mod job;
 pub mod model;
 pub mod node;
 pub mod operator;
+pub mod report;
 pub mod scheduler;
 pub mod simulate;
 pub mod tenant;

@@ -19,6 +19,7 @@ mod events;
 mod history;
 mod job_source;
 mod jobs;
+mod report;
 mod rows;
 mod submit;
 mod tenants;
@@ -33,6 +34,7 @@ pub use events::JobEvent;
 pub use history::HistoryRow;
 pub use job_source::StoreJobs;
 pub use jobs::{Change, JobFilter, JobPage};
+pub use report::IntervalUsage;
 pub use usage::{ClassUsage, RunRecord, TenantUsage};
 
 use std::sync::Arc;

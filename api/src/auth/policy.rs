@@ -18,6 +18,7 @@ const ALL: &[Role] = &[Role::Tenant, Role::Operator, Role::Regulator];
 const TENANT: &[Role] = &[Role::Tenant];
 const OPERATOR: &[Role] = &[Role::Operator];
 const TENANT_OR_OPERATOR: &[Role] = &[Role::Tenant, Role::Operator];
+const STAFF: &[Role] = &[Role::Operator, Role::Regulator];
 
 /// Every method the server serves, with its rule.
 pub const RULES: &[(&str, Access)] = &[
@@ -83,6 +84,11 @@ pub const RULES: &[(&str, Access)] = &[
     (
         "/finpool.v1.BillingService/MeterUsage",
         Access::Roles(OPERATOR),
+    ),
+    // The regulator's report spans every tenant: staff only.
+    (
+        "/finpool.v1.ReportService/GetUsageReport",
+        Access::Roles(STAFF),
     ),
     // Probes and tools ask these before they hold a token.
     ("/grpc.health.v1.Health/Check", Access::Anonymous),

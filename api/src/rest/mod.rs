@@ -55,6 +55,9 @@ pub enum Reply {
     JsonLines,
     /// A stream of `bytes data` chunks, as raw text (`text/plain`).
     Text,
+    /// A rendered document (`string content_type`, `bytes body`): the
+    /// body itself, with its content type (a report as CSV or HTML).
+    Document,
 }
 
 /// One REST route and the gRPC method behind it.
@@ -284,6 +287,14 @@ pub const ROUTES: &[Route] = &[
         "Meter and close a billing period: invoices, journal entries, freeze (operators).",
     ),
     route(
+        Method::GET,
+        "/v1/reports/usage",
+        "/finpool.v1.ReportService/GetUsageReport",
+        BodyTo::None,
+        Reply::Document,
+        "The regulator's usage report from `from` to `to` (RFC 3339), as `format` json, csv or html (staff).",
+    ),
+    route(
         Method::POST,
         "/v1/metering/run",
         "/finpool.v1.BillingService/MeterUsage",
@@ -449,7 +460,7 @@ async fn gateway(route: &'static Route, grpc: GrpcStack, request: Request) -> Re
     }
     let output = method.output();
     match route.reply {
-        Reply::Json => unary_reply(output, body).await,
+        Reply::Json | Reply::Document => unary_reply(route.reply, output, body).await,
         Reply::JsonLines | Reply::Text => stream_reply(route.reply, output, body),
     }
 }
@@ -812,7 +823,7 @@ fn internal(what: &str) -> Response {
     problem(&Status::internal("internal error")).into_response()
 }
 
-async fn unary_reply(output: MessageDescriptor, body: tonic::body::Body) -> Response {
+async fn unary_reply(reply: Reply, output: MessageDescriptor, body: tonic::body::Body) -> Response {
     let collected = match body.collect().await {
         Ok(c) => c,
         Err(e) => return problem(&Status::unavailable(e.to_string())).into_response(),
@@ -829,6 +840,24 @@ async fn unary_reply(output: MessageDescriptor, body: tonic::body::Body) -> Resp
     let Ok(message) = DynamicMessage::decode(output, frame) else {
         return internal("an undecodable reply");
     };
+    if reply == Reply::Document {
+        let (Some(Value::String(content_type)), Some(Value::Bytes(document))) = (
+            message
+                .get_field_by_name("content_type")
+                .map(|v| v.into_owned()),
+            message.get_field_by_name("body").map(|v| v.into_owned()),
+        ) else {
+            return internal("a document without content_type and body");
+        };
+        let Ok(content_type) = HeaderValue::from_str(&content_type) else {
+            return internal("a document with a bad content type");
+        };
+        let mut response = Response::new(Body::from(document));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type);
+        return response;
+    }
     let mut response = Response::new(Body::from(to_json(&message)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -213,6 +213,12 @@ fn operation(route: &Route, schemas: &mut Map<String, Value>) -> Value {
         Reply::Json => json!({ "application/json": { "schema": schema_ref(&output) } }),
         Reply::JsonLines => json!({ "application/x-ndjson": { "schema": schema_ref(&output) } }),
         Reply::Text => json!({ "text/plain": { "schema": { "type": "string" } } }),
+        // The document in the format asked for.
+        Reply::Document => json!({
+            "application/json": { "schema": { "type": "object" } },
+            "text/csv": { "schema": { "type": "string" } },
+            "text/html": { "schema": { "type": "string" } },
+        }),
     };
     let mut responses = Map::new();
     responses.insert("200".into(), json!({ "description": "OK", "content": ok }));

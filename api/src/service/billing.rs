@@ -36,7 +36,7 @@ fn now_ms() -> i64 {
 }
 
 /// An RFC 3339 time as UTC milliseconds; the field named on error.
-fn parse_time(field: &str, text: &str) -> Result<i64, Status> {
+pub(crate) fn parse_time(field: &str, text: &str) -> Result<i64, Status> {
     let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map_err(|e| {
             Status::invalid_argument(format!(

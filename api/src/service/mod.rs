@@ -5,6 +5,7 @@
 pub mod billing;
 pub mod jobs;
 pub mod nodes;
+pub mod reports;
 pub mod tenants;
 
 use tonic::{Request, Status};
