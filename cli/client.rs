@@ -1,6 +1,7 @@
 //! A connected, authenticated API client.
 
 use anyhow::Context;
+use finpool_proto::v1::audit_service_client::AuditServiceClient;
 use finpool_proto::v1::job_service_client::JobServiceClient;
 use finpool_proto::v1::model_service_client::ModelServiceClient;
 use finpool_proto::v1::node_service_client::NodeServiceClient;
@@ -40,6 +41,7 @@ pub struct Clients {
     pub nodes: NodeServiceClient<Svc>,
     pub usage: UsageServiceClient<Svc>,
     pub tokens: TokenServiceClient<Svc>,
+    pub audit: AuditServiceClient<Svc>,
 }
 
 impl Clients {
@@ -68,7 +70,8 @@ impl Clients {
             models: ModelServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             nodes: NodeServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             usage: UsageServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-            tokens: TokenServiceClient::with_interceptor(channel, bearer),
+            tokens: TokenServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            audit: AuditServiceClient::with_interceptor(channel, bearer),
         })
     }
 

@@ -47,6 +47,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Operator(args) => commands::operator::run(args).await,
         Command::Api(args) => commands::api::run(args).await,
         Command::Scheduler(args) => commands::scheduler::run(args).await,
+        Command::Audit(args) => commands::audit::run(&global, args).await,
         Command::Openapi => {
             let doc = finpool_api::rest::openapi::document();
             println!("{}", serde_json::to_string_pretty(&doc)?);

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["finpool/v1/jobs.proto", "finpool/v1/pool.proto"];
+    let files = [
+        "finpool/v1/jobs.proto",
+        "finpool/v1/pool.proto",
+        "finpool/v1/audit.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

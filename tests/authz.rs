@@ -59,6 +59,11 @@ fn expected() -> BTreeMap<&'static str, [Outcome; 5]> {
         ("ListModels", read_any),
         ("ListNodes", read_any),
         ("GetUsage", read_alpha),
+        (
+            "ListAuditEntries",
+            [Denied, Denied, Ok, Ok, Unauthenticated],
+        ),
+        ("GetCheckpoint", [Denied, Denied, Ok, Ok, Unauthenticated]),
     ])
 }
 
@@ -305,6 +310,16 @@ async fn grpc_call(c: &mut Clients, rpc: &str, job: &str, n: usize) -> Result<()
             .get_usage(pb::GetUsageRequest {
                 tenant_id: "alpha".into(),
             })
+            .await
+            .map(drop),
+        "ListAuditEntries" => c
+            .audit
+            .list_audit_entries(pb::ListAuditEntriesRequest::default())
+            .await
+            .map(drop),
+        "GetCheckpoint" => c
+            .audit
+            .get_checkpoint(pb::GetCheckpointRequest {})
             .await
             .map(drop),
         other => panic!("no gRPC call written for {other}"),

@@ -161,6 +161,7 @@ pub async fn start(mut config: StandaloneConfig) -> Result<RunningPool, StartErr
     };
     tracing::info!(sandbox = %sandbox_status, "job sandbox");
     let key = SigningKey::load_or_create(&config.data_dir)?;
+    let audit_key = finpool_api::audit::load_or_create_key(&config.data_dir)?;
     let fd_streams = stream_budget();
     if fd_streams < config.api.streams_total {
         tracing::info!(
@@ -238,7 +239,8 @@ pub async fn start(mut config: StandaloneConfig) -> Result<RunningPool, StartErr
         }),
         config.api.clone(),
     )
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_audit_key(audit_key);
     let metrics_addr = match config.metrics_addr {
         Some(wanted) => {
             let listener =

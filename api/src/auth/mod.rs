@@ -529,7 +529,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Writes a secret file readable by its owner only.
-fn write_private(path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
