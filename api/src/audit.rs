@@ -46,6 +46,10 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 const QUEUE: usize = 65_536;
 /// Entries per append.
 const MAX_BATCH: usize = 1024;
+/// How long the writer gathers entries before an append: one commit (and
+/// fsync) per batch, not per call, so submits keep the database to
+/// themselves.
+const LINGER: Duration = Duration::from_millis(20);
 /// The longest a mutation's entry waits for room in the queue.
 const ENQUEUE_WAIT: Duration = Duration::from_secs(2);
 /// How long the shutdown flush keeps trying an unavailable database.
@@ -412,10 +416,16 @@ async fn run_writer(
             },
             _ = stop.wait_for(|s| *s) => break,
         }
+        let gathered = tokio::time::Instant::now() + LINGER;
         while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
+            tokio::select! {
+                biased;
+                entry = rx.recv() => match entry {
+                    Some(e) => batch.push(e),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(gathered) => break,
+                _ = stop.wait_for(|s| *s) => break,
             }
         }
         let lost = shared_dropped();
