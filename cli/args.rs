@@ -121,6 +121,10 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// The tamper-evident audit log: export it, fetch its checkpoint and
+    /// public key (regulators and operators), verify them offline.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 #[derive(Debug, Args)]
@@ -479,6 +483,10 @@ pub struct ApiArgs {
     /// The `iss` of tokens signed with the --jwks keys.
     #[arg(long)]
     pub jwks_issuer: Option<String>,
+    /// How often the audit log's checkpoint is signed (when the log grew;
+    /// also at shutdown).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub audit_checkpoint_every: Duration,
 }
 
 /// `finpool api`: the API alone, in a cluster.
@@ -503,6 +511,11 @@ pub struct ApiServeArgs {
     pub metrics_addr: SocketAddr,
     #[command(flatten)]
     pub api: ApiArgs,
+    /// The audit log's Ed25519 signing key (PKCS#8 DER, a mounted Secret
+    /// shared by every API replica); default: `audit-signing-key.pk8` in
+    /// --data-dir. It must exist: nothing is written in a cluster.
+    #[arg(long, env = "FINPOOL_AUDIT_KEY")]
+    pub audit_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -877,4 +890,70 @@ pub enum PeriodCommand {
     },
     /// Run a metering pass now (operators).
     Meter,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Write the log as JSON lines, one signed canonical entry per line:
+    /// from the API (a regulator's or operator's token), or read from the
+    /// database with --data-dir / --database-url.
+    Export(AuditOutArgs),
+    /// Write the latest signed checkpoint (API, --data-dir or --database-url).
+    Checkpoint(AuditOutArgs),
+    /// Write the log's public key (PEM): from the key in --data-dir or
+    /// --key, or as the API reports it (pin one obtained out of band).
+    PublicKey(AuditKeyArgs),
+    /// Check an export against a checkpoint (and that it extends an older
+    /// one), with no database: prints OK with the tree size and root, or
+    /// fails naming the first bad sequence number.
+    Verify(AuditVerifyArgs),
+}
+
+/// Where `finpool audit` reads the log: the API unless one of these.
+#[derive(Debug, Clone, Args)]
+pub struct AuditSource {
+    /// Read the SQLite database of this data dir directly.
+    #[arg(long, conflicts_with = "database_url")]
+    pub data_dir: Option<PathBuf>,
+    /// Read this PostgreSQL database directly.
+    #[arg(long)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditOutArgs {
+    #[command(flatten)]
+    pub source: AuditSource,
+    /// The file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditKeyArgs {
+    /// The data dir holding `audit-signing-key.pk8`.
+    #[arg(long, conflicts_with = "key")]
+    pub data_dir: Option<PathBuf>,
+    /// The signing key itself (PKCS#8 DER).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// The file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    /// The export (`finpool audit export`).
+    #[arg(long)]
+    pub export: PathBuf,
+    /// The checkpoint to verify against.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The log's public key (PEM).
+    #[arg(long)]
+    pub public_key: PathBuf,
+    /// A checkpoint taken earlier: the newer one must extend it.
+    #[arg(long)]
+    pub older_checkpoint: Option<PathBuf>,
 }

@@ -1,6 +1,7 @@
 //! A connected, authenticated API client.
 
 use anyhow::Context;
+use finpool_proto::v1::audit_service_client::AuditServiceClient;
 use finpool_proto::v1::billing_service_client::BillingServiceClient;
 use finpool_proto::v1::job_service_client::JobServiceClient;
 use finpool_proto::v1::model_service_client::ModelServiceClient;
@@ -44,6 +45,7 @@ pub struct Clients {
     pub tokens: TokenServiceClient<Svc>,
     pub billing: BillingServiceClient<Svc>,
     pub reports: ReportServiceClient<Svc>,
+    pub audit: AuditServiceClient<Svc>,
 }
 
 impl Clients {
@@ -74,7 +76,8 @@ impl Clients {
             usage: UsageServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             tokens: TokenServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             billing: BillingServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-            reports: ReportServiceClient::with_interceptor(channel, bearer),
+            reports: ReportServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            audit: AuditServiceClient::with_interceptor(channel, bearer),
         })
     }
 

@@ -77,6 +77,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Audit(args) => commands::audit::run(&global, args).await,
         Command::Openapi => {
             let doc = finpool_api::rest::openapi::document();
             println!("{}", serde_json::to_string_pretty(&doc)?);

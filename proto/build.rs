@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "finpool/v1/pool.proto",
         "finpool/v1/billing.proto",
         "finpool/v1/reports.proto",
+        "finpool/v1/audit.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -69,6 +69,11 @@ fn expected() -> BTreeMap<&'static str, [Outcome; 5]> {
         ("ClosePeriod", operator_only),
         ("MeterUsage", operator_only),
         ("GetUsageReport", [Denied, Denied, Ok, Ok, Unauthenticated]),
+        (
+            "ListAuditEntries",
+            [Denied, Denied, Ok, Ok, Unauthenticated],
+        ),
+        ("GetCheckpoint", [Denied, Denied, Ok, Ok, Unauthenticated]),
     ])
 }
 
@@ -462,6 +467,16 @@ async fn grpc_call(c: &mut Clients, rpc: &str, job: &str, n: usize) -> Result<()
                 to: "2020-01-02T00:00:00Z".into(),
                 format: "html".into(),
             })
+            .await
+            .map(drop),
+        "ListAuditEntries" => c
+            .audit
+            .list_audit_entries(pb::ListAuditEntriesRequest::default())
+            .await
+            .map(drop),
+        "GetCheckpoint" => c
+            .audit
+            .get_checkpoint(pb::GetCheckpointRequest {})
             .await
             .map(drop),
         other => panic!("no gRPC call written for {other}"),

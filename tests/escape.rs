@@ -637,6 +637,7 @@ async fn the_data_dir_is_private_and_held_by_one_server() {
         "finpool.db-wal",
         "finpool.db-shm",
         "jwt-signing-key.pk8",
+        "audit-signing-key.pk8",
         "finpool.lock",
         "sandbox-uids",
     ] {

@@ -33,6 +33,8 @@ async fn the_report_of_closed_periods_adds_up_and_never_changes() {
             "1s",
             "--meter-every",
             "1s",
+            "--audit-checkpoint-every",
+            "1s",
         ],
     );
     let mut op = server.operator().await;
@@ -70,6 +72,20 @@ async fn the_report_of_closed_periods_adds_up_and_never_changes() {
     let mut beta = server.tenant("beta").await;
     let a = submit(&mut alpha, shell_job("a", whole(1), "sleep 2")).await;
     let b = submit(&mut beta, shell_job("b", share(500), "sleep 1")).await;
+    // Denied attempts, in the audit log: alpha asks for beta's job, and
+    // for what only operators may do.
+    let other = alpha
+        .jobs
+        .get_job(pb::GetJobRequest { id: b.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), tonic::Code::NotFound);
+    let privileged = alpha
+        .billing
+        .meter_usage(pb::MeterUsageRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(privileged.code(), tonic::Code::PermissionDenied);
     for (c, id) in [(&mut alpha, &a.id), (&mut beta, &b.id)] {
         wait_for(c, Duration::from_secs(60), "the job to end", |jobs| {
             jobs.iter().any(|j| &j.id == id && is_terminal(j.state))
@@ -140,6 +156,13 @@ async fn the_report_of_closed_periods_adds_up_and_never_changes() {
             .sum();
         assert_eq!(line.charges_fen, invoiced, "{tenant}");
     }
+    assert!(report.denied.cross_tenant >= 1, "{:?}", report.denied);
+    assert!(report.denied.privilege >= 1, "{:?}", report.denied);
+    let checkpoint = report.audit.as_ref().expect("an audit checkpoint");
+    assert!(
+        checkpoint.tree_size >= 2 && checkpoint.root.len() == 64,
+        "{checkpoint:?}"
+    );
     // A closed range gives the same bytes every time, in every format.
     for format in ["json", "csv", "html"] {
         let first = get(format).await.body;

@@ -3,6 +3,7 @@
 //! store, an [`InventorySource`] and a [`LogSource`], so the same server
 //! fronts the standalone pool and the Kubernetes one.
 
+pub mod audit;
 pub mod auth;
 pub mod convert;
 pub mod error;

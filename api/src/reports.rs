@@ -191,6 +191,28 @@ async fn compute(
         })
         .collect();
 
+    // Denied attempts, as the audit log recorded them: another tenant's
+    // data answers NOT_FOUND, a role's limit PERMISSION_DENIED.
+    let mut denied = DeniedAttempts::default();
+    for (outcome, n) in store.audit_denied_between(f, t).await? {
+        let n = n.max(0) as u64;
+        match outcome.strip_prefix("denied:") {
+            Some("NOT_FOUND") => denied.cross_tenant += n,
+            Some("UNAUTHENTICATED") => denied.unauthenticated += n,
+            Some(_) => denied.privilege += n,
+            None => {}
+        }
+    }
+    let audit = store.latest_checkpoint().await?.map(|c| AuditCheckpoint {
+        tree_size: c.checkpoint.tree_size,
+        root: c
+            .checkpoint
+            .root
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    });
+
     let mut locations: Vec<NodeLocation> = inventory
         .nodes
         .iter()
@@ -211,8 +233,8 @@ async fn compute(
         intervals: intervals.into_values().collect(),
         compliance: history::compliance(&reclaims, &guarantees, f, t, DEFAULT_RECLAIM_BOUND_MS),
         preemptions: history::preemptions(&preempted, f, t),
-        denied: DeniedAttempts::default(),
+        denied,
         locations,
-        audit: None,
+        audit,
     })
 }

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 
+use finpool_proto::v1::audit_service_server::AuditServiceServer;
 use finpool_proto::v1::billing_service_server::BillingServiceServer;
 use finpool_proto::v1::job_service_server::JobServiceServer;
 use finpool_proto::v1::model_service_server::ModelServiceServer;
@@ -21,6 +22,7 @@ use crate::auth::layer::{AuthLayer, Gate};
 use crate::auth::limit::RateLimiter;
 use crate::health::Health;
 use crate::reflection::Reflection;
+use crate::service::audit::Audit;
 use crate::service::billing::Billing;
 use crate::service::jobs::Jobs;
 use crate::service::nodes::Nodes;
@@ -42,6 +44,7 @@ pub const SERVICES: &[&str] = &[
     finpool_proto::v1::usage_service_server::SERVICE_NAME,
     finpool_proto::v1::billing_service_server::SERVICE_NAME,
     finpool_proto::v1::report_service_server::SERVICE_NAME,
+    finpool_proto::v1::audit_service_server::SERVICE_NAME,
 ];
 
 /// Every gRPC service, unauthenticated (the caller adds [`AuthLayer`]).
@@ -79,7 +82,11 @@ pub fn grpc_routes(
             .max_decoding_message_size(MAX_REQUEST_BYTES),
     )
     .add_service(
-        ReportServiceServer::new(Reports::new(state)).max_decoding_message_size(MAX_REQUEST_BYTES),
+        ReportServiceServer::new(Reports::new(state.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
+    .add_service(
+        AuditServiceServer::new(Audit::new(state)).max_decoding_message_size(MAX_REQUEST_BYTES),
     )
     .add_service(health)
     .add_service(reflection.v1())
@@ -96,7 +103,8 @@ pub async fn router(state: ApiState, verifier: Verifier) -> (axum::Router, Healt
         RateLimiter::new(state.config.rate_limit),
         RateLimiter::new(state.config.anonymous_rate_limit),
         state.revocations.clone(),
-    );
+    )
+    .with_audit(state.audit.clone());
     let metrics = state.metrics.clone();
     let grpc = AuthLayer::new(std::sync::Arc::new(gate))
         .layer(grpc_routes(state, health_server).prepare());
@@ -139,6 +147,10 @@ pub async fn serve(
     }
     let refresh = state.revocations.clone().spawn_refresh(state.store.clone());
     let _stop_refresh = AbortOnDrop(refresh);
+    // The audit log's writer and checkpointer, flushed after the last call.
+    let audit = state
+        .audit
+        .start(state.store.clone(), state.config.audit_checkpoint_every);
     let closing = state.closing.clone();
     let (router, health) = router(state, verifier).await;
     let prober = health.spawn_prober();
@@ -155,6 +167,9 @@ pub async fn serve(
         })
         .await;
     prober.abort();
+    if let Some(audit) = audit {
+        audit.shutdown().await;
+    }
     result
 }
 

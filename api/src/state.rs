@@ -33,6 +33,8 @@ pub struct ApiConfig {
     pub token_lifetimes: TokenLifetimes,
     /// Metering interval, billing period and settle delay.
     pub billing: finpool_billing::BillingConfig,
+    /// How often the audit log's checkpoint is signed (when it grew).
+    pub audit_checkpoint_every: Duration,
 }
 
 /// The default cap on a tenant's pending jobs.
@@ -49,6 +51,7 @@ impl Default for ApiConfig {
             streams_total: crate::streams::DEFAULT_STREAMS_TOTAL,
             token_lifetimes: TokenLifetimes::default(),
             billing: finpool_billing::BillingConfig::default(),
+            audit_checkpoint_every: crate::audit::CHECKPOINT_EVERY,
         }
     }
 }
@@ -68,6 +71,8 @@ pub struct ApiState {
     pub closing: Arc<tokio::sync::watch::Sender<bool>>,
     /// Requests by method and code, submit latency.
     pub metrics: finpool_telemetry::Metrics,
+    /// Mutations and denied attempts, queued for the audit log's writer.
+    pub audit: crate::audit::AuditLog,
 }
 
 impl ApiState {
@@ -87,7 +92,14 @@ impl ApiState {
             streams,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
             metrics: finpool_telemetry::Metrics::new(),
+            audit: crate::audit::AuditLog::new(),
         }
+    }
+
+    /// Signs the audit log with `key` (see [`crate::audit::load_or_create_key`]).
+    pub fn with_audit_key(self, key: finpool_audit::Signer) -> Self {
+        self.audit.set_signer(key);
+        self
     }
 
     /// Records into the process's metrics (shared with its scheduler, in

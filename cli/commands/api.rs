@@ -18,6 +18,11 @@ pub async fn run(args: ApiServeArgs) -> anyhow::Result<()> {
     }
     let config = super::up::limits(&args.api, args.max_runtime_cap)?;
     let key = SigningKey::load(&args.data_dir).context("the signing key")?;
+    let audit_key_path = args
+        .audit_key
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join(finpool_api::audit::KEY_FILE));
+    let audit_key = finpool_api::audit::load_key(&audit_key_path).context("--audit-key")?;
     let mut verifier = key.verifier();
     if let (Some(path), Some(issuer)) = (&args.api.jwks, &args.api.jwks_issuer) {
         let text =
@@ -38,7 +43,8 @@ pub async fn run(args: ApiServeArgs) -> anyhow::Result<()> {
         Arc::new(inventory),
         Arc::new(PodLogs { client }),
         config,
-    );
+    )
+    .with_audit_key(audit_key);
     let metrics = state.metrics.clone();
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await

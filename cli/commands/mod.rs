@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod audit;
 pub mod bench;
 pub mod billing;
 pub mod job;

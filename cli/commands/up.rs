@@ -132,6 +132,13 @@ pub fn limits(
         }
     }
     config.billing = billing(args)?;
+    if args.audit_checkpoint_every < std::time::Duration::from_secs(1) {
+        anyhow::bail!(
+            "--audit-checkpoint-every {}: must be at least 1s",
+            humantime::format_duration(args.audit_checkpoint_every)
+        );
+    }
+    config.audit_checkpoint_every = args.audit_checkpoint_every;
     config.token_lifetimes = finpool_api::TokenLifetimes {
         tenant: args.max_tenant_token_ttl,
         operator: args.max_staff_token_ttl,

@@ -15,6 +15,7 @@ const PRIVATE_FILES: &[&str] = &[
     "finpool.db-wal",
     "finpool.db-shm",
     "jwt-signing-key.pk8",
+    "audit-signing-key.pk8",
     crate::sandbox::UID_FILE,
 ];
 

@@ -179,6 +179,7 @@ pub async fn start(mut config: StandaloneConfig) -> Result<RunningPool, StartErr
     // The lifetimes first: `token issue` reads them once it sees the key.
     config.api.token_lifetimes.save(&config.data_dir)?;
     let key = SigningKey::load_or_create(&config.data_dir)?;
+    let audit_key = finpool_api::audit::load_or_create_key(&config.data_dir)?;
     let fd_streams = stream_budget();
     if fd_streams < config.api.streams_total {
         tracing::info!(
@@ -245,7 +246,8 @@ pub async fn start(mut config: StandaloneConfig) -> Result<RunningPool, StartErr
         }),
         config.api.clone(),
     )
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_audit_key(audit_key);
     let metrics_addr = match config.metrics_addr {
         Some(wanted) => {
             let listener =

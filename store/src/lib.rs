@@ -9,6 +9,7 @@
 //! one transaction and one fsync, and each is acknowledged only after that
 //! commit.
 
+mod audit;
 mod backend;
 mod bench;
 pub mod billing;
@@ -26,6 +27,7 @@ mod tenants;
 pub mod testing;
 mod usage;
 
+pub use audit::StoredAudit;
 pub use backend::StoreConfig;
 pub use billing_bench::{BENCH_CARD_MIB, BenchSeed};
 pub use catalog::CATALOG_TTL;
@@ -56,6 +58,8 @@ struct Inner {
     cancels: broadcast::Sender<(finpool_domain::JobId, String)>,
     submits: mpsc::Sender<submit::Request>,
     catalog: catalog::Catalog,
+    /// Held while appending to the audit log: one writer at a time.
+    audit_writer: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -81,6 +85,7 @@ impl Store {
                 cancels,
                 submits,
                 catalog: Default::default(),
+                audit_writer: Default::default(),
             }),
         };
         submit::spawn_writer(store.clone(), rx);

@@ -149,3 +149,25 @@ impl Store {
             .unwrap_or_else(|| figures.to_owned()))
     }
 }
+
+impl Store {
+    /// Denied attempts recorded in the audit log during `[from, to)`, per
+    /// outcome (`denied:NOT_FOUND`, `denied:PERMISSION_DENIED`, …).
+    pub async fn audit_denied_between(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(with_read_pool!(self.backend(), pool => {
+            sqlx::query_as(
+                "SELECT outcome, COUNT(*) FROM audit_log \
+                 WHERE at >= $1 AND at < $2 AND outcome LIKE 'denied:%' \
+                 GROUP BY outcome ORDER BY outcome",
+            )
+            .bind(from)
+            .bind(to)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+}

@@ -18,6 +18,8 @@ use super::limit::RateLimiter;
 use super::policy::{self, Access};
 use super::revocation::Revocations;
 use super::{AuthError, Principal, Verifier};
+use crate::audit::{self, AuditLog, AuditNote};
+use finpool_audit::Outcome;
 
 /// Who is calling and whether they may: one decision for both doors.
 #[derive(Debug)]
@@ -29,6 +31,8 @@ pub struct Gate {
     /// methods, and failed authentications, whose signature checks cost).
     anonymous: RateLimiter,
     revocations: Arc<Revocations>,
+    /// Where refusals are recorded.
+    audit: Option<AuditLog>,
 }
 
 /// A call the gate has admitted; the REST gateway puts it on the gRPC
@@ -49,21 +53,65 @@ impl Gate {
             callers,
             anonymous,
             revocations,
+            audit: None,
         }
     }
 
+    /// Records every refusal (and, in the layer, every mutation) in `audit`.
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    pub fn audit(&self) -> Option<&AuditLog> {
+        self.audit.as_ref()
+    }
+
     /// Decides a call to `path` from `peer` with these headers: the caller
-    /// (`None` for an anonymous method), or the status refusing it.
+    /// (`None` for an anonymous method), or the status refusing it. Every
+    /// refusal of a known method is written to the audit log.
     pub fn admit(
         &self,
         path: &str,
         headers: &http::HeaderMap,
         peer: Option<IpAddr>,
     ) -> Result<Option<Principal>, Status> {
+        self.decide(path, headers, peer)
+            .map_err(|(status, principal)| {
+                if let Some(log) = &self.audit
+                    && status.code() != tonic::Code::Unimplemented
+                {
+                    let id = audit::request_id(headers)
+                        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+                    log.record(audit::entry(
+                        path,
+                        principal.as_ref(),
+                        peer,
+                        String::new(),
+                        id,
+                        Outcome::Denied(audit::code_name(status.code()).into()),
+                    ));
+                }
+                status
+            })
+    }
+
+    /// The decision, with the caller if it was known.
+    fn decide(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<Option<Principal>, (Status, Option<Principal>)> {
         let roles = match policy::rule(path) {
-            None => return Err(Status::unimplemented(format!("unknown method {path}"))),
+            None => {
+                return Err((
+                    Status::unimplemented(format!("unknown method {path}")),
+                    None,
+                ));
+            }
             Some(Access::Anonymous) => {
-                self.admit_anonymous(peer)?;
+                self.admit_anonymous(peer).map_err(|s| (s, None))?;
                 return Ok(None);
             }
             Some(Access::Roles(roles)) => roles,
@@ -75,17 +123,18 @@ impl Gate {
             Err(e) => {
                 // A caller without a valid token is anonymous: limited by
                 // address, so guessing tokens is as slow as any flood.
-                self.admit_anonymous(peer)?;
+                self.admit_anonymous(peer).map_err(|s| (s, None))?;
                 tracing::debug!(path, error = %e, "unauthenticated call");
-                return Err(Status::unauthenticated(e.to_string()));
+                return Err((Status::unauthenticated(e.to_string()), None));
             }
         };
         if !roles.contains(&principal.role) {
             tracing::info!(path, subject = %principal.subject, role = %principal.role, "permission denied");
-            return Err(Status::permission_denied(format!(
+            let status = Status::permission_denied(format!(
                 "the {} role may not call {path}",
                 principal.role
-            )));
+            ));
+            return Err((status, Some(principal)));
         }
         if let Err(wait) = self.callers.admit(&principal.bucket()) {
             tracing::debug!(path, subject = %principal.subject, "rate limited");
@@ -94,7 +143,7 @@ impl Gate {
             } else {
                 "caller"
             };
-            return Err(rate_limited(who, wait));
+            return Err((rate_limited(who, wait), Some(principal)));
         }
         Ok(Some(principal))
     }
@@ -178,22 +227,58 @@ where
         // The ready service goes to this call; a fresh clone stays behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let request_id = audit::ensure_request_id(request.headers_mut());
+        let path = request.uri().path().to_owned();
         let decided = match request.extensions_mut().remove::<Admitted>() {
             Some(Admitted(principal)) => Ok(principal),
             None => {
                 let peer = peer_of(request.extensions());
-                self.gate
-                    .admit(request.uri().path(), request.headers(), peer)
+                self.gate.admit(&path, request.headers(), peer)
             }
         };
         match decided {
-            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
+            Err(status) => Box::pin(async move {
+                let mut response = status.into_http();
+                echo_request_id(&mut response, &request_id);
+                Ok(response)
+            }),
             Ok(principal) => {
-                if let Some(p) = principal {
-                    request.extensions_mut().insert(p);
+                // finpool's own methods are audited: mutations always,
+                // reads when the handler refused another tenant's object.
+                let audited = self
+                    .gate
+                    .audit()
+                    .filter(|_| path.starts_with("/finpool.v1."))
+                    .cloned()
+                    .map(|log| (log, AuditNote::default()));
+                if let Some((_, note)) = &audited {
+                    request.extensions_mut().insert(note.clone());
+                }
+                if let Some(p) = &principal {
+                    request.extensions_mut().insert(p.clone());
                 }
                 let call = inner.call(request);
-                Box::pin(async move { call.await.map(too_large_is_invalid) })
+                Box::pin(async move {
+                    let mut response = call.await.map(too_large_is_invalid)?;
+                    if let Some((log, note)) = audited {
+                        let code = Status::from_header_map(response.headers())
+                            .map_or(tonic::Code::Ok, |s| s.code());
+                        let (target, cross_tenant) = note.get();
+                        if policy::mutates(&path) || cross_tenant {
+                            let entry = audit::entry(
+                                &path,
+                                principal.as_ref(),
+                                None,
+                                target,
+                                request_id.clone(),
+                                audit::outcome(code, cross_tenant),
+                            );
+                            log.record_waiting(entry).await;
+                        }
+                    }
+                    echo_request_id(&mut response, &request_id);
+                    Ok(response)
+                })
             }
         }
     }
@@ -210,6 +295,15 @@ fn authenticate(verifier: &Verifier, headers: &http::HeaderMap) -> Result<Princi
         .or_else(|| header.strip_prefix("bearer "))
         .ok_or_else(|| AuthError::Invalid("expected 'Bearer <token>'".into()))?;
     verifier.verify(token.trim())
+}
+
+/// Answers carry the request's id, so a client can find its entry.
+fn echo_request_id<R>(response: &mut http::Response<R>, id: &str) {
+    if let Ok(value) = http::HeaderValue::from_str(id) {
+        response
+            .headers_mut()
+            .insert(audit::REQUEST_ID_HEADER, value);
+    }
 }
 
 /// tonic refuses an oversized message with OUT_OF_RANGE; finpool's

@@ -532,7 +532,7 @@ fn hex(bytes: &[u8]) -> String {
 /// Writes a private file whole or not at all: into a temporary file (0600)
 /// first, then renamed into place, so that a reader never sees half a
 /// key (`token issue` run while `finpool up` starts).
-fn write_private(path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let mut options = std::fs::OpenOptions::new();

@@ -90,6 +90,14 @@ pub const RULES: &[(&str, Access)] = &[
         "/finpool.v1.ReportService/GetUsageReport",
         Access::Roles(STAFF),
     ),
+    (
+        "/finpool.v1.AuditService/ListAuditEntries",
+        Access::Roles(STAFF),
+    ),
+    (
+        "/finpool.v1.AuditService/GetCheckpoint",
+        Access::Roles(STAFF),
+    ),
     // Probes and tools ask these before they hold a token.
     ("/grpc.health.v1.Health/Check", Access::Anonymous),
     ("/grpc.health.v1.Health/Watch", Access::Anonymous),
@@ -102,6 +110,29 @@ pub const RULES: &[(&str, Access)] = &[
         Access::Anonymous,
     ),
 ];
+
+/// The methods that change something: each call to one is written to the
+/// audit log with its outcome (other calls only when refused). A
+/// finpool.v1 method missing here must read only, as its name says (Get,
+/// List, Watch, Stream); a test holds the two together.
+pub const MUTATING: &[&str] = &[
+    "/finpool.v1.JobService/SubmitJob",
+    "/finpool.v1.JobService/CancelJob",
+    "/finpool.v1.TenantService/CreateTenant",
+    "/finpool.v1.TenantService/SetQuota",
+    "/finpool.v1.TenantService/SuspendTenant",
+    "/finpool.v1.TenantService/ResumeTenant",
+    "/finpool.v1.TokenService/RevokeTokens",
+    "/finpool.v1.ModelService/RegisterModel",
+    "/finpool.v1.BillingService/SetPrice",
+    "/finpool.v1.BillingService/ClosePeriod",
+    "/finpool.v1.BillingService/MeterUsage",
+];
+
+/// Whether a call to `path` changes something.
+pub fn mutates(path: &str) -> bool {
+    MUTATING.contains(&path)
+}
 
 /// The rule for a request path, if the method is known.
 pub fn rule(path: &str) -> Option<Access> {
@@ -154,6 +185,37 @@ mod tests {
         }
     }
 
+    /// Every finpool.v1 method either mutates (and is audited as such) or
+    /// reads by its name; a new method must be put on one side.
+    #[test]
+    fn every_method_is_audited_as_a_read_or_a_mutation() {
+        for path in MUTATING {
+            assert!(rule(path).is_some(), "{path} is not a served method");
+        }
+        for (path, _) in RULES {
+            if !path.starts_with("/finpool.v1.") || mutates(path) {
+                continue;
+            }
+            let method = path.rsplit('/').next().unwrap();
+            assert!(
+                ["Get", "List", "Watch", "Stream"]
+                    .iter()
+                    .any(|verb| method.starts_with(verb)),
+                "{path} neither reads by its name nor is in MUTATING"
+            );
+        }
+    }
+
+    /// The audit log is for regulators and operators, never tenants.
+    #[test]
+    fn tenants_cannot_read_the_audit_log() {
+        for (path, access) in RULES {
+            if path.starts_with("/finpool.v1.AuditService/") {
+                assert_eq!(*access, Access::Roles(STAFF), "{path}");
+            }
+        }
+    }
+
     #[test]
     fn regulators_can_change_nothing() {
         for (path, access) in RULES {
@@ -162,7 +224,8 @@ mod tests {
                 "Close", "Meter",
             ]
             .iter()
-            .any(|verb| path.rsplit('/').next().unwrap().starts_with(verb));
+            .any(|verb| path.rsplit('/').next().unwrap().starts_with(verb))
+                || mutates(path);
             if let Access::Roles(roles) = access
                 && mutates
             {

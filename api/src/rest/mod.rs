@@ -302,6 +302,22 @@ pub const ROUTES: &[Route] = &[
         Reply::Json,
         "Run a metering pass now (operators).",
     ),
+    route(
+        Method::GET,
+        "/v1/audit/entries",
+        "/finpool.v1.AuditService/ListAuditEntries",
+        BodyTo::None,
+        Reply::Json,
+        "The audit log after a seq, a page at a time (regulators and operators).",
+    ),
+    route(
+        Method::GET,
+        "/v1/audit/checkpoint",
+        "/finpool.v1.AuditService/GetCheckpoint",
+        BodyTo::None,
+        Reply::Json,
+        "The latest signed audit checkpoint and the log's public key (regulators and operators).",
+    ),
 ];
 
 /// The finpool.v1 descriptors.
@@ -380,8 +396,27 @@ fn invalid(field: &str, reason: impl std::fmt::Display) -> Refused {
     ))))
 }
 
+/// One REST call; the answer carries the request's id (`x-request-id`),
+/// the one its audit entry names.
 async fn gateway(route: &'static Route, grpc: GrpcStack, request: Request) -> Response {
     let (mut parts, body) = request.into_parts();
+    let request_id = crate::audit::ensure_request_id(&mut parts.headers);
+    let mut response = call_route(route, grpc, parts, body, &request_id).await;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response
+            .headers_mut()
+            .insert(crate::audit::REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+async fn call_route(
+    route: &'static Route,
+    grpc: GrpcStack,
+    mut parts: http::request::Parts,
+    body: Body,
+    request_id: &str,
+) -> Response {
     // Who is calling, before a byte of the body is read.
     let peer = crate::auth::layer::peer_of(&parts.extensions);
     let principal = match grpc.gate().admit(route.rpc, &parts.headers, peer) {
@@ -433,7 +468,8 @@ async fn gateway(route: &'static Route, grpc: GrpcStack, request: Request) -> Re
         .method(Method::POST)
         .uri(route.rpc)
         .header(header::CONTENT_TYPE, "application/grpc")
-        .header("te", "trailers");
+        .header("te", "trailers")
+        .header(crate::audit::REQUEST_ID_HEADER, request_id);
     let encoded = message.encode_to_vec();
     let mut framed = BytesMut::with_capacity(encoded.len() + 5);
     framed.put_u8(0);

@@ -17,6 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
 use super::{page_size, principal};
+use crate::audit::{self, AuditNote};
 use crate::auth::{Principal, Role};
 use crate::convert;
 use crate::error;
@@ -98,13 +99,24 @@ impl Jobs {
     }
 
     /// The job, if it exists and the caller may see it. Another tenant's
-    /// job is NOT_FOUND, exactly like a missing one.
-    async fn visible_job(&self, who: &Principal, id: &str) -> Result<Job, Status> {
+    /// job is NOT_FOUND, exactly like a missing one (and noted for the
+    /// audit log as a denied attempt).
+    async fn visible_job(
+        &self,
+        who: &Principal,
+        id: &str,
+        note: &AuditNote,
+    ) -> Result<Job, Status> {
         let id = JobId::parse("id", id).map_err(error::invalid)?;
+        note.target(format!("job/{id}"));
         let not_found = || Status::not_found(format!("job {id} not found"));
         match self.state.store.get_job(id).await {
             Ok(job) if who.can_see(&job.tenant_id) => Ok(job),
-            Ok(_) | Err(StoreError::NotFound(_)) => Err(not_found()),
+            Ok(_) => {
+                note.cross_tenant();
+                Err(not_found())
+            }
+            Err(StoreError::NotFound(_)) => Err(not_found()),
             Err(e) => Err(error::store(e)),
         }
     }
@@ -181,6 +193,7 @@ impl JobService for Jobs {
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let began = std::time::Instant::now();
         let who = principal(&request)?;
+        let note = audit::note(&request);
         let tenant = who
             .tenant
             .clone()
@@ -195,6 +208,7 @@ impl JobService for Jobs {
             Some(key) => JobId::for_idempotency_key(&tenant, key),
             None => JobId::new_random(),
         };
+        note.target(format!("job/{id}"));
         let job = Job::new(id, tenant, spec, Timestamp::now());
         let cap = Some(self.state.config.pending_cap);
         let (job, created) =
@@ -222,7 +236,8 @@ impl JobService for Jobs {
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let who = principal(&request)?;
-        let job = self.visible_job(&who, &request.get_ref().id).await?;
+        let note = audit::note(&request);
+        let job = self.visible_job(&who, &request.get_ref().id, &note).await?;
         Ok(Response::new(convert::job_to_pb(&job)))
     }
 
@@ -266,8 +281,9 @@ impl JobService for Jobs {
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let who = principal(&request)?;
+        let note = audit::note(&request);
         let r = request.into_inner();
-        let job = self.visible_job(&who, &r.id).await?;
+        let job = self.visible_job(&who, &r.id, &note).await?;
         finpool_domain::text::check(
             "reason",
             r.reason.trim(),
@@ -295,9 +311,10 @@ impl JobService for Jobs {
         request: Request<pb::WatchJobsRequest>,
     ) -> Result<Response<Self::WatchJobsStream>, Status> {
         let who = principal(&request)?;
+        let note = audit::note(&request);
         let only = match request.get_ref().job_id.as_str() {
             "" => None,
-            id => Some(self.visible_job(&who, id).await?.id),
+            id => Some(self.visible_job(&who, id, &note).await?.id),
         };
         // Held by the forwarding task: freed, with the subscription and the
         // channel, when the client goes away or the stream ends.
@@ -353,8 +370,9 @@ impl JobService for Jobs {
         request: Request<pb::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
         let who = principal(&request)?;
+        let note = audit::note(&request);
         let r = request.into_inner();
-        let job = self.visible_job(&who, &r.id).await?;
+        let job = self.visible_job(&who, &r.id, &note).await?;
         let slot = self.state.streams.acquire(&who)?;
         let stream = self
             .state

@@ -2,6 +2,7 @@
 //! (see [`crate::auth::policy`]); handlers scope data to what the caller may
 //! see, answering NOT_FOUND for anything of another tenant's.
 
+pub mod audit;
 pub mod billing;
 pub mod jobs;
 pub mod nodes;

@@ -12,6 +12,7 @@ use finpool_store::StoreError;
 use tonic::{Request, Response, Status};
 
 use super::{page_size, principal};
+use crate::audit::{self, AuditNote};
 use crate::auth::{Principal, Role};
 use crate::convert;
 use crate::error;
@@ -27,15 +28,19 @@ impl Tenants {
     }
 }
 
-/// The tenant, if the caller may see it; NOT_FOUND otherwise.
+/// The tenant, if the caller may see it; NOT_FOUND otherwise (noted for
+/// the audit log as a denied attempt when it is another tenant).
 async fn visible_tenant(
     state: &ApiState,
     who: &Principal,
     id: &str,
+    note: &AuditNote,
 ) -> Result<finpool_domain::Tenant, Status> {
     let name = Name::parse("id", id).map_err(error::invalid)?;
+    note.target(format!("tenant/{name}"));
     let not_found = || Status::not_found(format!("tenant {name} not found"));
     if !who.can_see(&name) {
+        note.cross_tenant();
         return Err(not_found());
     }
     match state.store.get_tenant(id).await {
@@ -52,6 +57,7 @@ impl TenantService for Tenants {
         request: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
         let who = principal(&request)?;
+        audit::note(&request).target(format!("tenant/{}", request.get_ref().id));
         let input = convert::tenant_input(request.into_inner()).map_err(error::invalid)?;
         let classes = self.state.inventory.inventory().class_names();
         let tenant = input
@@ -72,7 +78,8 @@ impl TenantService for Tenants {
         request: Request<pb::GetTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
         let who = principal(&request)?;
-        let tenant = visible_tenant(&self.state, &who, &request.get_ref().id).await?;
+        let note = audit::note(&request);
+        let tenant = visible_tenant(&self.state, &who, &request.get_ref().id, &note).await?;
         Ok(Response::new(convert::tenant_to_pb(&tenant)))
     }
 
@@ -118,7 +125,9 @@ impl TenantService for Tenants {
         request: Request<pb::SetQuotaRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
         let who = principal(&request)?;
+        let note = audit::note(&request);
         let r = request.into_inner();
+        note.target(format!("tenant/{}/quotas/{}", r.tenant_id, r.gpu_class));
         let id = Name::parse("tenant_id", &r.tenant_id).map_err(error::invalid)?;
         let classes = self.state.inventory.inventory().class_names();
         check_class("gpu_class", &r.gpu_class, &classes).map_err(error::invalid)?;
@@ -143,6 +152,7 @@ impl TenantService for Tenants {
         request: Request<pb::SuspendTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
         let who = principal(&request)?;
+        audit::note(&request).target(format!("tenant/{}", request.get_ref().id));
         let r = request.into_inner();
         let id = Name::parse("id", &r.id).map_err(error::invalid)?;
         let reason = r.reason.trim();
@@ -173,6 +183,7 @@ impl TenantService for Tenants {
         request: Request<pb::ResumeTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
         let who = principal(&request)?;
+        audit::note(&request).target(format!("tenant/{}", request.get_ref().id));
         let id = Name::parse("id", &request.get_ref().id).map_err(error::invalid)?;
         let tenant = self
             .state
@@ -206,6 +217,7 @@ impl TokenService for Tokens {
         request: Request<pb::RevokeTokensRequest>,
     ) -> Result<Response<pb::RevokeTokensResponse>, Status> {
         let who = principal(&request)?;
+        audit::note(&request).target(format!("subject/{}", request.get_ref().subject));
         let r = request.into_inner();
         if r.subject.is_empty() {
             return Err(Status::invalid_argument("subject: required"));
@@ -264,6 +276,7 @@ impl ModelService for Models {
         request: Request<pb::RegisterModelRequest>,
     ) -> Result<Response<pb::Model>, Status> {
         let who = principal(&request)?;
+        audit::note(&request).target(format!("model/{}", request.get_ref().name));
         let r = request.into_inner();
         let model = BaseModelInput {
             name: r.name,
@@ -317,6 +330,7 @@ impl UsageService for Usage {
         request: Request<pb::GetUsageRequest>,
     ) -> Result<Response<pb::Usage>, Status> {
         let who = principal(&request)?;
+        let note = audit::note(&request);
         let asked = request.into_inner().tenant_id;
         let id = match (&who.tenant, asked.as_str()) {
             (Some(own), "") => own.to_string(),
@@ -327,7 +341,7 @@ impl UsageService for Usage {
             }
             (_, t) => t.to_owned(),
         };
-        let tenant = visible_tenant(&self.state, &who, &id).await?;
+        let tenant = visible_tenant(&self.state, &who, &id, &note).await?;
         let now = Timestamp::now();
         let usage = self
             .state

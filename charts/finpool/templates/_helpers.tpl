@@ -83,6 +83,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.auth.signingKeyPkcs8Base64 -}}jwt-signing-key.pk8{{- else -}}{{- .Values.auth.existingSecretKey -}}{{- end -}}
 {{- end -}}
 
+{{/* The key of the audit log's signing key, in the same Secret. */}}
+{{- define "finpool.auditSecretKey" -}}
+{{- if .Values.auth.signingKeyPkcs8Base64 -}}
+{{- if not .Values.auth.auditKeyPkcs8Base64 -}}
+{{- fail "auth.signingKeyPkcs8Base64 needs auth.auditKeyPkcs8Base64 too (the audit log's Ed25519 key, PKCS#8 DER, base64)" -}}
+{{- end -}}
+audit-signing-key.pk8
+{{- else -}}
+{{- .Values.auth.existingSecretAuditKey -}}
+{{- end -}}
+{{- end -}}
+
 {{/* True (non-empty) when a JWKS is configured. */}}
 {{- define "finpool.jwksEnabled" -}}
 {{- if .Values.auth.jwks -}}
