@@ -353,12 +353,37 @@ async fn the_audit_log_records_verifies_and_names_tampering() {
         })
         .await
         .unwrap();
+    // A suspended tenant's token is refused, and named in the log.
+    op.tenants
+        .suspend_tenant(pb::SuspendTenantRequest {
+            id: "beta".into(),
+            reason: "audit".into(),
+        })
+        .await
+        .unwrap();
+    let refused = beta
+        .jobs
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let export2 = files.join("export-2.jsonl");
     let cp2 = files.join("checkpoint-2.txt");
-    settle(&server, &regulator, 11, &export2, &cp2).await;
+    settle(&server, &regulator, 13, &export2, &cp2).await;
+    let log2 = entries(&export2);
+    assert!(
+        log2.iter()
+            .any(|e| e.target == "tenant/alpha/quotas/A100" && e.outcome.is_ok())
+    );
+    assert!(log2.iter().any(|e| e.action.ends_with("/SuspendTenant")
+        && e.target == "tenant/beta"
+        && e.outcome.is_ok()));
+    let suspended = log2.last().unwrap();
+    assert_eq!(suspended.action, "/finpool.v1.JobService/ListJobs");
+    assert_eq!(suspended.outcome.to_string(), "denied:UNAUTHENTICATED");
     assert_eq!(
-        entries(&export2).last().unwrap().target,
-        "tenant/alpha/quotas/A100"
+        (suspended.role.as_str(), suspended.tenant.as_deref()),
+        ("tenant", Some("beta"))
     );
     let ok = audit_ok(
         None,
@@ -377,7 +402,7 @@ async fn the_audit_log_records_verifies_and_names_tampering() {
         ],
     );
     assert!(
-        ok.contains("tree size 11") && ok.contains("extends the older checkpoint"),
+        ok.contains("tree size 13") && ok.contains("extends the older checkpoint"),
         "{ok}"
     );
     // The old checkpoint still holds for the new export's prefix.
@@ -396,7 +421,7 @@ async fn the_audit_log_records_verifies_and_names_tampering() {
         ],
     );
     assert!(
-        ok.contains("tree size 9") && ok.contains("2 after the checkpoint"),
+        ok.contains("tree size 9") && ok.contains("4 after the checkpoint"),
         "{ok}"
     );
 
@@ -564,7 +589,7 @@ async fn the_audit_log_records_verifies_and_names_tampering() {
         s(&key),
     ]);
     assert!(
-        stderr.contains("FAILED: the first 11 entries hash to"),
+        stderr.contains("FAILED: the first 13 entries hash to"),
         "{stderr}"
     );
     let mut frontier = Frontier::new();

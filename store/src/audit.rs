@@ -43,6 +43,22 @@ impl StoredAudit {
     }
 }
 
+/// The entries numbered from `first`, with their canonical bytes, signed.
+/// Signing costs tens of microseconds an entry: the task yields between
+/// slices, so a large batch does not hold a runtime thread.
+async fn sign_all(entries: &[Entry], first: u64, signer: &Signer) -> Vec<(Vec<u8>, SignedEntry)> {
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 && i % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+        let mut e = e.clone();
+        e.seq = first + i as u64;
+        out.push((e.canonical(), e.sign(signer)));
+    }
+    out
+}
+
 impl Store {
     /// Appends `entries` (their `seq` is ignored) after the last one,
     /// signing each with `signer`, in one transaction. Returns the first
@@ -56,6 +72,12 @@ impl Store {
             return Ok(None);
         }
         let _one_writer = self.inner.audit_writer.lock().await;
+        // Signing takes longer than the INSERT: it is done before the
+        // write lock is taken, numbered after the last seq as this
+        // process sees it, and done again in the transaction only if
+        // another process appended meanwhile.
+        let seen = self.audit_size().await?;
+        let mut signed = sign_all(entries, seen + 1, signer).await;
         macro_rules! run {
             ($begin:expr, $postgres:expr) => {{
                 let mut tx = $begin.await?;
@@ -69,15 +91,9 @@ impl Store {
                     .fetch_one(&mut *tx)
                     .await?;
                 let first = last as u64 + 1;
-                let signed: Vec<(Vec<u8>, SignedEntry)> = entries
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| {
-                        let mut e = e.clone();
-                        e.seq = first + i as u64;
-                        (e.canonical(), e.sign(signer))
-                    })
-                    .collect();
+                if last as u64 != seen {
+                    signed = sign_all(entries, first, signer).await;
+                }
                 for chunk in signed.chunks(ROWS_PER_INSERT) {
                     let rows: Vec<String> = (0..chunk.len())
                         .map(|r| {

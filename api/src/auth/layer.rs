@@ -116,16 +116,24 @@ impl Gate {
             }
             Some(Access::Roles(roles)) => roles,
         };
-        let principal = match authenticate(&self.verifier, headers)
-            .and_then(|p| self.revocations.check(&p).map(|()| p))
-        {
+        // A revoked token (or a suspended tenant's) is named in the audit
+        // log by its subject: its signature was good, only its standing
+        // is gone.
+        let (checked, known) = match authenticate(&self.verifier, headers) {
+            Ok(p) => match self.revocations.check(&p) {
+                Ok(()) => (Ok(p), None),
+                Err(e) => (Err(e), Some(p)),
+            },
+            Err(e) => (Err(e), None),
+        };
+        let principal = match checked {
             Ok(p) => p,
             Err(e) => {
                 // A caller without a valid token is anonymous: limited by
                 // address, so guessing tokens is as slow as any flood.
-                self.admit_anonymous(peer).map_err(|s| (s, None))?;
+                self.admit_anonymous(peer).map_err(|s| (s, known.clone()))?;
                 tracing::debug!(path, error = %e, "unauthenticated call");
-                return Err((Status::unauthenticated(e.to_string()), None));
+                return Err((Status::unauthenticated(e.to_string()), known));
             }
         };
         if !roles.contains(&principal.role) {
