@@ -353,6 +353,13 @@ struct CloseReport {
     raw_insert_rows_per_second: f64,
     /// usage_events_per_second ÷ raw_insert_rows_per_second.
     meter_to_raw_insert: f64,
+    /// The regulator's report of the closed month, first made (its
+    /// figures gathered, checked and kept) and rendered as JSON, CSV and
+    /// HTML.
+    report_seconds: f64,
+    /// The same report again, from its kept figures.
+    report_again_seconds: f64,
+    report_html_bytes: usize,
 }
 
 /// `finpool bench close`: a month of runs for many tenants, metered and
@@ -412,6 +419,30 @@ async fn close(args: BenchCloseArgs) -> anyhow::Result<()> {
     let raw = store.raw_event_insert_rate(metered.events).await?;
     let seconds = meter_seconds + close_seconds;
     let events_per_second = metered.events as f64 / meter_seconds.max(1e-9);
+    eprintln!("the regulator's report…");
+    let inventory = bench_inventory(seed.cards);
+    let render_all = |r: &finpool_report::Report| -> anyhow::Result<usize> {
+        let _ = finpool_report::render::json(r);
+        let _ = finpool_report::render::csv(r);
+        Ok(finpool_report::render::html(r)?.len())
+    };
+    let (from, to) = (
+        finpool_domain::Timestamp(period.start),
+        finpool_domain::Timestamp(period.end),
+    );
+    let now_ts = finpool_domain::Timestamp(now);
+    let started = std::time::Instant::now();
+    let figures = finpool_api::reports::usage_report(&store, &inventory, from, to, now_ts).await?;
+    let report_html_bytes = render_all(&figures)?;
+    let report_seconds = started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
+    let again = finpool_api::reports::usage_report(&store, &inventory, from, to, now_ts).await?;
+    render_all(&again)?;
+    let report_again_seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        again == figures,
+        "a closed month's report changed between two requests"
+    );
     let report = CloseReport {
         db: "sqlite",
         tenants: args.tenants,
@@ -427,7 +458,41 @@ async fn close(args: BenchCloseArgs) -> anyhow::Result<()> {
         usage_events_per_second: events_per_second,
         raw_insert_rows_per_second: raw,
         meter_to_raw_insert: events_per_second / raw.max(1e-9),
+        report_seconds,
+        report_again_seconds,
+        report_html_bytes,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// The bench pool as an inventory: `cards` A100 cards, eight per node, in
+/// one location.
+fn bench_inventory(cards: u32) -> finpool_domain::Inventory {
+    use finpool_domain::{Gpu, GpuClass, Inventory, Node};
+    let nodes = (0..cards.div_ceil(8))
+        .map(|n| Node {
+            name: format!("bench-{n:05}"),
+            labels: [("location".to_owned(), "dc-1".to_owned())].into(),
+            cpu_milli: 64_000,
+            memory_mib: 512 * 1024,
+            gpus: (0..8.min(cards - n * 8))
+                .map(|i| Gpu {
+                    index: i,
+                    uuid: format!("GPU-bench-{n}-{i}"),
+                    class: "A100".into(),
+                    memory_mib: finpool_store::BENCH_CARD_MIB,
+                    mig: vec![],
+                })
+                .collect(),
+            models: vec![],
+        })
+        .collect();
+    Inventory {
+        classes: vec![GpuClass {
+            name: "A100".into(),
+            memory_mib: finpool_store::BENCH_CARD_MIB,
+        }],
+        nodes,
+    }
 }
