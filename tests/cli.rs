@@ -309,9 +309,13 @@ fn completions_for_bash_zsh_and_fish() {
             assert!(script.contains(word), "{shell}: {word} missing");
         }
         if shell == "bash" {
-            // bash parses it (and defines the completion function).
+            // bash parses it (and defines the completion function). From a
+            // file: the script is longer than one argument may be.
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), &script).unwrap();
             let check = std::process::Command::new("bash")
-                .args(["-n", "-c", &script])
+                .arg("-n")
+                .arg(file.path())
                 .output()
                 .unwrap();
             assert!(
