@@ -49,7 +49,7 @@ const MAX_BATCH: usize = 1024;
 /// How long the writer gathers entries before an append: one commit (and
 /// fsync) per batch, not per call, so submits keep the database to
 /// themselves.
-const LINGER: Duration = Duration::from_millis(20);
+const LINGER: Duration = Duration::from_millis(100);
 /// The longest a mutation's entry waits for room in the queue.
 const ENQUEUE_WAIT: Duration = Duration::from_secs(2);
 /// How long the shutdown flush keeps trying an unavailable database.
@@ -302,6 +302,11 @@ impl AuditLog {
 
     /// Queues a mutation's entry, waiting briefly for room.
     pub async fn record_waiting(&self, entry: Entry) {
+        let entry = match self.shared.tx.try_send(entry) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(entry)) => entry,
+            Err(mpsc::error::TrySendError::Closed(_)) => return self.dropped(),
+        };
         match tokio::time::timeout(ENQUEUE_WAIT, self.shared.tx.send(entry)).await {
             Ok(Ok(())) => {}
             _ => self.dropped(),

@@ -54,7 +54,8 @@ async fn sign_all(entries: &[Entry], first: u64, signer: &Signer) -> Vec<(Vec<u8
         }
         let mut e = e.clone();
         e.seq = first + i as u64;
-        out.push((e.canonical(), e.sign(signer)));
+        let signed = e.sign(signer);
+        out.push((signed.entry.canonical(), signed));
     }
     out
 }
