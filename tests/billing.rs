@@ -277,4 +277,44 @@ async fn a_crash_during_metering_leaves_the_ledger_equal_to_the_job_lifecycle() 
         .unwrap()
         .into_inner();
     assert!(again.closed);
+
+    // The CLI: a regulator's `finpool usage` without --tenant is everyone's
+    // usage with the capacity; a tenant lists its own invoices only.
+    let cli = |role: finpool_api::Role, tenant: Option<&str>, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_finpool"))
+            .args(args)
+            .env("FINPOOL_ADDR", &server.addr)
+            .env("FINPOOL_TOKEN", server.token(role, tenant))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let from = finpool_domain::Timestamp(periods[0].start).to_rfc3339();
+    let usage = cli(
+        finpool_api::Role::Regulator,
+        None,
+        &["usage", "--from", &from],
+    );
+    assert!(
+        usage.contains("alpha") && usage.contains("beta") && usage.contains("CAPACITY"),
+        "{usage}"
+    );
+    let usage = cli(finpool_api::Role::Regulator, None, &["usage"]);
+    assert!(usage.contains("alpha") && usage.contains("beta"), "{usage}");
+    let mine = cli(
+        finpool_api::Role::Tenant,
+        Some("beta"),
+        &["invoice", "list"],
+    );
+    assert!(mine.contains("beta") && !mine.contains("alpha"), "{mine}");
+    let prices = cli(finpool_api::Role::Tenant, Some("beta"), &["price", "list"]);
+    assert!(prices.contains("gpu_held_idle"), "{prices}");
+    let periods_out = cli(finpool_api::Role::Operator, None, &["period", "list"]);
+    assert!(periods_out.contains("closed"), "{periods_out}");
 }

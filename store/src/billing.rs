@@ -297,8 +297,9 @@ impl Store {
         }))
     }
 
-    /// One metering pass: every interval from the progress mark (or the
-    /// first run) up to the last one settled at `now`.
+    /// One metering pass: every interval from the progress mark (at first,
+    /// the start of the billing period of the first run) up to the last one
+    /// settled at `now`.
     pub async fn meter(
         &self,
         config: &BillingConfig,
@@ -314,7 +315,15 @@ impl Store {
                         .fetch_one(pool)
                         .await?
                 });
-                config.interval.floor(first.unwrap_or(target)).min(target)
+                // From the start of the billing period of the first run (or
+                // of now), so that every period metered has its whole
+                // capacity on record.
+                let start = config
+                    .period
+                    .period_containing(first.unwrap_or(target).min(target))
+                    .map_err(billing_error)?
+                    .start;
+                config.interval.floor(start)
             }
         };
         let mut report = MeterReport {
