@@ -4,7 +4,7 @@
 //! billing periods cover is frozen: its figures are kept the first time
 //! they are made, and every later request renders those same figures.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use finpool_billing::Kind;
 use finpool_domain::{Inventory, Timestamp};
@@ -57,6 +57,16 @@ pub async fn usage_report(
     Ok(report)
 }
 
+/// A GPU usage row's kind; anything else means the store is corrupt.
+fn gpu_kind(kind: &str) -> Result<Kind, ReportError> {
+    match Kind::parse("kind", kind) {
+        Ok(k @ (Kind::GpuUsed | Kind::GpuHeldIdle)) => Ok(k),
+        _ => Err(ReportError::Corrupt(format!(
+            "a GPU usage row of kind {kind:?}"
+        ))),
+    }
+}
+
 async fn compute(
     store: &Store,
     inventory: &Inventory,
@@ -66,7 +76,10 @@ async fn compute(
 ) -> Result<Report, ReportError> {
     let (f, t) = (from.0, to.0);
     let tenants = store.all_tenants().await?;
-    let usage = store.usage_between(f, t, None).await?;
+    // One scan of the period's GPU usage gives both the per-tenant totals
+    // and the charts' series (a month of 1,000 tenants is millions of
+    // events).
+    let usage = store.gpu_usage_by_interval(f, t).await?;
     let capacity = store.capacity_between(f, t).await?;
     let jobs: BTreeMap<String, i64> = store.jobs_run_between(f, t).await?.into_iter().collect();
     let charges: BTreeMap<String, i64> = store.charges_between(f, t).await?.into_iter().collect();
@@ -79,14 +92,13 @@ async fn compute(
     for row in &usage {
         let q = row.quantity.max(0) as u64;
         let cell = by_tenant
-            .entry(row.tenant.clone())
+            .entry(row.tenant_id.clone())
             .or_default()
-            .entry(row.class.clone())
+            .entry(row.gpu_class.clone())
             .or_default();
-        match row.kind {
+        match gpu_kind(&row.kind)? {
             Kind::GpuUsed => cell.0 += q,
-            Kind::GpuHeldIdle => cell.1 += q,
-            Kind::Cpu | Kind::Memory => {}
+            _ => cell.1 += q,
         }
     }
     let tenant_lines: Vec<TenantLine> = by_tenant
@@ -143,15 +155,22 @@ async fn compute(
             )
         })
         .collect();
-    for u in store.gpu_usage_by_interval(f, t).await? {
-        let Some(line) = intervals.get_mut(&u.interval_start) else {
+    let column: HashMap<&str, usize> = tenant_lines
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.tenant.as_str(), i))
+        .collect();
+    for u in &usage {
+        let (Some(line), Some(&i)) = (
+            intervals.get_mut(&u.interval_start),
+            column.get(u.tenant_id.as_str()),
+        ) else {
             continue;
         };
-        if let Some(cell) = line.tenants.iter_mut().find(|c| c.0 == u.tenant_id) {
-            match u.kind.as_str() {
-                "gpu_used" => cell.1 += u.quantity.max(0) as u64,
-                _ => cell.2 += u.quantity.max(0) as u64,
-            }
+        let cell = &mut line.tenants[i];
+        match gpu_kind(&u.kind)? {
+            Kind::GpuUsed => cell.1 += u.quantity.max(0) as u64,
+            _ => cell.2 += u.quantity.max(0) as u64,
         }
     }
 

@@ -79,6 +79,7 @@ impl Store {
         // another process appended meanwhile.
         let seen = self.audit_size().await?;
         let mut signed = sign_all(entries, seen + 1, signer).await;
+        let placeholders = self.backend().placeholders();
         macro_rules! run {
             ($begin:expr, $postgres:expr) => {{
                 let mut tx = $begin.await?;
@@ -96,18 +97,10 @@ impl Store {
                     signed = sign_all(entries, first, signer).await;
                 }
                 for chunk in signed.chunks(ROWS_PER_INSERT) {
-                    let rows: Vec<String> = (0..chunk.len())
-                        .map(|r| {
-                            let b = r * COLUMNS;
-                            let params: Vec<String> =
-                                (1..=COLUMNS).map(|c| format!("${}", b + c)).collect();
-                            format!("({})", params.join(", "))
-                        })
-                        .collect();
                     let sql = format!(
                         "INSERT INTO audit_log (seq, at, actor, role, tenant, action, target, \
                          request_id, outcome, canonical, leaf_hash, signature) VALUES {}",
-                        rows.join(", ")
+                        placeholders.rows(chunk.len(), COLUMNS, "")
                     );
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                     for (canonical, s) in chunk {

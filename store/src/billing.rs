@@ -19,7 +19,7 @@ use finpool_billing::{
 };
 use finpool_domain::{Inventory, Placement};
 
-use crate::backend::{with_read_pool, with_write_pool};
+use crate::backend::{Placeholders, with_read_pool, with_write_pool};
 use crate::error::corrupt;
 use crate::{Store, StoreError};
 
@@ -333,9 +333,26 @@ impl Store {
         };
         let chunk = INTERVALS_PER_CHUNK * config.interval.millis();
         let mut at = from;
+        // Each chunk's runs are read while the chunk before is written:
+        // the read pool and the writer are separate connections.
+        let mut runs = if at < target {
+            self.billing_runs(at, (at + chunk).min(target)).await?
+        } else {
+            Vec::new()
+        };
         while at < target {
             let end = (at + chunk).min(target);
-            let r = self.meter_range(config, capacity, at, end).await?;
+            let next_end = (end + chunk).min(target);
+            let (r, next) =
+                tokio::join!(self.meter_loaded(config, capacity, at, end, &runs), async {
+                    if end < target {
+                        self.billing_runs(end, next_end).await
+                    } else {
+                        Ok(Vec::new())
+                    }
+                });
+            let r = r?;
+            runs = next?;
             report.to = end;
             report.runs += r.runs;
             report.events += r.events;
@@ -358,6 +375,20 @@ impl Store {
         from: i64,
         to: i64,
     ) -> Result<MeterReport, StoreError> {
+        let runs = self.billing_runs(from, to).await?;
+        self.meter_loaded(config, capacity, from, to, &runs).await
+    }
+
+    /// [`Store::meter_range`] with the runs that overlap `[from, to)`
+    /// already read.
+    async fn meter_loaded(
+        &self,
+        config: &BillingConfig,
+        capacity: &[CapacityClass],
+        from: i64,
+        to: i64,
+        runs: &[Run],
+    ) -> Result<MeterReport, StoreError> {
         let len = config.interval.millis();
         if !config.interval.is_aligned(from) || !config.interval.is_aligned(to) || to < from {
             return Err(StoreError::InvalidArgument {
@@ -378,20 +409,15 @@ impl Store {
             rows.extend(capacity.iter().map(|c| (s, c)));
             s += len;
         }
+        let placeholders = self.backend().placeholders();
         with_write_pool!(self.backend(), pool => {
             let mut tx = pool.begin().await?;
             for chunk in rows.chunks(EVENTS_PER_STATEMENT) {
-                let mut sql = String::from(
-                    "INSERT INTO metering_capacity (interval_start, interval_end, gpu_class, cards, card_memory_mib) VALUES ",
+                let sql = format!(
+                    "INSERT INTO metering_capacity (interval_start, interval_end, gpu_class, cards, card_memory_mib) \
+                     VALUES {} ON CONFLICT DO NOTHING",
+                    placeholders.rows(chunk.len(), 5, "")
                 );
-                for i in 0..chunk.len() {
-                    let b = i * 5;
-                    if i > 0 {
-                        sql.push(',');
-                    }
-                    sql.push_str(&format!("(${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5));
-                }
-                sql.push_str(" ON CONFLICT DO NOTHING");
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for (start, c) in chunk {
                     q = q
@@ -432,16 +458,9 @@ impl Store {
             .iter()
             .map(|c| (c.class.clone(), c.card_memory_mib))
             .collect();
-        let runs = self.billing_runs(from, to).await?;
-        let events = finpool_billing::meter_range(
-            &runs,
-            &memory,
-            &default_memory,
-            from,
-            to,
-            config.interval,
-        )
-        .map_err(billing_error)?;
+        let events =
+            finpool_billing::meter_range(runs, &memory, &default_memory, from, to, config.interval)
+                .map_err(billing_error)?;
         let inserted = self.insert_usage_events(&events).await?;
         self.advance_metering_from(from, to).await?;
         tracing::debug!(
@@ -488,11 +507,12 @@ impl Store {
     /// Returns how many were new.
     pub async fn insert_usage_events(&self, events: &[UsageEvent]) -> Result<u64, StoreError> {
         let mut inserted = 0;
+        let placeholders = self.backend().placeholders();
         for batch in events.chunks(EVENTS_PER_TRANSACTION) {
             with_write_pool!(self.backend(), pool => {
                 let mut tx = pool.begin().await?;
                 for chunk in batch.chunks(EVENTS_PER_STATEMENT) {
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(insert_events_sql(chunk.len())));
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(insert_events_sql(placeholders, chunk.len())));
                     for e in chunk {
                         q = q
                             .bind(e.id.as_str())
@@ -1179,26 +1199,10 @@ impl Store {
     }
 }
 
-fn insert_events_sql(rows: usize) -> String {
-    let mut sql = String::from(
+fn insert_events_sql(placeholders: Placeholders, rows: usize) -> String {
+    format!(
         "INSERT INTO usage_events (id, tenant_id, job_id, attempt, node, gpu_index, gpu_class, kind, \
-         interval_start, interval_end, quantity) VALUES ",
-    );
-    for i in 0..rows {
-        let b = i * 11;
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push('(');
-        for k in 1..=11 {
-            if k > 1 {
-                sql.push(',');
-            }
-            sql.push('$');
-            sql.push_str(&(b + k).to_string());
-        }
-        sql.push(')');
-    }
-    sql.push_str(" ON CONFLICT (id) DO NOTHING");
-    sql
+         interval_start, interval_end, quantity) VALUES {} ON CONFLICT (id) DO NOTHING",
+        placeholders.rows(rows, 11, "")
+    )
 }

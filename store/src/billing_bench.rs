@@ -53,21 +53,18 @@ impl Store {
         seed: u64,
     ) -> Result<BenchSeed, StoreError> {
         let cards: u32 = 1000;
+        let placeholders = self.backend().placeholders();
         let mut rng = Mix(seed);
         let tenant_ids: Vec<String> = (0..tenants).map(|t| format!("bench-{t:05}")).collect();
         for chunk in tenant_ids.chunks(ROWS_PER_STATEMENT) {
-            let mut sql = String::from(
-                "INSERT INTO tenants (id, display_name, weight, isolation, quotas, created_at, updated_at) VALUES ",
+            let sql = format!(
+                "INSERT INTO tenants (id, display_name, weight, isolation, quotas, created_at, updated_at) VALUES {}",
+                placeholders.rows(
+                    chunk.len(),
+                    1,
+                    ", 'bench', 1, 'shared-within-tenant', '{}', 0, 0"
+                )
             );
-            for (i, _) in chunk.iter().enumerate() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!(
-                    "(${}, 'bench', 1, 'shared-within-tenant', '{{}}', 0, 0)",
-                    i + 1
-                ));
-            }
             with_write_pool!(self.backend(), pool => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for t in chunk {
@@ -122,52 +119,40 @@ impl Store {
             with_write_pool!(self.backend(), pool => {
                 let mut tx = pool.begin().await?;
                 for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                    let mut jobs_sql = String::from(
-                        "INSERT INTO jobs (id, tenant_id, name, spec, state, reason, priority, created_at, updated_at, \
-                         started_at, finished_at, placement, attempts) VALUES ",
+                    let jobs_sql = format!(
+                        "INSERT INTO jobs (id, tenant_id, spec, placement, created_at, updated_at, started_at, \
+                         finished_at, name, state, reason, priority, attempts) VALUES {}",
+                        placeholders.rows(chunk.len(), 8, ", 'bench', 'succeeded', 'done', 0, 1")
                     );
-                    let mut runs_sql = String::from(
-                        "INSERT INTO job_runs (job_id, attempt, tenant_id, node, placement, started_at, ended_at) VALUES ",
+                    let runs_sql = format!(
+                        "INSERT INTO job_runs (job_id, tenant_id, placement, node, started_at, ended_at, attempt) \
+                         VALUES {}",
+                        placeholders.rows(chunk.len(), 6, ", 1")
                     );
-                    for i in 0..chunk.len() {
-                        let b = i * 7;
-                        if i > 0 {
-                            jobs_sql.push(',');
-                            runs_sql.push(',');
-                        }
-                        jobs_sql.push_str(&format!(
-                            "(${a}, ${t}, 'bench', ${s}, 'succeeded', 'done', 0, ${st}, ${en}, ${st}, ${en}, ${p}, 1)",
-                            a = b + 1,
-                            t = b + 2,
-                            s = b + 3,
-                            p = b + 4,
-                            st = b + 6,
-                            en = b + 7
-                        ));
-                        runs_sql.push_str(&format!(
-                            "(${a}, 1, ${t}, ${n}, ${p}, ${st}, ${en})",
-                            a = b + 1,
-                            t = b + 2,
-                            p = b + 4,
-                            n = b + 5,
-                            st = b + 6,
-                            en = b + 7
-                        ));
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(jobs_sql));
+                    for r in chunk {
+                        q = q
+                            .bind(r.0.as_str())
+                            .bind(r.1.as_str())
+                            .bind(r.2.as_str())
+                            .bind(r.3.as_str())
+                            .bind(r.5)
+                            .bind(r.6)
+                            .bind(r.5)
+                            .bind(r.6);
                     }
-                    for sql in [jobs_sql, runs_sql] {
-                        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                        for r in chunk {
-                            q = q
-                                .bind(r.0.as_str())
-                                .bind(r.1.as_str())
-                                .bind(r.2.as_str())
-                                .bind(r.3.as_str())
-                                .bind(r.4.as_str())
-                                .bind(r.5)
-                                .bind(r.6);
-                        }
-                        q.execute(&mut *tx).await?;
+                    q.execute(&mut *tx).await?;
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(runs_sql));
+                    for r in chunk {
+                        q = q
+                            .bind(r.0.as_str())
+                            .bind(r.1.as_str())
+                            .bind(r.3.as_str())
+                            .bind(r.4.as_str())
+                            .bind(r.5)
+                            .bind(r.6);
                     }
+                    q.execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
             });
@@ -193,6 +178,7 @@ impl Store {
             .execute(pool)
             .await?;
         });
+        let placeholders = self.backend().placeholders();
         let started = Instant::now();
         let mut done = 0;
         while done < rows {
@@ -202,24 +188,11 @@ impl Store {
                 let mut left = n;
                 while left > 0 {
                     let k = left.min(500);
-                    let mut sql = String::from(
+                    let sql = format!(
                         "INSERT INTO finpool_bench_events (id, tenant_id, job_id, attempt, node, gpu_index, gpu_class, kind, \
-                         interval_start, interval_end, quantity) VALUES ",
+                         interval_start, interval_end, quantity) VALUES {}",
+                        placeholders.rows(k, 11, "")
                     );
-                    for i in 0..k {
-                        let b = i * 11;
-                        if i > 0 {
-                            sql.push(',');
-                        }
-                        sql.push('(');
-                        for c in 1..=11 {
-                            if c > 1 {
-                                sql.push(',');
-                            }
-                            sql.push_str(&format!("${}", b + c));
-                        }
-                        sql.push(')');
-                    }
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                     for i in 0..k {
                         let row = (done + n - left + i) as i64;

@@ -6,18 +6,20 @@
 use crate::backend::{with_read_pool, with_write_pool};
 use crate::{Store, StoreError};
 
-/// A tenant's GPU time of one kind (`gpu_used`, `gpu_held_idle`) in one
-/// metering interval, in milli-GPU-ms.
+/// A tenant's GPU time of one class and kind (`gpu_used`,
+/// `gpu_held_idle`) in one metering interval, in milli-GPU-ms.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct IntervalUsage {
     pub interval_start: i64,
     pub tenant_id: String,
+    pub gpu_class: String,
     pub kind: String,
     pub quantity: i64,
 }
 
 impl Store {
-    /// GPU time per interval starting in `[from, to)`, per tenant and kind.
+    /// GPU time per interval starting in `[from, to)`, per tenant, class
+    /// and kind. The order is the index's, so the scan streams.
     pub async fn gpu_usage_by_interval(
         &self,
         from: i64,
@@ -25,10 +27,11 @@ impl Store {
     ) -> Result<Vec<IntervalUsage>, StoreError> {
         Ok(with_read_pool!(self.backend(), pool => {
             sqlx::query_as(
-                "SELECT interval_start, tenant_id, kind, CAST(SUM(quantity) AS BIGINT) AS quantity \
+                "SELECT interval_start, tenant_id, gpu_class, kind, CAST(SUM(quantity) AS BIGINT) AS quantity \
                  FROM usage_events WHERE interval_start >= $1 AND interval_start < $2 \
                  AND kind IN ('gpu_used', 'gpu_held_idle') \
-                 GROUP BY interval_start, tenant_id, kind ORDER BY interval_start, tenant_id, kind",
+                 GROUP BY interval_start, tenant_id, gpu_class, kind \
+                 ORDER BY interval_start, tenant_id, gpu_class, kind",
             )
             .bind(from)
             .bind(to)

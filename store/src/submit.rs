@@ -192,14 +192,15 @@ impl Store {
             t.dedup();
             t
         };
+        let placeholders = self.backend().placeholders();
         macro_rules! run {
             ($pool:expr, $one:ident) => {{
                 let mut tx = $pool.begin().await?;
                 let mut pending: HashMap<String, i64> = HashMap::new();
                 if !capped.is_empty() {
                     let sql = format!(
-                        "SELECT tenant_id, pending FROM tenant_pending WHERE tenant_id IN ({})",
-                        placeholders(1, capped.len())
+                        "SELECT tenant_id, pending FROM tenant_pending WHERE tenant_id IN {}",
+                        placeholders.rows(1, capped.len(), "")
                     );
                     let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql));
                     for t in &capped {
@@ -222,21 +223,11 @@ impl Store {
                     bulk.push(i);
                 }
                 if !bulk.is_empty() {
-                    const COLUMNS: usize = 9;
-                    let rows: Vec<String> = (0..bulk.len())
-                        .map(|r| {
-                            let b = r * COLUMNS;
-                            format!(
-                                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, FALSE)",
-                                b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 9
-                            )
-                        })
-                        .collect();
                     let sql = format!(
                         "INSERT INTO jobs (id, tenant_id, name, idempotency_key, spec, state, reason, priority, \
                          created_at, updated_at, attempts, cancel_requested) VALUES {} \
                          ON CONFLICT (id) DO NOTHING RETURNING id",
-                        rows.join(", ")
+                        placeholders.rows(bulk.len(), 10, ", 0, FALSE")
                     );
                     let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
                     for &i in &bulk {
@@ -250,6 +241,7 @@ impl Store {
                             .bind(job.state.as_str())
                             .bind(&job.reason)
                             .bind(job.spec.priority)
+                            .bind(job.created_at.0)
                             .bind(job.created_at.0);
                     }
                     let mut created: HashSet<String> = q.fetch_all(&mut *tx).await?.into_iter().collect();
@@ -263,12 +255,9 @@ impl Store {
                         }
                     }
                     if !made.is_empty() {
-                        let rows: Vec<String> = (0..made.len())
-                            .map(|r| format!("(${}, 1, NULL, ${}, ${}, ${})", r * 4 + 1, r * 4 + 2, r * 4 + 3, r * 4 + 4))
-                            .collect();
                         let sql = format!(
-                            "INSERT INTO job_events (job_id, seq, from_state, to_state, at, reason) VALUES {}",
-                            rows.join(", ")
+                            "INSERT INTO job_events (job_id, to_state, at, reason, seq, from_state) VALUES {}",
+                            placeholders.rows(made.len(), 4, ", 1, NULL")
                         );
                         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                         for &i in &made {
@@ -299,14 +288,6 @@ impl Store {
             Backend::Postgres(pool) => run!(pool, existing_postgres),
         }
     }
-}
-
-/// `$1, $2, …` from `first`, `count` of them.
-fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count)
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// A per-job refusal stays with its job; any other error fails the batch.
