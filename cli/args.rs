@@ -16,8 +16,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
                   --addr / --token or FINPOOL_ADDR / FINPOOL_TOKEN."
 )]
 pub struct Cli {
-    #[command(flatten)]
-    pub global: Global,
     /// Logs on stderr: `text` (coloured only on a terminal) or `json` (one
     /// object per line, for log collectors).
     #[arg(long, global = true, value_enum, env = "FINPOOL_LOG_FORMAT", default_value_t = LogFormat::Text)]
@@ -26,9 +24,10 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// How client commands reach the server and print.
+/// How a client command reaches the server: only commands that call one
+/// take these.
 #[derive(Debug, Clone, Args)]
-pub struct Global {
+pub struct Connect {
     /// The server's address.
     #[arg(
         long,
@@ -40,7 +39,24 @@ pub struct Global {
     /// A bearer token (see `finpool token issue`).
     #[arg(long, global = true, env = "FINPOOL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Tables for people, JSON for scripts.
+}
+
+/// How a command prints.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct OutputArgs {
+    /// `table` for people, `wide` for a table with more columns, `json` or
+    /// `yaml` for scripts (JSON as the REST API returns it).
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// How client commands reach the server and print.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    #[command(flatten)]
+    pub connect: Connect,
+    /// `table` for people, `wide` for a table with more columns, `json` or
+    /// `yaml` for scripts (JSON as the REST API returns it).
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
 }
@@ -53,8 +69,31 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
+    /// A table (or a description) for people.
     Table,
+    /// A table with more columns, where there are more to show.
+    Wide,
+    /// JSON, as the REST API returns it.
     Json,
+    /// The same document as `json`, in YAML.
+    Yaml,
+}
+
+impl Output {
+    /// JSON or YAML: a document for scripts, not a table.
+    pub fn is_document(self) -> bool {
+        matches!(self, Output::Json | Output::Yaml)
+    }
+
+    /// For commands whose only output is a document (no table form):
+    /// `table` and `wide` print it as JSON.
+    pub fn document(self) -> Output {
+        if self.is_document() {
+            self
+        } else {
+            Output::Json
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,32 +106,64 @@ pub enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
     /// Brokerages and their GPU quotas (operators).
-    #[command(subcommand)]
-    Tenant(TenantCommand),
+    Tenant {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
     /// Base models cached on the pool's nodes.
-    #[command(subcommand)]
-    Model(ModelCommand),
+    Model {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
     /// GPU inventory and allocation.
-    #[command(subcommand)]
-    Node(NodeCommand),
+    Node {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Submit, follow and cancel jobs.
-    #[command(subcommand)]
-    Job(JobCommand),
+    Job {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: JobCommand,
+    },
     /// Metered GPU time of a tenant; with --from/--to, metered usage per
     /// tenant, class and kind over a period.
     Usage(UsageArgs),
     /// The regulator's reports (operators and regulators).
-    #[command(subcommand)]
-    Report(ReportCommand),
+    Report {
+        #[command(flatten)]
+        connect: Connect,
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// The price book (operators set prices; everyone reads).
-    #[command(subcommand)]
-    Price(PriceCommand),
+    Price {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: PriceCommand,
+    },
     /// Invoices per tenant and billing period.
-    #[command(subcommand)]
-    Invoice(InvoiceCommand),
+    Invoice {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: InvoiceCommand,
+    },
     /// Billing periods: list them, close one (operators).
-    #[command(subcommand)]
-    Period(PeriodCommand),
+    Period {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: PeriodCommand,
+    },
     /// Replay public traces through the scheduler.
     #[command(subcommand)]
     Simulate(SimulateCommand),
@@ -220,25 +291,35 @@ pub enum BenchCommand {
 
 #[derive(Debug, Args)]
 pub struct BenchCloseArgs {
+    /// Tenants the month's jobs are spread over.
     #[arg(long, default_value_t = 1_000)]
     pub tenants: usize,
     /// Jobs (one run each) over the month.
     #[arg(long, default_value_t = 1_000_000)]
     pub jobs: usize,
+    /// Seeds the draw of the jobs' tenants, sizes and times.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct BenchIndexArgs {
+    /// Nodes applied to the index.
     #[arg(long, default_value_t = 10_000)]
     pub nodes: usize,
+    /// Pending Pods applied to the index.
     #[arg(long, default_value_t = 100_000)]
     pub pods: usize,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct BenchSubmitArgs {
+    /// The database behind the server: the embedded SQLite, or PostgreSQL
+    /// (with --database-url).
     #[arg(long, value_parser = ["sqlite", "postgres"], default_value = "sqlite")]
     pub db: String,
     /// For --db postgres: a server URL ending in a database name; the
@@ -254,14 +335,16 @@ pub struct BenchSubmitArgs {
     /// Rows for the raw insert baseline.
     #[arg(long, default_value_t = 2_000)]
     pub raw_rows: usize,
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct BenchSchedulerArgs {
+    /// Nodes in the simulated pool.
     #[arg(long, default_value_t = 10_000)]
     pub nodes: usize,
+    /// GPUs on each node.
     #[arg(long, default_value_t = 8)]
     pub gpus_per_node: u32,
     /// Tasks in the queue, placed one after another.
@@ -282,8 +365,8 @@ pub struct BenchSchedulerArgs {
     /// Seeds the queue's draw (and random-fit).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -315,13 +398,14 @@ pub struct SimulateGenaiArgs {
     /// Policies (comma-separated); both by default.
     #[arg(long, value_delimiter = ',', default_value = "finpool,least-loaded")]
     pub policy: Vec<String>,
+    /// Seeds the draw of request arrivals.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// finpool's fair-share half-life in seconds (the platform default).
     #[arg(long, default_value_t = finpool_scheduler::tenants::DEFAULT_FAIR_SHARE_HALF_LIFE_S as f64)]
     pub half_life_s: f64,
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -329,8 +413,8 @@ pub struct SimulateFairnessArgs {
     /// A scenario file (TOML); see examples/fairness-scenario.toml.
     #[arg(long)]
     pub scenario: PathBuf,
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -354,8 +438,8 @@ pub struct SimulateOpenbArgs {
     /// Inflate the workload to this multiple of GPU capacity.
     #[arg(long, default_value_t = 1.3)]
     pub tune: f64,
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
+    #[command(flatten)]
+    pub out: OutputArgs,
     /// Draw every policy's allocation curve into this SVG file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
@@ -369,20 +453,18 @@ pub struct SimulateOpenbArgs {
 
 #[derive(Debug, Args)]
 pub struct SimulateCheckArgs {
+    /// The node list the placements were made on.
     #[arg(long, env = "FINPOOL_OPENB_NODES")]
     pub nodes: PathBuf,
+    /// A placements file written by `simulate openb --placements`.
     #[arg(long)]
     pub placements: PathBuf,
     /// Recount the state when arrivals first reached this percent of the
     /// GPU capacity (as the simulator reads its curve), not the end.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub at: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -570,6 +652,10 @@ pub struct DemoArgs {
     /// host allows (`best-effort`) unless told otherwise.
     #[arg(long, default_value = "best-effort", value_name = "MODE")]
     pub sandbox: finpool_standalone::SandboxMode,
+    /// With `json` or `yaml`, the narrative goes to stderr and stdout gets
+    /// one document: every job and the summary's figures.
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -584,11 +670,15 @@ pub enum TokenCommand {
         /// Revoke tokens issued before this RFC 3339 time instead of now.
         #[arg(long)]
         before: Option<String>,
+        #[command(flatten)]
+        global: Global,
     },
 }
 
 #[derive(Debug, Args)]
 pub struct TokenIssueArgs {
+    /// Who the token speaks for: a tenant (its own jobs), an operator
+    /// (the pool), or a regulator (reads everything, changes nothing).
     #[arg(long, value_parser = ["tenant", "operator", "regulator"])]
     pub role: String,
     /// The tenant a tenant-role token is bound to.
@@ -600,6 +690,7 @@ pub struct TokenIssueArgs {
     /// Who the token is for (its `sub`); defaults to the role and tenant.
     #[arg(long)]
     pub subject: Option<String>,
+    /// The server's data dir, which holds the signing key.
     #[arg(long, default_value = "./finpool-data")]
     pub data_dir: PathBuf,
 }
@@ -609,26 +700,40 @@ pub enum TenantCommand {
     /// Create a brokerage.
     Create(TenantCreateArgs),
     /// List brokerages.
-    List,
+    List {
+        /// Keep watching: print the list again whenever it changes
+        /// (polled every 2 s); Ctrl-C ends.
+        #[arg(short, long)]
+        watch: bool,
+    },
     /// Show one brokerage.
-    Get { id: String },
+    Get {
+        /// The brokerage's id.
+        id: String,
+    },
     /// Set a brokerage's quota on one GPU class.
     Quota(TenantQuotaArgs),
     /// Suspend a brokerage: its tokens are refused and its pending jobs
     /// wait (running jobs keep running) until it is resumed.
     Suspend {
+        /// The brokerage's id.
         id: String,
         /// Why; kept with the tenant and shown to operators.
         #[arg(long, default_value = "")]
         reason: String,
     },
     /// Resume a suspended brokerage.
-    Resume { id: String },
+    Resume {
+        /// The brokerage's id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct TenantCreateArgs {
+    /// The brokerage's id (a label: lowercase letters, digits, dashes).
     pub id: String,
+    /// Its name for people (default: the id).
     #[arg(long)]
     pub display_name: Option<String>,
     /// CLASS=GUARANTEED:LIMIT[:LENDING_LIMIT], repeatable (e.g. A100-80G=2:4).
@@ -637,13 +742,18 @@ pub struct TenantCreateArgs {
     /// Share of idle capacity relative to other tenants.
     #[arg(long, default_value_t = 1)]
     pub weight: i64,
+    /// `exclusive`: whole GPUs only; `shared-within-tenant`: fractional
+    /// shares beside its own jobs only; `mig`: hardware partitions, which
+    /// may sit beside other tenants on one card.
     #[arg(long, value_parser = ["exclusive", "shared-within-tenant", "mig"], default_value = "shared-within-tenant")]
     pub isolation: String,
 }
 
 #[derive(Debug, Args)]
 pub struct TenantQuotaArgs {
+    /// The brokerage's id.
     pub id: String,
+    /// The GPU class the quota is for (e.g. A100-80G).
     #[arg(long)]
     pub class: String,
     /// GPUs always available to the tenant.
@@ -687,7 +797,12 @@ pub struct ModelRegisterArgs {
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// Nodes, their GPUs and what holds them.
-    List,
+    List {
+        /// Keep watching: print the nodes again whenever they change
+        /// (polled every 2 s); Ctrl-C ends.
+        #[arg(short, long)]
+        watch: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -700,6 +815,10 @@ pub enum JobCommand {
     Get {
         /// The job: its id, a unique prefix or suffix of it, or its unique name.
         id: String,
+        /// Keep watching: print the job again at each of its state
+        /// changes (with -o json, one JSON document per line); Ctrl-C ends.
+        #[arg(short, long)]
+        watch: bool,
     },
     /// Cancel a job.
     Cancel {
@@ -739,6 +858,7 @@ pub struct JobSubmitArgs {
     /// A YAML job spec (the fields of finpool.v1.JobSpec). Flags override it.
     #[arg(short = 'f', long)]
     pub file: Option<PathBuf>,
+    /// The job's name (unique names let commands name the job by it).
     #[arg(long)]
     pub name: Option<String>,
     /// Base model to mount (FINPOOL_MODEL_PATH).
@@ -756,15 +876,21 @@ pub struct JobSubmitArgs {
     /// Allowed GPU classes (repeatable).
     #[arg(long = "class")]
     pub classes: Vec<String>,
+    /// CPU, in milli-cores.
     #[arg(long)]
     pub cpu_milli: Option<i64>,
+    /// Memory, in MiB.
     #[arg(long)]
     pub memory_mib: Option<i64>,
+    /// Order within the tenant: higher goes first, and may preempt its
+    /// lower-priority jobs.
     #[arg(long)]
     pub priority: Option<i32>,
     /// e.g. 30s, 10m, 2h.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub max_runtime: Option<Duration>,
+    /// A submit again with the same key returns the first job instead of
+    /// creating another.
     #[arg(long)]
     pub idempotency_key: Option<String>,
     /// KEY=VALUE (repeatable).
@@ -781,7 +907,7 @@ pub struct JobSubmitArgs {
     pub command: Vec<String>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct JobListArgs {
     /// Only jobs in this state (repeatable).
     #[arg(long = "state")]
@@ -789,11 +915,16 @@ pub struct JobListArgs {
     /// Operators and regulators: only this tenant.
     #[arg(long)]
     pub tenant: Option<String>,
+    /// Jobs per page (the server caps it).
     #[arg(long, default_value_t = 50)]
     pub page_size: i32,
     /// Follow every page, not just the first.
     #[arg(long)]
     pub all: bool,
+    /// Keep watching: print the list again whenever a job you may see
+    /// changes state (with -o json, one JSON document per line); Ctrl-C ends.
+    #[arg(short, long)]
+    pub watch: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -835,6 +966,8 @@ pub struct UsageArgs {
     /// RFC 3339 end of the period (default: now).
     #[arg(long)]
     pub to: Option<String>,
+    #[command(flatten)]
+    pub global: Global,
 }
 
 #[derive(Debug, Subcommand)]
@@ -866,6 +999,7 @@ pub struct PriceSetArgs {
 pub enum InvoiceCommand {
     /// Invoices: a tenant's own; others may filter by --tenant.
     List {
+        /// Operators and regulators: only this tenant's invoices.
         #[arg(long)]
         tenant: Option<String>,
         /// A period's label, such as 2026-03.
@@ -873,7 +1007,10 @@ pub enum InvoiceCommand {
         period: Option<String>,
     },
     /// One invoice with its lines.
-    Show { id: String },
+    Show {
+        /// The invoice's id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -924,6 +1061,8 @@ pub struct AuditSource {
 pub struct AuditOutArgs {
     #[command(flatten)]
     pub source: AuditSource,
+    #[command(flatten)]
+    pub connect: Connect,
     /// The file to write.
     #[arg(long)]
     pub out: PathBuf,
@@ -937,6 +1076,8 @@ pub struct AuditKeyArgs {
     /// The signing key itself (PKCS#8 DER).
     #[arg(long)]
     pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub connect: Connect,
     /// The file to write.
     #[arg(long)]
     pub out: PathBuf,
@@ -956,4 +1097,105 @@ pub struct AuditVerifyArgs {
     /// A checkpoint taken earlier: the newer one must extend it.
     #[arg(long)]
     pub older_checkpoint: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// The command line is consistent (no clashing flags or short names).
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every argument of every command says what it is for in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    let name = match arg.get_long() {
+                        Some(long) => format!("--{long}"),
+                        None => format!("<{id}>"),
+                    };
+                    missing.push(format!("{path} {name}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "finpool", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "arguments without help text:\n{}",
+            missing.join("\n")
+        );
+    }
+
+    /// --addr and --token only where a server is called; -o wherever
+    /// something is printed.
+    #[test]
+    fn client_flags_only_on_client_commands() {
+        fn has(cmd: &clap::Command, path: &[&str], long: &str) -> bool {
+            let mut cmd = cmd.clone();
+            cmd.build();
+            let mut at = &cmd;
+            for name in path {
+                at = at.find_subcommand(name).expect(name);
+            }
+            at.get_arguments().any(|a| a.get_long() == Some(long))
+        }
+        let cli = Cli::command();
+        for path in [
+            &["up"][..],
+            &["demo"],
+            &["simulate", "openb"],
+            &["bench", "scheduler"],
+            &["crd"],
+            &["openapi"],
+            &["completion"],
+            &["token", "issue"],
+            &["audit", "verify"],
+            &["agent"],
+        ] {
+            for flag in ["addr", "token"] {
+                assert!(!has(&cli, path, flag), "{path:?} takes --{flag}");
+            }
+        }
+        for path in [
+            &["job", "list"][..],
+            &["job", "get"],
+            &["tenant", "create"],
+            &["node", "list"],
+            &["usage"],
+            &["report", "usage"],
+            &["price", "list"],
+            &["invoice", "show"],
+            &["period", "close"],
+            &["token", "revoke"],
+            &["audit", "export"],
+        ] {
+            for flag in ["addr", "token"] {
+                assert!(has(&cli, path, flag), "{path:?} lacks --{flag}");
+            }
+        }
+        for path in [
+            &["job", "list"][..],
+            &["demo"],
+            &["simulate", "fairness"],
+            &["bench", "submit"],
+            &["bench", "close"],
+        ] {
+            assert!(has(&cli, path, "output"), "{path:?} lacks -o");
+        }
+    }
 }

@@ -15,7 +15,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-use crate::args::Global;
+use crate::args::{Connect, Global};
 
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
@@ -82,11 +82,16 @@ impl Clients {
     }
 
     pub async fn from_global(global: &Global) -> anyhow::Result<Self> {
-        if global.token.is_none() {
+        Self::from_connect(&global.connect).await
+    }
+
+    /// Connects with --addr and --token (or their environment variables).
+    pub async fn from_connect(connect: &Connect) -> anyhow::Result<Self> {
+        if connect.token.is_none() {
             anyhow::bail!(
                 "no token: pass --token or set FINPOOL_TOKEN (see `finpool token issue`)"
             );
         }
-        Self::connect(&global.addr, global.token.as_deref()).await
+        Self::connect(&connect.addr, connect.token.as_deref()).await
     }
 }

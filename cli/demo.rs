@@ -12,9 +12,17 @@ use finpool_proto::v1 as pb;
 use finpool_standalone::StandaloneConfig;
 use tokio_stream::StreamExt;
 
-use crate::args::DemoArgs;
+use crate::args::{DemoArgs, Output};
 use crate::client::Clients;
 use crate::output;
+
+/// The narrative: on stdout, or on stderr when stdout carries the
+/// document (`-o json|yaml`).
+macro_rules! say {
+    ($doc:expr, $($arg:tt)*) => {
+        if $doc { eprintln!($($arg)*) } else { println!($($arg)*) }
+    };
+}
 
 /// The longest the demo waits for its jobs.
 const DEADLINE: Duration = Duration::from_secs(50);
@@ -104,7 +112,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let pool = finpool_standalone::start(config)
         .await
         .context("starting the demo pool")?;
-    let result = drive(&pool, &data_dir).await;
+    let result = drive(&pool, &data_dir, args.out.output).await;
     pool.shutdown().await;
     result
 }
@@ -112,14 +120,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 async fn drive(
     pool: &finpool_standalone::RunningPool,
     data_dir: &std::path::Path,
+    out: Output,
 ) -> anyhow::Result<()> {
+    let doc = out.is_document();
     let classes: Vec<String> = pool
         .inventory
         .classes
         .iter()
         .map(|c| c.name.clone())
         .collect();
-    println!(
+    say!(
+        doc,
         "finpool demo: a pool of {} nodes and {} GPUs ({}) from {}, listening on {}",
         pool.inventory.nodes.len(),
         pool.inventory.gpu_count(),
@@ -127,7 +138,7 @@ async fn drive(
         pool.origin,
         pool.addr
     );
-    println!("job sandbox: {}", pool.sandbox);
+    say!(doc, "job sandbox: {}", pool.sandbox);
     let class = |i: usize| class_name(&classes, i);
     let key = SigningKey::load(data_dir)?;
     let now = std::time::SystemTime::now()
@@ -173,7 +184,7 @@ async fn drive(
             .map(|(c, q)| format!("{c} {}..{}", q.guaranteed, q.limit))
             .collect();
         q.sort();
-        println!("  brokerage {:<18} quota {}", b.id, q.join(", "));
+        say!(doc, "  brokerage {:<18} quota {}", b.id, q.join(", "));
         let token = key.issue(
             b.id,
             Role::Tenant,
@@ -183,7 +194,8 @@ async fn drive(
         )?;
         clients.insert(b.id, Clients::connect(&addr, Some(&token)).await?);
     }
-    println!(
+    say!(
+        doc,
         "  base model {MODEL} registered; submitting {} jobs…\n",
         BROKERAGES.iter().map(|b| b.jobs.len()).sum::<usize>()
     );
@@ -283,18 +295,20 @@ async fn drive(
         printed.insert(job.id.clone(), gpus);
     }
 
-    print_jobs(&jobs, &printed);
-    print_quota_use(&jobs, &mut operator, &classes).await?;
+    print_jobs(doc, &jobs, &printed);
+    print_quota_use(doc, &jobs, &mut operator, &classes).await?;
     let utilization = utilization(&jobs, pool.inventory.gpu_count());
     let (worst_job, worst_wait) = worst_idle_wait(&jobs, &pool.inventory, &classes);
     // A cycle runs on every job event and at least this often.
     let bound = MODEL_LOAD + finpool_standalone::driver::IDLE_TICK;
-    println!(
+    say!(
+        doc,
         "\nGPU utilization over the demo: {:.0}% of {} GPUs from the first submit to the last end",
         utilization * 100.0,
         pool.inventory.gpu_count()
     );
-    println!(
+    say!(
+        doc,
         "longest wait while a card the job could use was idle: {} ({}); the bound is the model's \
          load time plus one cycle, {}",
         output::duration_ms(worst_wait as i64),
@@ -305,7 +319,8 @@ async fn drive(
     let all_ok = jobs
         .iter()
         .all(|j| j.state == pb::JobState::Succeeded as i32);
-    println!(
+    say!(
+        doc,
         "\nisolation: {}",
         if shared.is_empty() {
             "no GPU was ever shared by two tenants at the same time".to_owned()
@@ -313,7 +328,8 @@ async fn drive(
             format!("VIOLATED on {shared:?}")
         }
     );
-    println!(
+    say!(
+        doc,
         "result: {} of {} jobs succeeded across {} brokerages",
         jobs.iter()
             .filter(|j| j.state == pb::JobState::Succeeded as i32)
@@ -321,6 +337,26 @@ async fn drive(
         jobs.len(),
         BROKERAGES.len()
     );
+    if doc {
+        let document = serde_json::json!({
+            "jobs": jobs.iter().map(finpool_proto::to_json).collect::<Vec<_>>(),
+            "succeeded": jobs
+                .iter()
+                .filter(|j| j.state == pb::JobState::Succeeded as i32)
+                .count(),
+            "brokerages": BROKERAGES.len(),
+            "gpus": pool.inventory.gpu_count(),
+            "gpu_utilization": utilization,
+            "longest_idle_wait_ms": worst_wait,
+            "longest_idle_wait_job": worst_job,
+            "idle_wait_bound_ms": bound.as_millis() as u64,
+            "isolation_violations": shared
+                .iter()
+                .map(|(node, gpu)| serde_json::json!({"node": node, "gpu": gpu}))
+                .collect::<Vec<_>>(),
+        });
+        println!("{}", output::render(out, &document));
+    }
     if !all_ok || !shared.is_empty() {
         anyhow::bail!("the demo did not complete cleanly");
     }
@@ -353,7 +389,7 @@ fn is_terminal(state: i32) -> bool {
     .any(|s| *s as i32 == state)
 }
 
-fn print_jobs(jobs: &[pb::Job], printed: &HashMap<String, String>) {
+fn print_jobs(doc: bool, jobs: &[pb::Job], printed: &HashMap<String, String>) {
     let rows = jobs
         .iter()
         .map(|j| {
@@ -372,7 +408,8 @@ fn print_jobs(jobs: &[pb::Job], printed: &HashMap<String, String>) {
             ]
         })
         .collect();
-    println!(
+    say!(
+        doc,
         "{}",
         output::table(
             &[
@@ -393,6 +430,7 @@ fn print_jobs(jobs: &[pb::Job], printed: &HashMap<String, String>) {
 /// Per tenant: jobs, the most cards held at once per class against the
 /// quota, and metered GPU time.
 async fn print_quota_use(
+    doc: bool,
     jobs: &[pb::Job],
     operator: &mut Clients,
     classes: &[String],
@@ -435,8 +473,9 @@ async fn print_quota_use(
             ]);
         }
     }
-    println!("\nquota use per tenant");
-    println!(
+    say!(doc, "\nquota use per tenant");
+    say!(
+        doc,
         "{}",
         output::table(
             &[

@@ -5,6 +5,7 @@ pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod output;
+pub mod watch;
 
 use std::io::IsTerminal;
 
@@ -42,21 +43,44 @@ pub fn init_tracing(cli: &Cli) {
     }
 }
 
+/// Whether the command keeps watching (`--watch`): it handles a closed
+/// stdout itself and ends with exit 0, so SIGPIPE must not kill it.
+pub fn is_watch(command: &Command) -> bool {
+    use args::{JobCommand, NodeCommand, TenantCommand};
+    match command {
+        Command::Job { command, .. } => match command {
+            JobCommand::List(args) => args.watch,
+            JobCommand::Get { watch, .. } => *watch,
+            // `job watch` is a stream too.
+            JobCommand::Watch { .. } => true,
+            _ => false,
+        },
+        Command::Node {
+            command: NodeCommand::List { watch },
+            ..
+        } => *watch,
+        Command::Tenant {
+            command: TenantCommand::List { watch },
+            ..
+        } => *watch,
+        _ => false,
+    }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let global = cli.global;
     match cli.command {
         Command::Up(args) => commands::up::run(args).await,
         Command::Demo(args) => demo::run(args).await,
-        Command::Token(args) => commands::token::run(&global, args).await,
-        Command::Tenant(args) => commands::tenant::run(&global, args).await,
-        Command::Model(args) => commands::model::run(&global, args).await,
-        Command::Node(args) => commands::node::run(&global, args).await,
-        Command::Job(args) => commands::job::run(&global, args).await,
-        Command::Usage(args) => commands::usage::run(&global, args).await,
-        Command::Report(args) => commands::report::run(&global, args).await,
-        Command::Price(args) => commands::billing::price(&global, args).await,
-        Command::Invoice(args) => commands::billing::invoice(&global, args).await,
-        Command::Period(args) => commands::billing::period(&global, args).await,
+        Command::Token(args) => commands::token::run(args).await,
+        Command::Tenant { global, command } => commands::tenant::run(&global, command).await,
+        Command::Model { global, command } => commands::model::run(&global, command).await,
+        Command::Node { global, command } => commands::node::run(&global, command).await,
+        Command::Job { global, command } => commands::job::run(&global, command).await,
+        Command::Usage(args) => commands::usage::run(args).await,
+        Command::Report { connect, command } => commands::report::run(&connect, command).await,
+        Command::Price { global, command } => commands::billing::price(&global, command).await,
+        Command::Invoice { global, command } => commands::billing::invoice(&global, command).await,
+        Command::Period { global, command } => commands::billing::period(&global, command).await,
         Command::Simulate(args) => commands::simulate::run(args),
         Command::Bench(args) => commands::bench::run(args).await,
         Command::Crd => {
@@ -77,7 +101,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Audit(args) => commands::audit::run(&global, args).await,
+        Command::Audit(args) => commands::audit::run(args).await,
         Command::Openapi => {
             let doc = finpool_api::rest::openapi::document();
             println!("{}", serde_json::to_string_pretty(&doc)?);

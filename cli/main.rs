@@ -13,7 +13,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = finpool_cli::args::Cli::parse();
-    if !finpool_cli::is_server(&cli.command) {
+    // A watch (`job list -w`) notices a reader that left and ends with 0.
+    if !finpool_cli::is_server(&cli.command) && !finpool_cli::is_watch(&cli.command) {
         // `finpool job list -o json | head`: a reader that leaves is not an
         // error; die quietly of SIGPIPE, as Unix tools do. (Sockets are
         // written with MSG_NOSIGNAL, so this reaches only stdout/stderr.)

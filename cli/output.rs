@@ -1,22 +1,60 @@
-//! Printing: tables for people, proto3 JSON for scripts.
+//! Printing: tables for people, JSON or YAML for scripts.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use comfy_table::{ContentArrangement, Table, presets::UTF8_BORDERS_ONLY};
 use finpool_proto::v1 as pb;
 
-/// Prints a message as proto3 JSON.
-pub fn json<M: prost::Message + prost::Name>(message: &M) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&finpool_proto::to_json(message)).expect("JSON")
-    );
+use crate::args::Output;
+
+/// A document as `-o json` (pretty) or `-o yaml` prints it.
+pub fn render(output: Output, value: &serde_json::Value) -> String {
+    match output {
+        // A JSON value's map keys are strings: YAML takes every value.
+        Output::Yaml => serde_yaml_ng::to_string(value).expect("YAML from a JSON value"),
+        _ => serde_json::to_string_pretty(value).expect("JSON from a JSON value"),
+    }
 }
 
-/// Prints a list of messages as a JSON array.
-pub fn json_list<M: prost::Message + prost::Name>(messages: &[M]) {
+/// One document of a stream (`--watch`, `job watch`): for JSON, one
+/// compact line (as `kubectl -w -o json`); for YAML, a `---` document.
+pub fn render_line(output: Output, value: &serde_json::Value) -> String {
+    match output {
+        Output::Yaml => format!("---\n{}", render(output, value).trim_end()),
+        _ => value.to_string(),
+    }
+}
+
+/// Prints a message as JSON or YAML: the JSON the REST API returns.
+pub fn message<M: prost::Message + prost::Name>(output: Output, message: &M) {
+    println!("{}", render(output, &finpool_proto::to_json(message)));
+}
+
+/// Prints a list of messages as a JSON (or YAML) array.
+pub fn list<M: prost::Message + prost::Name>(output: Output, messages: &[M]) {
     let values: Vec<_> = messages.iter().map(finpool_proto::to_json).collect();
-    println!("{}", serde_json::to_string_pretty(&values).expect("JSON"));
+    println!("{}", render(output, &serde_json::Value::Array(values)));
+}
+
+/// Prints any serializable report (simulations, benchmarks) as JSON or YAML.
+pub fn serialized<T: serde::Serialize + ?Sized>(output: Output, value: &T) -> anyhow::Result<()> {
+    println!("{}", render(output, &serde_json::to_value(value)?));
+    Ok(())
+}
+
+/// Writes `text` and a newline to stdout at once, flushed. A reader that
+/// went away is `Ok(false)`: a watch ends quietly then (exit 0).
+pub fn emit(text: &str) -> anyhow::Result<bool> {
+    let mut out = std::io::stdout().lock();
+    match out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+    {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Text from the server made safe for a terminal: control characters

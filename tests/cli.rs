@@ -492,3 +492,227 @@ fn token_issue_waits_for_a_starting_server_and_explains_a_missing_one() {
 fn rand_suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
 }
+
+/// `-o json` prints what REST returns for the same object (64-bit
+/// integers as numbers); `-o yaml` is the same document; `-o wide` adds
+/// columns; simulate and bench take `-o` too (no more `--format`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_formats_match_rest_and_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut op = server.operator().await;
+    create_tenant(&mut op, "alpha", 1, 2).await;
+    let token = server.token(finpool_api::Role::Tenant, Some("alpha"));
+    let mut alpha = server.tenant("alpha").await;
+    let job = submit(&mut alpha, shell_job("fmt", whole(1), "echo hi")).await;
+    wait_for(
+        &mut alpha,
+        std::time::Duration::from_secs(30),
+        "the job to end",
+        |jobs| jobs.iter().all(|j| is_terminal(j.state)),
+    )
+    .await;
+    let run = |args: &[&str]| finpool(Some(&server), Some(&token), args);
+
+    let out = run(&["job", "get", &job.id, "-o", "json"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let cli: serde_json::Value = serde_json::from_str(&text(&out).0).unwrap();
+    let rest: serde_json::Value = server
+        .rest(
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{}", job.id),
+            Some(&token),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cli, rest, "the CLI's JSON is REST's");
+    assert!(
+        cli["spec"]["resources"]["gpu"]["whole_gpus"].is_number(),
+        "int64 as a number: {cli}"
+    );
+
+    let out = run(&["job", "get", &job.id, "-o", "yaml"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let yaml: serde_json::Value = serde_yaml_ng::from_str(&text(&out).0).unwrap();
+    assert_eq!(yaml, cli, "YAML is the same document");
+
+    let out = run(&["job", "list", "-o", "yaml"]);
+    let yaml: serde_json::Value = serde_yaml_ng::from_str(&text(&out).0).unwrap();
+    assert_eq!(yaml[0]["id"], job.id.as_str());
+
+    let (table, _) = text(&run(&["job", "list"]));
+    let (wide, _) = text(&run(&["job", "list", "-o", "wide"]));
+    for column in ["NODE", "GPU INDICES", "ATTEMPTS"] {
+        assert!(!table.contains(column), "{table}");
+        assert!(wide.contains(column), "{wide}");
+    }
+    let (wide, _) = text(&run(&["node", "list", "-o", "wide"]));
+    assert!(wide.contains("UUID"), "{wide}");
+
+    let out = run(&["job", "list", "-o", "xml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("'xml'") && stderr.contains("--output") && stderr.contains("yaml"),
+        "{stderr}"
+    );
+
+    // The offline commands print with -o as well.
+    let out = finpool(
+        None,
+        None,
+        &[
+            "bench", "index", "--nodes", "10", "--pods", "20", "-o", "yaml",
+        ],
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    let report: serde_json::Value = serde_yaml_ng::from_str(&text(&out).0).unwrap();
+    assert!(report.is_object(), "{report}");
+    let out = finpool(None, None, &["bench", "index", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(2), "--format is gone from bench");
+}
+
+/// --addr and --token belong to the commands that call a server.
+#[test]
+fn client_flags_only_on_client_commands() {
+    for command in [
+        &["up", "--help"][..],
+        &["demo", "--help"],
+        &["simulate", "openb", "--help"],
+        &["bench", "scheduler", "--help"],
+        &["crd", "--help"],
+        &["completion", "--help"],
+    ] {
+        let (help, _) = text(&finpool(None, None, command));
+        assert!(
+            !help.contains("--token") && !help.contains("--addr"),
+            "{command:?}:\n{help}"
+        );
+    }
+    for command in [
+        &["job", "list", "--help"][..],
+        &["tenant", "create", "--help"],
+        &["usage", "--help"],
+        &["report", "usage", "--help"],
+        &["token", "revoke", "--help"],
+    ] {
+        let (help, _) = text(&finpool(None, None, command));
+        assert!(
+            help.contains("--token") && help.contains("--addr"),
+            "{command:?}:\n{help}"
+        );
+    }
+    // The demo serves on a port of its own: --addr is refused, not ignored.
+    let out = finpool(None, None, &["demo", "--addr", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("--addr"), "{:?}", text(&out));
+    // Before or after the subcommand, as kubectl takes them.
+    let out = finpool(
+        None,
+        None,
+        &["job", "--addr", "127.0.0.1:1", "list", "--token", "t"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+    assert!(text(&out).1.contains("cannot reach"), "{:?}", text(&out));
+}
+
+/// Lines of the child's stdout, read on a thread, as they come.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The child's exit code, waiting at most 20 s.
+fn exit_code(child: &mut std::process::Child) -> Option<i32> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(20) {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    panic!("the watch did not end");
+}
+
+/// `-w` reprints on each change (with -o json, one document per line) and
+/// ends with 0 at Ctrl-C or when its reader goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_each_change_and_ends_cleanly() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut op = server.operator().await;
+    create_tenant(&mut op, "alpha", 1, 2).await;
+    let token = server.token(finpool_api::Role::Tenant, Some("alpha"));
+    let mut alpha = server.tenant("alpha").await;
+    let job = submit(&mut alpha, shell_job("watched", whole(1), "sleep 2")).await;
+    let spawn = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_finpool"))
+            .args(args)
+            .env("FINPOOL_ADDR", &server.addr)
+            .env("FINPOOL_TOKEN", &token)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+
+    // job get -w -o json: a document per change, until the job ends.
+    let mut get = spawn(&["job", "get", &job.id, "-w", "-o", "json"]);
+    let lines = lines_of(&mut get);
+    let mut states = Vec::new();
+    while states.last().map(String::as_str) != Some("JOB_STATE_SUCCEEDED") {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no change after {states:?}"));
+        let doc: serde_json::Value = serde_json::from_str(&line).expect("a JSON document a line");
+        assert_eq!(doc["id"], job.id.as_str());
+        states.push(doc["state"].as_str().unwrap().to_owned());
+    }
+    assert!(states.len() >= 2, "{states:?}");
+    // SAFETY: a signal to the child started above.
+    unsafe { libc::kill(get.id() as i32, libc::SIGINT) };
+    assert_eq!(exit_code(&mut get), Some(0), "Ctrl-C ends a watch with 0");
+
+    // job list -w: its reader leaves; the next change ends it with 0.
+    let mut list = spawn(&["job", "list", "-w", "-o", "json"]);
+    let lines = lines_of(&mut list);
+    let first = lines.recv_timeout(Duration::from_secs(30)).unwrap();
+    let jobs: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 1);
+    drop(lines);
+    // The reading thread ends at its next line; then the pipe is closed.
+    submit(&mut alpha, shell_job("next", whole(1), "true")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    submit(&mut alpha, shell_job("after", whole(1), "true")).await;
+    assert_eq!(
+        exit_code(&mut list),
+        Some(0),
+        "a closed pipe ends a watch with 0"
+    );
+
+    // node list -w, a table, polled: Ctrl-C ends it.
+    let mut nodes = spawn(&["node", "list", "-w"]);
+    let lines = lines_of(&mut nodes);
+    let mut table = String::new();
+    while !table.contains("node-a") {
+        table.push_str(&lines.recv_timeout(Duration::from_secs(30)).unwrap());
+    }
+    // SAFETY: a signal to the child started above.
+    unsafe { libc::kill(nodes.id() as i32, libc::SIGINT) };
+    assert_eq!(exit_code(&mut nodes), Some(0));
+}

@@ -60,7 +60,7 @@ fn simulate_openb_reports_plots_and_its_placements_recount() {
         &pods,
         "--seeds",
         "1..3",
-        "--format",
+        "-o",
         "json",
         "--plot",
         svg.to_str().unwrap(),
@@ -156,7 +156,7 @@ fn bench_scheduler_prints_both_policies() {
         "8",
         "--pending",
         "2000",
-        "--format",
+        "-o",
         "json",
     ]);
     assert!(ok, "{stderr}");

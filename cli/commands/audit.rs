@@ -12,17 +12,17 @@ use finpool_audit::{PublicKey, SignedCheckpoint, SignedEntry};
 use finpool_proto::v1 as pb;
 use finpool_store::{Store, StoreConfig};
 
-use crate::args::{AuditCommand, AuditKeyArgs, AuditOutArgs, AuditSource, AuditVerifyArgs, Global};
+use crate::args::{AuditCommand, AuditKeyArgs, AuditOutArgs, AuditSource, AuditVerifyArgs};
 use crate::client::Clients;
 
 /// Entries per API page.
 const PAGE: i32 = 5000;
 
-pub async fn run(global: &Global, command: AuditCommand) -> anyhow::Result<()> {
+pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
     match command {
-        AuditCommand::Export(args) => export(global, args).await,
-        AuditCommand::Checkpoint(args) => checkpoint(global, args).await,
-        AuditCommand::PublicKey(args) => public_key(global, args).await,
+        AuditCommand::Export(args) => export(args).await,
+        AuditCommand::Checkpoint(args) => checkpoint(args).await,
+        AuditCommand::PublicKey(args) => public_key(args).await,
         AuditCommand::Verify(args) => verify(&args),
     }
 }
@@ -53,7 +53,7 @@ fn write(path: &Path, text: &[u8]) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("--out {}", path.display()))
 }
 
-async fn export(global: &Global, args: AuditOutArgs) -> anyhow::Result<()> {
+async fn export(args: AuditOutArgs) -> anyhow::Result<()> {
     let file = std::fs::File::create(&args.out)
         .with_context(|| format!("--out {}", args.out.display()))?;
     let mut out = std::io::BufWriter::new(file);
@@ -72,7 +72,7 @@ async fn export(global: &Global, args: AuditOutArgs) -> anyhow::Result<()> {
             }
         }
     } else {
-        let mut c = Clients::from_global(global).await?;
+        let mut c = Clients::from_connect(&args.connect).await?;
         let mut after = 0;
         loop {
             let page = c
@@ -103,14 +103,14 @@ async fn export(global: &Global, args: AuditOutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn checkpoint(global: &Global, args: AuditOutArgs) -> anyhow::Result<()> {
+async fn checkpoint(args: AuditOutArgs) -> anyhow::Result<()> {
     let checkpoint = if let Some(store) = direct(&args.source).await? {
         store
             .latest_checkpoint()
             .await?
             .context("no audit checkpoint has been signed yet")?
     } else {
-        let mut c = Clients::from_global(global).await?;
+        let mut c = Clients::from_connect(&args.connect).await?;
         let reply = c
             .audit
             .get_checkpoint(pb::GetCheckpointRequest {})
@@ -130,7 +130,7 @@ async fn checkpoint(global: &Global, args: AuditOutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn public_key(global: &Global, args: AuditKeyArgs) -> anyhow::Result<()> {
+async fn public_key(args: AuditKeyArgs) -> anyhow::Result<()> {
     let key_file = match (&args.key, &args.data_dir) {
         (Some(path), _) => Some(path.clone()),
         (None, Some(dir)) => Some(dir.join(finpool_api::audit::KEY_FILE)),
@@ -139,7 +139,7 @@ async fn public_key(global: &Global, args: AuditKeyArgs) -> anyhow::Result<()> {
     let key = match key_file {
         Some(path) => finpool_api::audit::load_key(&path)?.public_key(),
         None => {
-            let mut c = Clients::from_global(global).await?;
+            let mut c = Clients::from_connect(&args.connect).await?;
             let reply = c
                 .audit
                 .get_checkpoint(pb::GetCheckpointRequest {})

@@ -8,7 +8,7 @@ use finpool_sim::PolicyKind;
 use finpool_sim::bench::{self, BenchConfig};
 use serde::Serialize;
 
-use crate::args::{BenchCloseArgs, BenchCommand, BenchSchedulerArgs, BenchSubmitArgs, Format};
+use crate::args::{BenchCloseArgs, BenchCommand, BenchSchedulerArgs, BenchSubmitArgs};
 use crate::output;
 
 #[derive(Serialize)]
@@ -35,8 +35,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 anyhow::bail!("--nodes and --pods must be positive");
             }
             let report = finpool_k8s_scheduler::bench::run(args.nodes, args.pods);
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
+            output::serialized(args.out.output.document(), &report)
         }
     }
 }
@@ -205,9 +204,9 @@ async fn submit(args: BenchSubmitArgs) -> anyhow::Result<()> {
         submit_to_raw_insert: submits_per_second / raw,
         server: "in-process finpool server over gRPC on loopback; rate limits off; scheduling loop paused",
     };
-    match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Format::Table => {
+    match args.out.output {
+        o if o.is_document() => output::serialized(o, &report)?,
+        _ => {
             println!(
                 "{} submits from {} clients on {}: {:.0}/s (p50 {:.2} ms, p99 {:.2} ms); raw single-row inserts {:.0}/s; ratio {:.2}",
                 report.jobs,
@@ -276,9 +275,9 @@ fn scheduler(args: BenchSchedulerArgs) -> anyhow::Result<()> {
         finpool_to_bestfit_speed: results[0].decisions_per_second / results[1].decisions_per_second,
         results,
     };
-    match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Format::Table => {
+    match args.out.output {
+        o if o.is_document() => output::serialized(o, &report)?,
+        _ => {
             println!(
                 "{} nodes, {} GPUs, {} jobs through the scheduling cycle, {} per cycle ({}{})",
                 report.nodes,
@@ -462,8 +461,7 @@ async fn close(args: BenchCloseArgs) -> anyhow::Result<()> {
         report_again_seconds,
         report_html_bytes,
     };
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    output::serialized(args.out.output.document(), &report)
 }
 
 /// The bench pool as an inventory: `cards` A100 cards, eight per node, in

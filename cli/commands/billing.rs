@@ -4,7 +4,7 @@
 use anyhow::Context;
 use finpool_proto::v1 as pb;
 
-use crate::args::{Global, InvoiceCommand, Output, PeriodCommand, PriceCommand, UsageArgs};
+use crate::args::{Global, InvoiceCommand, PeriodCommand, PriceCommand, UsageArgs};
 use crate::client::Clients;
 use crate::output;
 
@@ -47,8 +47,8 @@ pub async fn price(global: &Global, command: PriceCommand) -> anyhow::Result<()>
                 })
                 .await?
                 .into_inner();
-            if global.output == Output::Json {
-                output::json(&p);
+            if global.output.is_document() {
+                output::message(global.output, &p);
             } else {
                 println!(
                     "{}/{}: {} fen per {} from {}",
@@ -67,8 +67,8 @@ pub async fn price(global: &Global, command: PriceCommand) -> anyhow::Result<()>
                 .await?
                 .into_inner()
                 .prices;
-            if global.output == Output::Json {
-                output::json_list(&prices);
+            if global.output.is_document() {
+                output::list(global.output, &prices);
                 return Ok(());
             }
             let rows = prices
@@ -150,8 +150,8 @@ pub async fn invoice(global: &Global, command: InvoiceCommand) -> anyhow::Result
                 .await?
                 .into_inner()
                 .invoices;
-            if global.output == Output::Json {
-                output::json_list(&invoices);
+            if global.output.is_document() {
+                output::list(global.output, &invoices);
                 return Ok(());
             }
             let rows = invoices
@@ -181,8 +181,8 @@ pub async fn invoice(global: &Global, command: InvoiceCommand) -> anyhow::Result
                 .get_invoice(pb::GetInvoiceRequest { id })
                 .await?
                 .into_inner();
-            if global.output == Output::Json {
-                output::json(&i);
+            if global.output.is_document() {
+                output::message(global.output, &i);
             } else {
                 print_invoice(&i);
             }
@@ -228,8 +228,8 @@ pub async fn period(global: &Global, command: PeriodCommand) -> anyhow::Result<(
                 .await?
                 .into_inner()
                 .periods;
-            if global.output == Output::Json {
-                output::json_list(&periods);
+            if global.output.is_document() {
+                output::list(global.output, &periods);
             } else {
                 print_periods(&periods);
             }
@@ -242,8 +242,8 @@ pub async fn period(global: &Global, command: PeriodCommand) -> anyhow::Result<(
                 })
                 .await?
                 .into_inner();
-            if global.output == Output::Json {
-                output::json(&p);
+            if global.output.is_document() {
+                output::message(global.output, &p);
             } else {
                 print_periods(std::slice::from_ref(&p));
             }
@@ -254,8 +254,8 @@ pub async fn period(global: &Global, command: PeriodCommand) -> anyhow::Result<(
                 .meter_usage(pb::MeterUsageRequest {})
                 .await?
                 .into_inner();
-            if global.output == Output::Json {
-                output::json(&r);
+            if global.output.is_document() {
+                output::message(global.output, &r);
             } else {
                 println!(
                     "metered until {}: {} events, {} new",
@@ -294,8 +294,8 @@ pub async fn period_usage(global: &Global, c: &mut Clients, args: UsageArgs) -> 
         })
         .await?
         .into_inner();
-    if global.output == Output::Json {
-        output::json(&usage);
+    if global.output.is_document() {
+        output::message(global.output, &usage);
         return Ok(());
     }
     println!(

@@ -11,12 +11,14 @@ use tokio_stream::StreamExt;
 use crate::args::{Global, JobCommand, JobListArgs, JobSubmitArgs, Output};
 use crate::client::Clients;
 use crate::output;
+use crate::watch;
 
 pub async fn run(global: &Global, command: JobCommand) -> anyhow::Result<()> {
     let mut c = Clients::from_global(global).await?;
     let command = match command {
-        JobCommand::Get { id } => JobCommand::Get {
+        JobCommand::Get { id, watch } => JobCommand::Get {
             id: resolve(&mut c, &id).await?,
+            watch,
         },
         JobCommand::Cancel { id, reason } => JobCommand::Cancel {
             id: resolve(&mut c, &id).await?,
@@ -46,8 +48,8 @@ pub async fn run(global: &Global, command: JobCommand) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             let job = response.job.context("the server returned no job")?;
-            if global.output == Output::Json {
-                output::json(&job);
+            if global.output.is_document() {
+                output::message(global.output, &job);
             } else if response.created {
                 println!("job {} submitted ({})", job.id, output::state(job.state));
             } else {
@@ -59,9 +61,30 @@ pub async fn run(global: &Global, command: JobCommand) -> anyhow::Result<()> {
             }
         }
         JobCommand::List(args) => list(global, &mut c, args).await?,
-        JobCommand::Get { id } => {
+        JobCommand::Get { id, watch: false } => {
             let job = c.jobs.get_job(pb::GetJobRequest { id }).await?.into_inner();
-            print_job(global, &job);
+            println!("{}", job_text(global.output, &job).trim_end());
+        }
+        JobCommand::Get { id, watch: true } => {
+            // Subscribe first, then read: no change between the two is missed.
+            let changes = c
+                .jobs
+                .watch_jobs(pb::WatchJobsRequest { job_id: id.clone() })
+                .await?
+                .into_inner();
+            let output = global.output;
+            let fetch = || {
+                let mut c = c.clone();
+                let id = id.clone();
+                async move {
+                    let job = c.jobs.get_job(pb::GetJobRequest { id }).await?.into_inner();
+                    Ok(watch::View {
+                        document: finpool_proto::to_json(&job),
+                        text: job_text(output, &job),
+                    })
+                }
+            };
+            watch::run(global.output, fetch, job_changes(changes)).await?;
         }
         JobCommand::Cancel { id, reason } => {
             let job = c
@@ -69,8 +92,8 @@ pub async fn run(global: &Global, command: JobCommand) -> anyhow::Result<()> {
                 .cancel_job(pb::CancelJobRequest { id, reason })
                 .await?
                 .into_inner();
-            if global.output == Output::Json {
-                output::json(&job);
+            if global.output.is_document() {
+                output::message(global.output, &job);
             } else {
                 println!(
                     "job {}: {} ({})",
@@ -104,8 +127,8 @@ pub async fn run(global: &Global, command: JobCommand) -> anyhow::Result<()> {
         }
         JobCommand::Wait { id, timeout } => {
             let job = wait(&mut c, &id, timeout).await?;
-            if global.output == Output::Json {
-                output::json(&job);
+            if global.output.is_document() {
+                output::message(global.output, &job);
             }
             outcome(&job)?;
         }
@@ -119,12 +142,15 @@ pub async fn run(global: &Global, command: JobCommand) -> anyhow::Result<()> {
                 .into_inner();
             while let Some(event) = stream.next().await {
                 let event = event?;
-                if global.output == Output::Json {
-                    println!("{}", finpool_proto::to_json(&event));
+                if global.output.is_document() {
+                    let line = output::render_line(global.output, &finpool_proto::to_json(&event));
+                    if !output::emit(&line)? {
+                        break;
+                    }
                     continue;
                 }
                 let t = event.transition.unwrap_or_default();
-                println!(
+                let line = format!(
                     "{}  {}  {}  {} -> {}  {}",
                     output::timestamp(&t.at),
                     event.tenant_id,
@@ -133,6 +159,10 @@ pub async fn run(global: &Global, command: JobCommand) -> anyhow::Result<()> {
                     output::state(t.to),
                     t.reason
                 );
+                // A reader that left ends the stream quietly.
+                if !output::emit(&output::clean(&line))? {
+                    break;
+                }
             }
         }
     }
@@ -339,6 +369,11 @@ pub fn spec_from_args(args: &JobSubmitArgs) -> anyhow::Result<JobSpecInput> {
     Ok(spec)
 }
 
+/// The change stream of `job watch`, as a watch's triggers.
+fn job_changes(stream: tonic::Streaming<pb::JobEvent>) -> watch::Changes {
+    Box::pin(stream.map(|event| event.map(|_| ()).map_err(anyhow::Error::from)))
+}
+
 async fn list(global: &Global, c: &mut Clients, args: JobListArgs) -> anyhow::Result<()> {
     let states = args
         .states
@@ -349,6 +384,50 @@ async fn list(global: &Global, c: &mut Clients, args: JobListArgs) -> anyhow::Re
                 .map_err(anyhow::Error::from)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.watch {
+        // Every change to a job the caller may see triggers a new list.
+        let changes = c
+            .jobs
+            .watch_jobs(pb::WatchJobsRequest::default())
+            .await?
+            .into_inner();
+        let output = global.output;
+        let fetch = || {
+            let mut c = c.clone();
+            let states = states.clone();
+            let args = args.clone();
+            async move {
+                let (jobs, _) = fetch_jobs(&mut c, &args, &states).await?;
+                let values = jobs.iter().map(finpool_proto::to_json).collect();
+                Ok(watch::View {
+                    document: serde_json::Value::Array(values),
+                    text: jobs_table(output, &jobs),
+                })
+            }
+        };
+        return watch::run(global.output, fetch, job_changes(changes)).await;
+    }
+    let (jobs, more) = fetch_jobs(c, &args, &states).await?;
+    if more {
+        eprintln!(
+            "{} jobs shown, newest first; more exist: --all lists every page",
+            jobs.len()
+        );
+    }
+    if global.output.is_document() {
+        output::list(global.output, &jobs);
+        return Ok(());
+    }
+    println!("{}", jobs_table(global.output, &jobs));
+    Ok(())
+}
+
+/// The first page of jobs (every page with --all), and whether more exist.
+async fn fetch_jobs(
+    c: &mut Clients,
+    args: &JobListArgs,
+    states: &[i32],
+) -> anyhow::Result<(Vec<pb::Job>, bool)> {
     let mut jobs = Vec::new();
     let mut token = String::new();
     let more = loop {
@@ -357,7 +436,7 @@ async fn list(global: &Global, c: &mut Clients, args: JobListArgs) -> anyhow::Re
             .list_jobs(pb::ListJobsRequest {
                 page_size: args.page_size,
                 page_token: token,
-                states: states.clone(),
+                states: states.to_vec(),
                 tenant_id: args.tenant.clone().unwrap_or_default(),
             })
             .await?
@@ -368,54 +447,88 @@ async fn list(global: &Global, c: &mut Clients, args: JobListArgs) -> anyhow::Re
         }
         token = page.next_page_token;
     };
-    if more {
-        eprintln!(
-            "{} jobs shown, newest first; more exist: --all lists every page",
-            jobs.len()
-        );
-    }
-    if global.output == Output::Json {
-        output::json_list(&jobs);
-        return Ok(());
-    }
+    Ok((jobs, more))
+}
+
+/// The job list as a table; `-o wide` adds the node, the GPU indices,
+/// attempts, model, priority and creation time.
+fn jobs_table(output: Output, jobs: &[pb::Job]) -> String {
+    let wide = output == Output::Wide;
     let now = finpool_domain::Timestamp::now().0;
     let rows = jobs
         .iter()
         .map(|j| {
             let created = output::millis(&j.created_at).unwrap_or(now);
             let waited = output::millis(&j.started_at).unwrap_or(now) - created;
-            vec![
+            let spec = j.spec.clone().unwrap_or_default();
+            let mut row = vec![
                 j.id.clone(),
                 j.tenant_id.clone(),
-                j.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+                spec.name.clone(),
                 output::state(j.state),
                 output::request(&j.spec),
                 output::placement(&j.placement),
                 output::duration_ms(waited),
                 j.reason.clone(),
-            ]
+            ];
+            if wide {
+                let (node, cards) = match &j.placement {
+                    Some(p) => (
+                        p.node.clone(),
+                        p.gpus
+                            .iter()
+                            .map(|g| g.index.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ),
+                    None => ("-".into(), "-".into()),
+                };
+                row.extend([
+                    node,
+                    if cards.is_empty() { "-".into() } else { cards },
+                    j.attempts.to_string(),
+                    if spec.model.is_empty() {
+                        "-".into()
+                    } else {
+                        spec.model
+                    },
+                    spec.priority.to_string(),
+                    output::timestamp(&j.created_at),
+                ]);
+            }
+            row
         })
         .collect();
-    println!(
-        "{}",
-        output::table(
-            &[
-                "JOB", "TENANT", "NAME", "STATE", "REQUEST", "GPUS", "WAITED", "REASON"
-            ],
-            rows
-        )
-    );
-    Ok(())
+    let mut headers = vec![
+        "JOB", "TENANT", "NAME", "STATE", "REQUEST", "GPUS", "WAITED", "REASON",
+    ];
+    if wide {
+        headers.extend([
+            "NODE",
+            "GPU INDICES",
+            "ATTEMPTS",
+            "MODEL",
+            "PRIORITY",
+            "CREATED",
+        ]);
+    }
+    output::table(&headers, rows).to_string()
 }
 
-fn print_job(global: &Global, job: &pb::Job) {
+/// A job as `job get` prints it: a document (`-o json|yaml`), or its
+/// description and history.
+fn job_text(output: Output, job: &pb::Job) -> String {
     // Every line goes through `output::clean`: names, reasons and commands
     // are the caller's text.
-    macro_rules! line {
-        ($($arg:tt)*) => { println!("{}", output::clean(&format!($($arg)*))) };
+    if output.is_document() {
+        return output::render(output, &finpool_proto::to_json(job));
     }
-    if global.output == Output::Json {
-        return output::json(job);
+    let mut text = String::new();
+    macro_rules! line {
+        ($($arg:tt)*) => {{
+            text.push_str(&output::clean(&format!($($arg)*)));
+            text.push('\n');
+        }};
     }
     let spec = job.spec.clone().unwrap_or_default();
     let mut command = spec.command.clone();
@@ -467,5 +580,6 @@ fn print_job(global: &Global, job: &pb::Job) {
             ]
         })
         .collect();
-    println!("{}", output::table(&["AT", "FROM", "TO", "REASON"], rows));
+    text.push_str(&output::table(&["AT", "FROM", "TO", "REASON"], rows).to_string());
+    text
 }

@@ -2,7 +2,7 @@
 
 use finpool_proto::v1 as pb;
 
-use crate::args::{Global, ModelCommand, Output};
+use crate::args::{Global, ModelCommand};
 use crate::client::Clients;
 use crate::output;
 
@@ -42,8 +42,8 @@ pub async fn run(global: &Global, command: ModelCommand) -> anyhow::Result<()> {
             }
         }
     };
-    if global.output == Output::Json {
-        output::json_list(&models);
+    if global.output.is_document() {
+        output::list(global.output, &models);
         return Ok(());
     }
     let rows = models

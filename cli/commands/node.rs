@@ -4,12 +4,36 @@ use finpool_proto::v1 as pb;
 
 use crate::args::{Global, NodeCommand, Output};
 use crate::client::Clients;
-use crate::output;
+use crate::{output, watch};
 
 pub async fn run(global: &Global, command: NodeCommand) -> anyhow::Result<()> {
     let mut c = Clients::from_global(global).await?;
-    let NodeCommand::List = command;
-    // Every page, as one response.
+    let NodeCommand::List { watch } = command;
+    if watch {
+        let output = global.output;
+        let fetch = || {
+            let mut c = c.clone();
+            async move {
+                let nodes = fetch(&mut c).await?;
+                Ok(watch::View {
+                    document: finpool_proto::to_json(&nodes),
+                    text: table(output, &nodes),
+                })
+            }
+        };
+        return watch::run(global.output, fetch, watch::poll()).await;
+    }
+    let nodes = fetch(&mut c).await?;
+    if global.output.is_document() {
+        output::message(global.output, &nodes);
+        return Ok(());
+    }
+    println!("{}", table(global.output, &nodes));
+    Ok(())
+}
+
+/// Every page, as one response.
+async fn fetch(c: &mut Clients) -> anyhow::Result<pb::ListNodesResponse> {
     let mut nodes = pb::ListNodesResponse::default();
     loop {
         let page = c
@@ -24,13 +48,15 @@ pub async fn run(global: &Global, command: NodeCommand) -> anyhow::Result<()> {
         nodes.gpu_classes = page.gpu_classes;
         nodes.next_page_token = page.next_page_token;
         if nodes.next_page_token.is_empty() {
-            break;
+            return Ok(nodes);
         }
     }
-    if global.output == Output::Json {
-        output::json(&nodes);
-        return Ok(());
-    }
+}
+
+/// One row per GPU; `-o wide` adds the card's UUID, the jobs on it and
+/// the node's cached models.
+fn table(output: Output, nodes: &pb::ListNodesResponse) -> String {
+    let wide = output == Output::Wide;
     let mut rows = Vec::new();
     for n in &nodes.nodes {
         for g in &n.gpus {
@@ -39,7 +65,7 @@ pub async fn run(global: &Global, command: NodeCommand) -> anyhow::Result<()> {
                 .iter()
                 .map(|a| format!("{} {}m", a.tenant_id, a.milli))
                 .collect();
-            rows.push(vec![
+            let mut row = vec![
                 n.name.clone(),
                 n.labels.get("location").cloned().unwrap_or_default(),
                 g.index.to_string(),
@@ -47,23 +73,25 @@ pub async fn run(global: &Global, command: NodeCommand) -> anyhow::Result<()> {
                 format!("{}m", g.used_milli),
                 format!("{}/{}", g.used_memory_mib, g.memory_mib),
                 holders.join(", "),
-            ]);
+            ];
+            if wide {
+                let jobs: Vec<&str> = g.allocations.iter().map(|a| a.job_id.as_str()).collect();
+                row.extend([g.uuid.clone(), jobs.join(", "), n.models.join(", ")]);
+            }
+            rows.push(row);
         }
     }
-    println!(
-        "{}",
-        output::table(
-            &[
-                "NODE",
-                "LOCATION",
-                "GPU",
-                "CLASS",
-                "USED",
-                "MEMORY MiB",
-                "HELD BY (visible to you)"
-            ],
-            rows
-        )
-    );
-    Ok(())
+    let mut headers = vec![
+        "NODE",
+        "LOCATION",
+        "GPU",
+        "CLASS",
+        "USED",
+        "MEMORY MiB",
+        "HELD BY (visible to you)",
+    ];
+    if wide {
+        headers.extend(["UUID", "JOBS", "CACHED MODELS"]);
+    }
+    output::table(&headers, rows).to_string()
 }

@@ -6,11 +6,11 @@ use std::io::Write;
 use anyhow::Context;
 use finpool_proto::v1 as pb;
 
-use crate::args::{Global, ReportCommand};
+use crate::args::{Connect, ReportCommand};
 use crate::client::Clients;
 
-pub async fn run(global: &Global, command: ReportCommand) -> anyhow::Result<()> {
-    let mut c = Clients::from_global(global).await?;
+pub async fn run(connect: &Connect, command: ReportCommand) -> anyhow::Result<()> {
+    let mut c = Clients::from_connect(connect).await?;
     match command {
         ReportCommand::Usage(args) => {
             let document = c

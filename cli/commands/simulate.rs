@@ -8,8 +8,7 @@ use finpool_sim::experiment::{ExperimentReport, MAX_PERCENT};
 use finpool_sim::{Experiment, PolicyKind, check, openb, plot, run_experiment};
 
 use crate::args::{
-    Format, SimulateCheckArgs, SimulateCommand, SimulateFairnessArgs, SimulateGenaiArgs,
-    SimulateOpenbArgs,
+    SimulateCheckArgs, SimulateCommand, SimulateFairnessArgs, SimulateGenaiArgs, SimulateOpenbArgs,
 };
 use crate::output;
 
@@ -64,12 +63,10 @@ fn genai(args: SimulateGenaiArgs) -> anyhow::Result<()> {
             ));
         }
     }
-    match args.format {
-        Format::Json if reports.len() == 1 => {
-            println!("{}", serde_json::to_string_pretty(&reports[0])?)
-        }
-        Format::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
-        Format::Table => {
+    match args.out.output {
+        o if o.is_document() && reports.len() == 1 => output::serialized(o, &reports[0])?,
+        o if o.is_document() => output::serialized(o, &reports)?,
+        _ => {
             println!(
                 "GenAI trace: {} requests on {} GPUs ({})",
                 requests.len(),
@@ -118,9 +115,9 @@ fn fairness(args: SimulateFairnessArgs) -> anyhow::Result<()> {
     let scenario = finpool_sim::fairness::Scenario::parse(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.scenario.display()))?;
     let report = finpool_sim::fairness::run(&scenario);
-    match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Format::Table => {
+    match args.out.output {
+        o if o.is_document() => output::serialized(o, &report)?,
+        _ => {
             println!(
                 "{}: {} GPUs, {} tenants, {} s, cycle {} s, grace {} s; {} preemptions",
                 args.scenario.display(),
@@ -267,12 +264,10 @@ fn openb_experiment(args: SimulateOpenbArgs) -> anyhow::Result<()> {
         )
         .map_err(|e| anyhow::anyhow!("drawing {}: {e}", svg.display()))?;
     }
-    match args.format {
-        Format::Json if reports.len() == 1 => {
-            println!("{}", serde_json::to_string_pretty(&reports[0])?)
-        }
-        Format::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
-        Format::Table => print_table(&workload, &seeds, &reports),
+    match args.out.output {
+        o if o.is_document() && reports.len() == 1 => output::serialized(o, &reports[0])?,
+        o if o.is_document() => output::serialized(o, &reports)?,
+        _ => print_table(&workload, &seeds, &reports),
     }
     Ok(())
 }
@@ -349,7 +344,7 @@ fn check_placements(args: SimulateCheckArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{policy}: {e}"))?;
         reports.insert(policy, report);
     }
-    println!("{}", serde_json::to_string_pretty(&reports)?);
+    output::serialized(args.out.output.document(), &reports)?;
     if reports.values().any(|r| !r.violations.is_empty()) {
         anyhow::bail!("the placements violate capacity or constraints");
     }

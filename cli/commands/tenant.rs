@@ -7,7 +7,7 @@ use finpool_proto::v1 as pb;
 
 use crate::args::{Global, Output, TenantCommand};
 use crate::client::Clients;
-use crate::output;
+use crate::{output, watch};
 
 pub async fn run(global: &Global, command: TenantCommand) -> anyhow::Result<()> {
     let mut c = Clients::from_global(global).await?;
@@ -92,34 +92,55 @@ pub async fn run(global: &Global, command: TenantCommand) -> anyhow::Result<()> 
                 .await?
                 .into_inner(),
         ],
-        TenantCommand::List => {
-            let mut all = Vec::new();
-            let mut token = String::new();
-            loop {
-                let page = c
-                    .tenants
-                    .list_tenants(pb::ListTenantsRequest {
-                        page_size: 500,
-                        page_token: token,
+        TenantCommand::List { watch: false } => list(&mut c).await?,
+        TenantCommand::List { watch: true } => {
+            let output = global.output;
+            let fetch = || {
+                let mut c = c.clone();
+                async move {
+                    let tenants = list(&mut c).await?;
+                    let values = tenants.iter().map(finpool_proto::to_json).collect();
+                    Ok(watch::View {
+                        document: serde_json::Value::Array(values),
+                        text: table(output, &tenants),
                     })
-                    .await?
-                    .into_inner();
-                all.extend(page.tenants);
-                if page.next_page_token.is_empty() {
-                    break all;
                 }
-                token = page.next_page_token;
-            }
+            };
+            return watch::run(global.output, fetch, watch::poll()).await;
         }
     };
-    print(global, &tenants);
+    if global.output.is_document() {
+        output::list(global.output, &tenants);
+    } else {
+        println!("{}", table(global.output, &tenants));
+    }
     Ok(())
 }
 
-pub fn print(global: &Global, tenants: &[pb::Tenant]) {
-    if global.output == Output::Json {
-        return output::json_list(tenants);
+/// Every tenant, all pages.
+async fn list(c: &mut Clients) -> anyhow::Result<Vec<pb::Tenant>> {
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .tenants
+            .list_tenants(pb::ListTenantsRequest {
+                page_size: 500,
+                page_token: token,
+            })
+            .await?
+            .into_inner();
+        all.extend(page.tenants);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        token = page.next_page_token;
     }
+}
+
+/// Tenants as a table; `-o wide` adds when each was created and suspended.
+fn table(output: Output, tenants: &[pb::Tenant]) -> String {
+    let wide = output == Output::Wide;
     let rows = tenants
         .iter()
         .map(|t| {
@@ -132,7 +153,7 @@ pub fn print(global: &Global, tenants: &[pb::Tenant]) {
                 })
                 .collect();
             quotas.sort();
-            vec![
+            let mut row = vec![
                 t.id.clone(),
                 t.display_name.clone(),
                 quotas.join(", "),
@@ -149,21 +170,26 @@ pub fn print(global: &Global, tenants: &[pb::Tenant]) {
                             .to_ascii_lowercase()
                     })
                     .unwrap_or_default(),
-            ]
+            ];
+            if wide {
+                row.extend([
+                    output::timestamp(&t.created_at),
+                    output::timestamp(&t.suspended_at),
+                ]);
+            }
+            row
         })
         .collect();
-    println!(
-        "{}",
-        output::table(
-            &[
-                "TENANT",
-                "NAME",
-                "QUOTA (guaranteed/limit GPUs)",
-                "WEIGHT",
-                "STATUS",
-                "ISOLATION"
-            ],
-            rows
-        )
-    );
+    let mut headers = vec![
+        "TENANT",
+        "NAME",
+        "QUOTA (guaranteed/limit GPUs)",
+        "WEIGHT",
+        "STATUS",
+        "ISOLATION",
+    ];
+    if wide {
+        headers.extend(["CREATED", "SUSPENDED AT"]);
+    }
+    output::table(&headers, rows).to_string()
 }

@@ -6,17 +6,21 @@ use anyhow::Context;
 use finpool_api::{Role, SigningKey, TokenLifetimes};
 use finpool_domain::Name;
 
-use crate::args::{Global, Output, TokenCommand, TokenIssueArgs};
+use crate::args::{TokenCommand, TokenIssueArgs};
 use crate::client::Clients;
 use finpool_proto::v1 as pb;
 
-pub async fn run(global: &Global, command: TokenCommand) -> anyhow::Result<()> {
+pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Issue(args) => {
             println!("{}", issue(&args)?);
             Ok(())
         }
-        TokenCommand::Revoke { subject, before } => {
+        TokenCommand::Revoke {
+            subject,
+            before,
+            global,
+        } => {
             let not_before = before
                 .map(|t| {
                     finpool_domain::Timestamp::parse_rfc3339(&t)
@@ -27,7 +31,7 @@ pub async fn run(global: &Global, command: TokenCommand) -> anyhow::Result<()> {
                         .ok_or_else(|| anyhow::anyhow!("--before {t:?}: not an RFC 3339 time"))
                 })
                 .transpose()?;
-            let mut c = Clients::from_global(global).await?;
+            let mut c = Clients::from_global(&global).await?;
             let r = c
                 .tokens
                 .revoke_tokens(pb::RevokeTokensRequest {
@@ -36,8 +40,8 @@ pub async fn run(global: &Global, command: TokenCommand) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            if global.output == Output::Json {
-                crate::output::json(&r);
+            if global.output.is_document() {
+                crate::output::message(global.output, &r);
             } else {
                 println!(
                     "tokens of {} issued before {} are refused",

@@ -2,11 +2,12 @@
 
 use finpool_proto::v1 as pb;
 
-use crate::args::{Global, Output, UsageArgs};
+use crate::args::UsageArgs;
 use crate::client::Clients;
 use crate::output;
 
-pub async fn run(global: &Global, args: UsageArgs) -> anyhow::Result<()> {
+pub async fn run(args: UsageArgs) -> anyhow::Result<()> {
+    let global = &args.global.clone();
     let mut c = Clients::from_global(global).await?;
     if args.from.is_some() || args.to.is_some() {
         return super::billing::period_usage(global, &mut c, args).await;
@@ -26,8 +27,8 @@ pub async fn run(global: &Global, args: UsageArgs) -> anyhow::Result<()> {
         }
         Err(s) => return Err(s.into()),
     };
-    if global.output == Output::Json {
-        output::json(&usage);
+    if global.output.is_document() {
+        output::message(global.output, &usage);
         return Ok(());
     }
     println!(

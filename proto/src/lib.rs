@@ -14,18 +14,27 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/finpool_descriptor.bin"));
 
-/// A message as proto3 JSON (the canonical mapping, with proto field
-/// names), as grpcurl and the REST API show it.
+/// How finpool writes messages as JSON, the REST API and the CLI alike:
+/// the proto3 JSON mapping with proto field names, every field present
+/// (defaults too), and 64-bit integers as JSON numbers (not the mapping's
+/// strings: every finpool 64-bit value, fen and milliseconds, is far below
+/// 2^53, so JavaScript and `jq` read them exactly).
+pub fn json_options() -> prost_reflect::SerializeOptions {
+    prost_reflect::SerializeOptions::new()
+        .use_proto_field_name(true)
+        .stringify_64_bit_integers(false)
+        .skip_default_fields(false)
+}
+
+/// A message as JSON, exactly as the REST API returns it (see
+/// [`json_options`]).
 pub fn to_json<M: prost::Message + prost::Name>(message: &M) -> serde_json::Value {
     let desc = codec::pool()
         .get_message_by_name(&M::full_name())
         .expect("every finpool message is in the descriptor set");
     let dynamic = prost_reflect::DynamicMessage::decode(desc, message.encode_to_vec().as_slice())
         .expect("a message re-decodes from its own encoding");
-    let options = prost_reflect::SerializeOptions::new()
-        .use_proto_field_name(true)
-        .skip_default_fields(false);
     dynamic
-        .serialize_with_options(serde_json::value::Serializer, &options)
+        .serialize_with_options(serde_json::value::Serializer, &json_options())
         .expect("proto3 JSON serialisation cannot fail for a valid message")
 }

@@ -28,7 +28,7 @@ use http_body_util::BodyExt;
 use prost::Message;
 use prost_reflect::{
     DescriptorPool, DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor,
-    MethodDescriptor, SerializeOptions, Value,
+    MethodDescriptor, Value,
 };
 use tonic::{Code, Status};
 use tower::ServiceExt;
@@ -824,18 +824,11 @@ fn set_scalar(
     Ok(())
 }
 
-fn json_options() -> SerializeOptions {
-    SerializeOptions::new()
-        .use_proto_field_name(true)
-        .stringify_64_bit_integers(false)
-        .skip_default_fields(false)
-}
-
 fn to_json(message: &DynamicMessage) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     let mut ser = serde_json::Serializer::new(&mut out);
     message
-        .serialize_with_options(&mut ser, &json_options())
+        .serialize_with_options(&mut ser, &finpool_proto::json_options())
         .expect("a decoded message serializes");
     out
 }
