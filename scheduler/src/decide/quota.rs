@@ -91,6 +91,11 @@ impl<'a> Planner<'a> {
                 limit_milli: limit,
             });
         }
+        // A class the tenant has no quota on is not one it could use: name
+        // it only if no class it could use is left.
+        if hits.iter().any(|h| h.limit_milli > 0) {
+            hits.retain(|h| h.limit_milli > 0);
+        }
         hits
     }
 

@@ -124,6 +124,25 @@ fn work_over_the_limit_waits() {
     assert!(o.admitted[0].within_guarantee && !o.admitted[1].within_guarantee);
 }
 
+/// A class the tenant has no quota on is left out of the reason while one
+/// it could use is named.
+#[test]
+fn quota_reasons_leave_out_classes_without_quota() {
+    let snap = snapshot(
+        vec![node("n0", "A100", 1), node("n1", "L4", 1)],
+        vec![tenant("alpha", "A100", 0, 1)],
+    );
+    let queue: Vec<_> = (1..=2)
+        .map(|i| job(i, "alpha", GpuRequest::Whole { count: 1 }))
+        .collect();
+    let o = decide(&snap, &queue, &Policy::finpool()).unwrap();
+    assert_eq!(ids(&o), vec![1]);
+    assert_eq!(
+        o.waiting[0].reason.to_string(),
+        "quota: A100 limit 1 GPU; holding 1, this job asks 1"
+    );
+}
+
 /// Borrowing stops at what the other tenants lend: the reason names the
 /// pool's borrowing budget, not the tenant's own limit.
 #[test]
