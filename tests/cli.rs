@@ -5,6 +5,8 @@ mod common;
 
 use std::process::Command;
 
+use finpool_proto::v1 as pb;
+
 use common::*;
 
 fn finpool(server: Option<&Server>, token: Option<&str>, args: &[&str]) -> std::process::Output {
@@ -487,6 +489,191 @@ fn token_issue_waits_for_a_starting_server_and_explains_a_missing_one() {
         assert!(out.status.success(), "{:?}", text(&out));
         assert_eq!(text(&out).0.trim().split('.').count(), 3, "a JWT");
     }
+}
+
+/// A pending job shows its place in the queue (its tenant's queue, and
+/// the jobs ahead in the pool) and a quota reason with the numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_get_shows_the_queue_position_and_the_quota_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut op = server.operator().await;
+    create_tenant(&mut op, "alpha", 1, 1).await;
+    let token = server.token(finpool_api::Role::Tenant, Some("alpha"));
+    let mut alpha = server.tenant("alpha").await;
+    let mut hold = shell_job("hold", whole(1), "sleep 60");
+    hold.resources.as_mut().unwrap().gpu_classes = vec!["A100".into()];
+    // Above the others' priorities: they may not preempt it.
+    hold.priority = 10;
+    let hold = submit(&mut alpha, hold).await;
+    wait_for(
+        &mut alpha,
+        std::time::Duration::from_secs(30),
+        "hold runs",
+        |jobs| {
+            jobs.iter()
+                .any(|j| j.id == hold.id && j.state == pb::JobState::Running as i32)
+        },
+    )
+    .await;
+    let mut older = shell_job("older", whole(1), "true");
+    older.resources.as_mut().unwrap().gpu_classes = vec!["A100".into()];
+    let older = submit(&mut alpha, older).await;
+    let mut urgent = shell_job("urgent", whole(1), "true");
+    urgent.resources.as_mut().unwrap().gpu_classes = vec!["A100".into()];
+    urgent.priority = 5;
+    let urgent = submit(&mut alpha, urgent).await;
+    wait_for(
+        &mut alpha,
+        std::time::Duration::from_secs(30),
+        "reasons",
+        |jobs| {
+            jobs.iter()
+                .filter(|j| j.reason_code == "QuotaLimit")
+                .count()
+                == 2
+        },
+    )
+    .await;
+    let run = |args: &[&str]| finpool(Some(&server), Some(&token), args);
+
+    // The urgent job goes first within alpha; the older one is second.
+    let out = run(&["job", "get", &older.id, "-o", "json"]);
+    let job: serde_json::Value = serde_json::from_str(&text(&out).0).unwrap();
+    assert_eq!(job["queue_position"]["in_tenant"], 2, "{job}");
+    assert_eq!(job["queue_position"]["tenant_pending"], 2, "{job}");
+    assert_eq!(job["queue_position"]["ahead_in_pool"], 1, "{job}");
+    assert_eq!(job["queue_position"]["pool_pending"], 2, "{job}");
+    assert_eq!(job["reason_code"], "QuotaLimit");
+    assert_eq!(
+        job["reason"], "quota: A100 limit 1 GPU; holding 1, this job asks 1",
+        "{job}"
+    );
+    let out = run(&["job", "get", &urgent.id]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("queue      1 of 2 in tenant alpha's queue"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("0 pending jobs of 2 in the pool ahead"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("quota: A100 limit 1 GPU"), "{stdout}");
+    // The REST door carries the same fields.
+    let rest = server
+        .rest(
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{}", older.id),
+            Some(&token),
+        )
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = rest.json().await.unwrap();
+    assert_eq!(body["queue_position"]["in_tenant"], 2, "{body}");
+    assert_eq!(body["reason_code"], "QuotaLimit", "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("holding 1"),
+        "{body}"
+    );
+    // A running job has no queue position.
+    let out = run(&["job", "get", &hold.id, "-o", "json"]);
+    let job: serde_json::Value = serde_json::from_str(&text(&out).0).unwrap();
+    assert!(
+        job.get("queue_position").is_none_or(|q| q.is_null()),
+        "{job}"
+    );
+    let out = run(&["job", "get", &hold.id]);
+    assert!(!text(&out).0.contains("queue "), "{}", text(&out).0);
+}
+
+/// No output of a job's life, tables or JSON, watch events included,
+/// shows an enum's "unspecified" value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_lifecycle_outputs_never_say_unspecified() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut op = server.operator().await;
+    create_tenant(&mut op, "alpha", 1, 2).await;
+    let token = server.token(finpool_api::Role::Tenant, Some("alpha"));
+    let watch = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_finpool"));
+        cmd.args(["job", "watch"]);
+        if json {
+            cmd.args(["-o", "json"]);
+        }
+        cmd.env("FINPOOL_ADDR", &server.addr)
+            .env("FINPOOL_TOKEN", &token)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let watchers = [watch(false), watch(true)];
+    // Let the watchers subscribe before the job's first transition.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let run = |args: &[&str]| finpool(Some(&server), Some(&token), args);
+    let mut outputs = Vec::new();
+    let out = run(&[
+        "job",
+        "submit",
+        "--name",
+        "life",
+        "--gpus",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "echo done",
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let id = text(&out).0.split_whitespace().nth(1).unwrap().to_owned();
+    outputs.push(text(&out).0);
+    for args in [
+        vec!["job", "get", &id],
+        vec!["job", "get", &id, "-o", "json"],
+        vec!["job", "list"],
+        vec!["job", "list", "-o", "json"],
+        vec!["job", "wait", &id, "-o", "json"],
+        vec!["job", "get", &id],
+        vec!["job", "get", &id, "-o", "json"],
+        vec!["job", "list", "-o", "json"],
+        vec!["node", "list"],
+        vec!["node", "list", "-o", "json"],
+    ] {
+        let out = run(&args);
+        assert!(out.status.success(), "{args:?}: {:?}", text(&out));
+        outputs.push(text(&out).0);
+    }
+    let rest = server
+        .rest(
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{id}"),
+            Some(&token),
+        )
+        .send()
+        .await
+        .unwrap();
+    outputs.push(rest.text().await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for mut w in watchers {
+        w.kill().unwrap();
+        let out = w.wait_with_output().unwrap();
+        let events = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(events.contains(&id), "the watcher saw the job: {events}");
+        outputs.push(events);
+    }
+    for out in &outputs {
+        assert!(!out.to_lowercase().contains("unspecified"), "{out}");
+    }
+    // The first transition reads "new" in text, and has no `from` in JSON.
+    assert!(
+        outputs[outputs.len() - 2].contains("new -> pending"),
+        "{}",
+        outputs[outputs.len() - 2]
+    );
 }
 
 fn rand_suffix() -> String {

@@ -68,7 +68,9 @@ async fn two_brokerages_share_the_pool_safely() {
             && jobs.iter().any(|j| {
                 j.tenant_id == "alpha"
                     && j.state == pb::JobState::Pending as i32
-                    && j.reason.contains("quota limit")
+                    && j.reason_code == "QuotaLimit"
+                    && j.reason.starts_with("quota: A100 limit 2 GPUs")
+                    && j.reason.contains("holding 2, this job asks 1")
             })
         {
             saw_alpha_waiting_at_limit = true;

@@ -144,7 +144,59 @@ async fn a_job_allowed_only_where_its_model_is_not_warm_starts_at_once() {
         model_job("warm", whole(1), &["A100"], "sleep 60"),
     )
     .await;
-    running(&mut alpha, &warm.id).await;
+    let warm = running(&mut alpha, &warm.id).await;
+    // The node listing shows the model cached on the node and loaded on
+    // the card, to tenants and operators alike.
+    let card = warm.placement.as_ref().unwrap().gpus[0].index;
+    for c in [&mut alpha, &mut op] {
+        let nodes = c
+            .nodes
+            .list_nodes(pb::ListNodesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .nodes;
+        let a100 = nodes.iter().find(|n| n.name == "node-a100").unwrap();
+        assert_eq!(a100.models, vec!["qwen2-7b".to_owned()], "{a100:#?}");
+        let gpu = a100.gpus.iter().find(|g| g.index == card).unwrap();
+        assert_eq!(gpu.resident_model, "qwen2-7b", "{a100:#?}");
+        let l40s = nodes.iter().find(|n| n.name == "node-l40s").unwrap();
+        assert!(l40s.models.is_empty(), "{l40s:#?}");
+        assert!(l40s.gpus.iter().all(|g| g.resident_model.is_empty()));
+    }
+    // The table shows it in its own columns; JSON in full.
+    let token = server.token(finpool_api::Role::Tenant, Some("alpha"));
+    let node_list = |json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_finpool"));
+        cmd.args(["node", "list"]);
+        if json {
+            cmd.args(["-o", "json"]);
+        }
+        let out = cmd
+            .env("FINPOOL_ADDR", &server.addr)
+            .env("FINPOOL_TOKEN", &token)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = node_list(false);
+    assert!(table.contains("CACHED ON NODE"), "{table}");
+    let row = table.lines().find(|l| l.contains("node-a100")).unwrap();
+    assert_eq!(
+        row.matches("qwen2-7b").count(),
+        2,
+        "resident and cached: {table}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&node_list(true)).unwrap();
+    let a100 = json["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "node-a100")
+        .unwrap();
+    assert_eq!(a100["models"][0], "qwen2-7b", "{a100}");
+    assert_eq!(a100["gpus"][0]["resident_model"], "qwen2-7b", "{a100}");
     // This job may run only on L40S: the A100 that holds its model can
     // never run it, so waiting for it would be waiting for nothing.
     let l40s = submit(
@@ -212,11 +264,17 @@ async fn a_waiting_job_carries_a_typed_reason() {
     let hold = submit(&mut beta, shell_job("hold", whole(1), "sleep 60")).await;
     running(&mut beta, &hold.id).await;
     let over = submit(&mut beta, shell_job("over", whole(1), "sleep 1")).await;
-    wait_for(&mut beta, Duration::from_secs(30), "reasons", |jobs| {
+    let jobs = wait_for(&mut beta, Duration::from_secs(30), "reasons", |jobs| {
         jobs.iter()
             .any(|j| j.id == over.id && j.reason_code == "QuotaLimit")
     })
     .await;
+    // The reason names the class, the bound and the numbers.
+    let waiting = jobs.iter().find(|j| j.id == over.id).unwrap();
+    assert_eq!(
+        waiting.reason, "quota: A100 limit 1 GPU; holding 1, this job asks 1",
+        "{waiting:#?}"
+    );
     // A job no node could hold never waits: it is refused at submit (one
     // the pool stops fitting while it waits says Infeasible; see
     // tests/feasibility.rs).

@@ -111,7 +111,7 @@ async fn a_crash_loses_no_job_and_leaves_none_running() {
                 full.history
                     .iter()
                     .any(|t| t.to == pb::JobState::Pending as i32
-                        && t.from == pb::JobState::Preempted as i32),
+                        && t.from == Some(pb::JobState::Preempted as i32)),
                 "{name} was requeued"
             );
         }

@@ -181,7 +181,7 @@ pub fn spec_to_pb(spec: &d::JobSpec) -> pb::JobSpec {
 
 pub fn transition_to_pb(t: &d::Transition) -> pb::StateTransition {
     pb::StateTransition {
-        from: t.from.map_or(pb::JobState::Unspecified, state_to_pb) as i32,
+        from: t.from.map(|s| state_to_pb(s) as i32),
         to: state_to_pb(t.to) as i32,
         at: Some(timestamp(t.at)),
         reason: t.reason.clone(),
@@ -222,6 +222,7 @@ pub fn job_to_pb(job: &d::Job) -> pb::Job {
         placement: job.placement.as_ref().map(placement_to_pb),
         history: job.history.iter().map(transition_to_pb).collect(),
         attempts: job.attempts,
+        queue_position: None,
     }
 }
 

@@ -155,7 +155,7 @@ pub async fn run(global: &Global, command: JobCommand) -> anyhow::Result<()> {
                     output::timestamp(&t.at),
                     event.tenant_id,
                     event.job_id,
-                    output::state(t.from),
+                    t.from.map_or_else(|| "new".into(), output::state),
                     output::state(t.to),
                     t.reason
                 );
@@ -515,6 +515,18 @@ fn jobs_table(output: Output, jobs: &[pb::Job]) -> String {
     output::table(&headers, rows).to_string()
 }
 
+/// A pending job's place: exact within its tenant's queue; across the
+/// pool, the jobs whose turns come first (borrowing reorders tenants by
+/// fair share, which only the scheduler's cycle knows).
+fn queue_line(tenant: &str, q: &pb::QueuePosition) -> String {
+    let s = if q.ahead_in_pool == 1 { "" } else { "s" };
+    format!(
+        "queue      {} of {} in tenant {tenant}'s queue (priority, then age); \
+         {} pending job{s} of {} in the pool ahead by turn order",
+        q.in_tenant, q.tenant_pending, q.ahead_in_pool, q.pool_pending
+    )
+}
+
 /// A job as `job get` prints it: a document (`-o json|yaml`), or its
 /// description and history.
 fn job_text(output: Output, job: &pb::Job) -> String {
@@ -537,6 +549,9 @@ fn job_text(output: Output, job: &pb::Job) -> String {
     line!("tenant     {}", job.tenant_id);
     line!("name       {}", spec.name);
     line!("state      {} ({})", output::state(job.state), job.reason);
+    if let Some(q) = &job.queue_position {
+        line!("{}", queue_line(&job.tenant_id, q));
+    }
     line!("request    {}", output::request(&job.spec));
     line!("gpus       {}", output::placement(&job.placement));
     line!(
@@ -570,11 +585,7 @@ fn job_text(output: Output, job: &pb::Job) -> String {
         .map(|t| {
             vec![
                 output::timestamp(&t.at),
-                if t.from == 0 {
-                    "-".into()
-                } else {
-                    output::state(t.from)
-                },
+                t.from.map_or_else(|| "-".into(), output::state),
                 output::state(t.to),
                 t.reason.clone(),
             ]

@@ -59,7 +59,7 @@ fn table(output: Output, nodes: &pb::ListNodesResponse) -> String {
     let wide = output == Output::Wide;
     let mut rows = Vec::new();
     for n in &nodes.nodes {
-        for g in &n.gpus {
+        for (i, g) in n.gpus.iter().enumerate() {
             let holders: Vec<String> = g
                 .allocations
                 .iter()
@@ -72,6 +72,19 @@ fn table(output: Output, nodes: &pb::ListNodesResponse) -> String {
                 g.gpu_class.clone(),
                 format!("{}m", g.used_milli),
                 format!("{}/{}", g.used_memory_mib, g.memory_mib),
+                if g.resident_model.is_empty() {
+                    "-".into()
+                } else {
+                    truncate(&g.resident_model, MODEL_WIDTH)
+                },
+                // The node's cached models, once per node.
+                if i > 0 {
+                    String::new()
+                } else if n.models.is_empty() {
+                    "-".into()
+                } else {
+                    truncate(&n.models.join(", "), CACHED_WIDTH)
+                },
                 holders.join(", "),
             ];
             if wide {
@@ -88,10 +101,40 @@ fn table(output: Output, nodes: &pb::ListNodesResponse) -> String {
         "CLASS",
         "USED",
         "MEMORY MiB",
+        "MODEL",
+        "CACHED ON NODE",
         "HELD BY (visible to you)",
     ];
     if wide {
         headers.extend(["UUID", "JOBS", "CACHED MODELS"]);
     }
     output::table(&headers, rows).to_string()
+}
+
+/// The table shows this much of a card's model and a node's cached models;
+/// `-o json` shows them whole.
+const MODEL_WIDTH: usize = 24;
+const CACHED_WIDTH: usize = 40;
+
+/// `text`, cut to `max` characters with "…" when longer.
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_model_lists_are_cut_to_fit() {
+        assert_eq!(truncate("qwen2-7b", 24), "qwen2-7b");
+        let cut = truncate(&"m".repeat(50), CACHED_WIDTH);
+        assert_eq!(cut.chars().count(), CACHED_WIDTH);
+        assert!(cut.ends_with('…'));
+    }
 }

@@ -25,8 +25,8 @@ pub mod wait;
 pub use cluster::{Allocation, Choice, ClassSet, Cluster, GpuState, NodeState};
 pub use cycle::{Cycle, CycleConfig, CycleInputs, DurableMemory, LocalityConfig, Plan, Stop};
 pub use decide::{
-    Admission, AdmissionKind, Outcome, PreemptReason, Preemption, RECLAIMED_MARKER, Reservation,
-    Waiting, decide,
+    Admission, AdmissionKind, Outcome, PendingKey, PreemptReason, Preemption, QueuePosition,
+    RECLAIMED_MARKER, Reservation, Waiting, decide, queue_position,
 };
 pub use engine::{Engine, Request};
 pub use feasibility::PoolFit;
@@ -34,4 +34,4 @@ pub use plugins::{Ctx, Filter, Policy, QuotaBound, Scorer};
 pub use snapshot::{Held, LocalityInputs, QueuedJob, RunningJob, Snapshot, SnapshotError};
 pub use task::{ModelFit, Task};
 pub use tenants::TenantBook;
-pub use wait::{Infeasible, Refusal, WaitReason};
+pub use wait::{Infeasible, QuotaBoundKind, QuotaHit, Refusal, WaitReason};

@@ -17,8 +17,10 @@ pub enum WaitReason {
     /// No node of the pool could ever run it, even empty.
     Infeasible { resource: Infeasible },
     /// It could run now, but its tenant's quota limit or the pool's
-    /// borrowing budget does not allow it.
-    QuotaLimit,
+    /// borrowing budget does not allow it: per GPU class it may use, the
+    /// limit it hit and the numbers (empty when no single limit explains
+    /// it, e.g. a reservation or its model's card kept it back too).
+    QuotaLimit { hits: Vec<QuotaHit> },
     /// Nodes that could run it are busy.
     NoCapacity { refused: Vec<Refusal> },
     /// It holds a reservation: the node frees for it at `at`.
@@ -77,6 +79,94 @@ pub enum Infeasible {
     },
 }
 
+/// Which quota bound a job hit on one GPU class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaBoundKind {
+    /// The tenant's limit: its guarantee plus its borrowing limit.
+    Limit,
+    /// The pool's borrowing budget: idle capacity nobody is guaranteed
+    /// plus what other tenants lend of their idle guarantees (each at most
+    /// its lending limit). The bound is what the tenant may hold now.
+    BorrowingBudget,
+}
+
+impl QuotaBoundKind {
+    /// A stable name: part of the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Limit => "limit",
+            Self::BorrowingBudget => "borrowing budget",
+        }
+    }
+}
+
+/// One GPU class on which a job's tenant is at a quota bound, in
+/// milli-GPU (1000 = one GPU).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaHit {
+    pub class: String,
+    pub bound: QuotaBoundKind,
+    /// The most the tenant may hold on the class under that bound.
+    pub bound_milli: u64,
+    /// What the tenant holds on the class (after this cycle's admissions).
+    pub held_milli: u64,
+    /// What this job asks on the class.
+    pub asked_milli: u64,
+    /// The tenant's guarantee and limit on the class, for context.
+    pub guaranteed_milli: u64,
+    pub limit_milli: u64,
+}
+
+/// Milli-GPU as people read it: "4 GPUs", "1 GPU", "0.5 GPU".
+pub fn gpus(milli: u64) -> String {
+    let n = if milli.is_multiple_of(1000) {
+        (milli / 1000).to_string()
+    } else {
+        let s = format!("{:.3}", milli as f64 / 1000.0);
+        s.trim_end_matches('0').to_owned()
+    };
+    let s = if milli > 0 && milli <= 1000 { "" } else { "s" };
+    format!("{n} GPU{s}")
+}
+
+impl fmt::Display for QuotaHit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.bound {
+            QuotaBoundKind::Limit => {
+                write!(f, "{} limit {}", self.class, gpus(self.bound_milli))?;
+                if self.guaranteed_milli > 0 && self.guaranteed_milli < self.limit_milli {
+                    write!(
+                        f,
+                        " (guaranteed {} + borrowing {})",
+                        gpus(self.guaranteed_milli),
+                        gpus(self.limit_milli - self.guaranteed_milli)
+                    )?;
+                }
+            }
+            QuotaBoundKind::BorrowingBudget => write!(
+                f,
+                "{} borrowing budget: the pool lends enough to hold {} now (guaranteed {}, limit {})",
+                self.class,
+                gpus(self.bound_milli),
+                gpus(self.guaranteed_milli),
+                gpus(self.limit_milli)
+            )?,
+        }
+        write!(
+            f,
+            "; holding {}, this job asks {}",
+            trim_gpus(self.held_milli),
+            trim_gpus(self.asked_milli)
+        )
+    }
+}
+
+/// "4", "0.5": a number of GPUs without the unit.
+fn trim_gpus(milli: u64) -> String {
+    let g = gpus(milli);
+    g.split(' ').next().unwrap_or_default().to_owned()
+}
+
 /// A filter that refused some nodes, kube-scheduler style: the plugin,
 /// its reason code, and on how many nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +183,7 @@ impl WaitReason {
             Self::UnknownTenant { .. } => "UnknownTenant",
             Self::TenantSuspended { .. } => "TenantSuspended",
             Self::Infeasible { .. } => "Infeasible",
-            Self::QuotaLimit => "QuotaLimit",
+            Self::QuotaLimit { .. } => "QuotaLimit",
             Self::NoCapacity { .. } => "NoCapacity",
             Self::Reserved { .. } => "Reserved",
             Self::WarmCard { .. } => "WarmCard",
@@ -128,10 +218,20 @@ impl fmt::Display for WaitReason {
                 )
             }
             Self::Infeasible { resource } => write!(f, "fits no node of the pool: {resource}"),
-            Self::QuotaLimit => write!(
+            Self::QuotaLimit { hits } if hits.is_empty() => write!(
                 f,
                 "waiting: tenant quota limit or the pool's borrowing budget reached"
             ),
+            Self::QuotaLimit { hits } => {
+                write!(f, "quota: ")?;
+                for (i, hit) in hits.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, "; and ")?;
+                    }
+                    write!(f, "{hit}")?;
+                }
+                Ok(())
+            }
             Self::NoCapacity { refused } if refused.is_empty() => {
                 write!(f, "waiting: no node has room")
             }
@@ -230,5 +330,45 @@ mod tests {
         assert_eq!(r.code(), "Infeasible");
         assert!(r.to_string().contains("cpu_milli"), "{r}");
         assert!(r.is_infeasible());
+    }
+
+    #[test]
+    fn quota_reasons_name_the_class_the_limit_and_the_numbers() {
+        let r = WaitReason::QuotaLimit {
+            hits: vec![QuotaHit {
+                class: "A100-80G".into(),
+                bound: QuotaBoundKind::Limit,
+                bound_milli: 4000,
+                held_milli: 4000,
+                asked_milli: 1000,
+                guaranteed_milli: 4000,
+                limit_milli: 4000,
+            }],
+        };
+        assert_eq!(r.code(), "QuotaLimit");
+        assert_eq!(
+            r.to_string(),
+            "quota: A100-80G limit 4 GPUs; holding 4, this job asks 1"
+        );
+        let r = WaitReason::QuotaLimit {
+            hits: vec![QuotaHit {
+                class: "H100".into(),
+                bound: QuotaBoundKind::BorrowingBudget,
+                bound_milli: 3000,
+                held_milli: 2500,
+                asked_milli: 1000,
+                guaranteed_milli: 2000,
+                limit_milli: 6000,
+            }],
+        };
+        assert_eq!(
+            r.to_string(),
+            "quota: H100 borrowing budget: the pool lends enough to hold 3 GPUs now \
+             (guaranteed 2 GPUs, limit 6 GPUs); holding 2.5, this job asks 1"
+        );
+        assert_eq!(gpus(500), "0.5 GPU");
+        assert_eq!(gpus(1000), "1 GPU");
+        assert_eq!(gpus(1250), "1.25 GPUs");
+        assert_eq!(gpus(0), "0 GPUs");
     }
 }

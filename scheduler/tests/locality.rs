@@ -451,3 +451,61 @@ fn the_cases_exercise_warm_waits() {
     }
     assert!(warm > 0, "no case held a job for a warm card");
 }
+
+/// The cycle's memory shows which model it loaded on which card and which
+/// models each node fetched (the API's node listing reads it); card memory
+/// does not outlive a restart, so neither does that view.
+#[test]
+fn the_memory_shows_resident_and_cached_models_and_forgets_cards_on_restart() {
+    let case = Case {
+        nodes: vec![(0, 2)],
+        models: vec![(5_000, false)],
+        exclusive: vec![false],
+        arrivals: vec![],
+    };
+    let mut cycle = Cycle::new(CycleConfig::default(), Policy::finpool());
+    let job = QueuedJob {
+        id: JobId(uuid::Uuid::from_u128(1)),
+        tenant: name("tenant-0"),
+        priority: 0,
+        submitted_at: Timestamp(0),
+        resources: Resources {
+            gpu: GpuRequest::Whole { count: 1 },
+            gpu_classes: vec![],
+            cpu_milli: 1000,
+            memory_mib: 1024,
+        },
+        model: Some(model_name(0)),
+        max_runtime_ms: None,
+    };
+    let plan = cycle
+        .run(CycleInputs {
+            now: Timestamp(1000),
+            classes: CLASSES
+                .iter()
+                .map(|(n, m)| GpuClass {
+                    name: n.to_string(),
+                    memory_mib: *m,
+                })
+                .collect(),
+            nodes: nodes(&case),
+            tenants: tenants(&case, 2),
+            models: models(&case),
+            queued: vec![job],
+            holding: vec![],
+        })
+        .unwrap();
+    assert_eq!(plan.admit.len(), 1, "{plan:?}");
+    let card = plan.admit[0].placement.gpus[0].index;
+    let memory = cycle.durable().clone();
+    assert_eq!(
+        memory.resident["node-0"].get(&card).map(String::as_str),
+        Some("model-0")
+    );
+    assert!(memory.cached["node-0"].contains("model-0"));
+    assert!(cycle.take_dirty());
+
+    let restarted = Cycle::restore(CycleConfig::default(), Policy::finpool(), memory);
+    assert!(restarted.durable().resident.is_empty());
+    assert!(restarted.durable().cached["node-0"].contains("model-0"));
+}

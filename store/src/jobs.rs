@@ -308,6 +308,28 @@ impl Store {
         rows.into_iter().map(|r| r.into_job(Vec::new())).collect()
     }
 
+    /// Every pending job as the order of admission reads it (id, tenant,
+    /// priority, submit time): a light read, for queue positions.
+    pub async fn pending_keys(&self) -> Result<Vec<finpool_scheduler::PendingKey>, StoreError> {
+        let rows: Vec<(String, String, i32, i64)> = with_read_pool!(self.backend(), pool => {
+            sqlx::query_as(
+                "SELECT id, tenant_id, priority, created_at FROM jobs WHERE state = 'pending'",
+            )
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter()
+            .map(|(id, tenant, priority, created_at)| {
+                Ok(finpool_scheduler::PendingKey {
+                    id: JobId::parse("id", &id).map_err(|e| crate::error::corrupt("job id", e))?,
+                    tenant,
+                    priority,
+                    submitted_at: Timestamp(created_at),
+                })
+            })
+            .collect()
+    }
+
     /// Moves a job along the state machine. `expected` guards against a
     /// concurrent change: the transition fails with `Conflict` if the job
     /// is no longer in that state.

@@ -238,7 +238,24 @@ impl JobService for Jobs {
         let who = principal(&request)?;
         let note = audit::note(&request);
         let job = self.visible_job(&who, &request.get_ref().id, &note).await?;
-        Ok(Response::new(convert::job_to_pb(&job)))
+        let mut reply = convert::job_to_pb(&job);
+        if job.state == finpool_domain::JobState::Pending {
+            let pending = self
+                .state
+                .store
+                .pending_keys()
+                .await
+                .map_err(error::store)?;
+            // None if it left the queue between the two reads.
+            reply.queue_position =
+                finpool_scheduler::queue_position(job.id, &pending).map(|p| pb::QueuePosition {
+                    in_tenant: p.in_tenant,
+                    tenant_pending: p.tenant_pending,
+                    ahead_in_pool: p.ahead_in_pool,
+                    pool_pending: p.pool_pending,
+                });
+        }
+        Ok(Response::new(reply))
     }
 
     async fn list_jobs(

@@ -1,8 +1,11 @@
 //! NodeService: the GPU inventory and who holds what.
 
+use std::collections::BTreeSet;
+
 use finpool_domain::JobState;
 use finpool_proto::v1 as pb;
 use finpool_proto::v1::node_service_server::NodeService;
+use finpool_scheduler::DurableMemory;
 use tonic::{Request, Response, Status};
 
 use super::principal;
@@ -31,10 +34,26 @@ impl NodeService for Nodes {
         let token = r.page_token.clone();
         let inventory = self.state.inventory.inventory();
         let jobs = self.state.store.active_jobs().await.map_err(error::store)?;
+        // The scheduler's memory: models it had nodes fetch, and what it
+        // loaded on each card. Unreadable memory shows no models, rather
+        // than failing the listing.
+        let memory = match self.state.store.load_scheduler_memory().await {
+            Ok(Some(json)) => serde_json::from_str::<DurableMemory>(&json).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "scheduler memory unreadable; nodes show no models");
+                DurableMemory::default()
+            }),
+            Ok(None) => DurableMemory::default(),
+            Err(e) => return Err(error::store(e)),
+        };
         let mut nodes: Vec<pb::Node> = inventory
             .nodes
             .iter()
             .map(|n| pb::Node {
+                models: {
+                    let mut models: BTreeSet<String> = n.models.iter().cloned().collect();
+                    models.extend(memory.cached.get(&n.name).into_iter().flatten().cloned());
+                    models.into_iter().collect()
+                },
                 name: n.name.clone(),
                 labels: n.labels.clone().into_iter().collect(),
                 cpu_milli: n.cpu_milli,
@@ -47,6 +66,12 @@ impl NodeService for Nodes {
                         uuid: g.uuid.clone(),
                         gpu_class: g.class.clone(),
                         memory_mib: g.memory_mib,
+                        resident_model: memory
+                            .resident
+                            .get(&n.name)
+                            .and_then(|cards| cards.get(&g.index))
+                            .cloned()
+                            .unwrap_or_default(),
                         ..Default::default()
                     })
                     .collect(),

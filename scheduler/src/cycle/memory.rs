@@ -30,6 +30,11 @@ pub struct DurableMemory {
     pub held_back: BTreeMap<JobId, HoldClock>,
     /// Base models each node fetched to its disk, beyond its inventory.
     pub cached: BTreeMap<String, BTreeSet<String>>,
+    /// The base model the cycle believes is in each card's memory: node →
+    /// GPU index → model. A view for people (the API's node listing): the
+    /// cycle decides with [`VolatileMemory::resident`] and, as card memory
+    /// does not outlive its processes, empties this one on a restart.
+    pub resident: BTreeMap<String, BTreeMap<u32, String>>,
     /// Recent borrowing per tenant, for fair share.
     pub fair_share: FairShare,
     /// Model loads measured per model and node.

@@ -145,7 +145,9 @@ impl Cycle {
 
     /// A cycle that goes on from stored memory (after a restart or a
     /// leader change).
-    pub fn restore(config: CycleConfig, policy: Policy, durable: DurableMemory) -> Self {
+    pub fn restore(config: CycleConfig, policy: Policy, mut durable: DurableMemory) -> Self {
+        // Card memory is rebuilt (see `VolatileMemory`); so is its view.
+        let dirty = !std::mem::take(&mut durable.resident).is_empty();
         let volatile = VolatileMemory {
             workload: config
                 .learn_workload
@@ -157,7 +159,7 @@ impl Cycle {
             policy,
             durable,
             volatile,
-            dirty: false,
+            dirty,
         }
     }
 
@@ -391,6 +393,13 @@ impl Cycle {
                     self.volatile
                         .resident
                         .insert((a.placement.node.clone(), g.index), model.clone());
+                    let before = self
+                        .durable
+                        .resident
+                        .entry(a.placement.node.clone())
+                        .or_default()
+                        .insert(g.index, model.to_string());
+                    self.dirty |= before.as_deref() != Some(model.as_str());
                 }
                 self.dirty |= self
                     .durable

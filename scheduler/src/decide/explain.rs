@@ -110,7 +110,9 @@ impl Planner<'_> {
         let reason = {
             let request = Request::new(&self.tenants, QuotaBound::Unbounded, self.workload, 0);
             if self.engine.place(&request, &any_card).is_some() {
-                WaitReason::QuotaLimit
+                WaitReason::QuotaLimit {
+                    hits: self.quota_hits(&any_card),
+                }
             } else if *diagnosed < DIAGNOSED_PER_CYCLE {
                 *diagnosed += 1;
                 let ctx = Ctx::new(

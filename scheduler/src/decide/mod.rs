@@ -50,6 +50,7 @@ use std::fmt;
 use finpool_domain::{JobId, Placement, Timestamp};
 
 pub use self::explain::infeasible;
+pub use self::order::{PendingKey, QueuePosition, queue_position};
 use self::planner::Planner;
 use crate::plugins::Policy;
 use crate::plugins::workload::{Weighting, WorkloadModel};

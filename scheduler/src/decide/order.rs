@@ -19,11 +19,72 @@ use crate::tenants::budget_part;
 /// tenants the turns of [`TenantQueue`] decide.
 pub(super) fn within_tenant(jobs: &mut [(&QueuedJob, Task)]) {
     jobs.sort_by(|(a, _), (b, _)| {
-        b.priority
-            .cmp(&a.priority)
-            .then(a.submitted_at.cmp(&b.submitted_at))
-            .then(a.id.cmp(&b.id))
+        tenant_order(
+            (a.priority, a.submitted_at, a.id),
+            (b.priority, b.submitted_at, b.id),
+        )
     });
+}
+
+/// The order within a tenant's queue, on (priority, submit time, id).
+fn tenant_order(a: (i32, Timestamp, JobId), b: (i32, Timestamp, JobId)) -> std::cmp::Ordering {
+    b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
+}
+
+/// What the order of admission reads of a pending job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingKey {
+    pub id: JobId,
+    pub tenant: String,
+    pub priority: i32,
+    pub submitted_at: Timestamp,
+}
+
+/// Where a pending job stands in the order the scheduler considers jobs,
+/// as far as it is known without deciding. Its place in its tenant's
+/// queue is exact. Across the pool, tenants take turns by the age of their
+/// work (first pass, within guarantees): `ahead_in_pool` counts the
+/// pending jobs, its tenant's and others', whose turns come before its
+/// own. The borrowing pass reorders tenants by fair share, which moves
+/// with every admission, so the pool count is that of the first pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuePosition {
+    /// 1 for the next of its tenant's jobs to be considered.
+    pub in_tenant: u32,
+    /// Its tenant's pending jobs, itself included.
+    pub tenant_pending: u32,
+    /// Pending jobs of the pool considered before it (turn order).
+    pub ahead_in_pool: u32,
+    /// The pool's pending jobs, itself included.
+    pub pool_pending: u32,
+}
+
+/// `job`'s place among `pending` (which holds it), or `None` if it is not
+/// pending.
+pub fn queue_position(job: JobId, pending: &[PendingKey]) -> Option<QueuePosition> {
+    let me = pending.iter().find(|p| p.id == job)?;
+    let key = |p: &PendingKey| (p.priority, p.submitted_at, p.id);
+    let own: Vec<&PendingKey> = pending.iter().filter(|p| p.tenant == me.tenant).collect();
+    let before = own
+        .iter()
+        .filter(|p| tenant_order(key(p), key(me)).is_lt())
+        .count();
+    // It takes its tenant's turn number `before`: the age of the tenant's
+    // `before`-th oldest job, whichever job that is.
+    let mut turns: Vec<Turn> = own.iter().map(|p| (p.submitted_at, p.id)).collect();
+    turns.sort_unstable();
+    let turn = turns[before];
+    let others = pending
+        .iter()
+        .filter(|p| p.tenant != me.tenant && (p.submitted_at, p.id) < turn)
+        .count();
+    let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+    Some(QueuePosition {
+        in_tenant: n(before + 1),
+        tenant_pending: n(own.len()),
+        ahead_in_pool: n(before + others),
+        pool_pending: n(pending.len()),
+    })
 }
 
 /// A tenant's waiting jobs in its own priority order, and its turns among
@@ -180,3 +241,48 @@ impl Planner<'_> {
 /// tenant behind every newcomer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Share(u64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u128, tenant: &str, priority: i32) -> PendingKey {
+        PendingKey {
+            id: JobId(uuid::Uuid::from_u128(n)),
+            tenant: tenant.into(),
+            priority,
+            submitted_at: Timestamp(n as i64),
+        }
+    }
+
+    #[test]
+    fn positions_follow_priority_within_a_tenant_and_turns_across_tenants() {
+        // alpha: 1, 3, 5 (5 urgent); beta: 2, 4.
+        let pending = vec![
+            key(1, "alpha", 0),
+            key(2, "beta", 0),
+            key(3, "alpha", 0),
+            key(4, "beta", 0),
+            key(5, "alpha", 9),
+        ];
+        let at = |n: u128| queue_position(JobId(uuid::Uuid::from_u128(n)), &pending).unwrap();
+        // The urgent job leads its tenant and takes its first turn (the
+        // age of job 1): nothing is ahead of it.
+        assert_eq!(
+            at(5),
+            QueuePosition {
+                in_tenant: 1,
+                tenant_pending: 3,
+                ahead_in_pool: 0,
+                pool_pending: 5
+            }
+        );
+        // Job 1 is alpha's second: its turn is at job 3's age, after
+        // alpha's first turn and beta's job 2.
+        assert_eq!((at(1).in_tenant, at(1).ahead_in_pool), (2, 2));
+        assert_eq!((at(3).in_tenant, at(3).ahead_in_pool), (3, 4));
+        assert_eq!((at(2).in_tenant, at(2).ahead_in_pool), (1, 1));
+        assert_eq!((at(4).in_tenant, at(4).ahead_in_pool), (2, 3));
+        assert!(queue_position(JobId(uuid::Uuid::from_u128(9)), &pending).is_none());
+    }
+}

@@ -8,6 +8,7 @@ use crate::cluster::{Allocation, ClassIdx, TenantIdx};
 use crate::engine::Engine;
 use crate::task::Task;
 use crate::tenants::budget_part;
+use crate::wait::{QuotaBoundKind, QuotaHit};
 
 impl<'a> Planner<'a> {
     /// Whether the task could run within its tenant's guarantee on some
@@ -47,6 +48,55 @@ impl<'a> Planner<'a> {
                 (g as i64 + draw + slack).max(g as i64) as u64
             })
             .collect()
+    }
+
+    /// Per class the task may use, the quota bound its tenant is at: its
+    /// limit, else the borrowing budget. For a job that could run on an
+    /// empty enough pool but was not admitted under its quota.
+    pub(super) fn quota_hits(&self, task: &Task) -> Vec<QuotaHit> {
+        let Some(t) = task.tenant else {
+            return Vec::new();
+        };
+        let asked = match task.gpu {
+            GpuRequest::None => return Vec::new(),
+            GpuRequest::Whole { count } => count as u64 * MILLI_PER_GPU as u64,
+            GpuRequest::Share { milli, .. } => milli as u64,
+        };
+        let caps = self.caps(t);
+        let mut hits = Vec::new();
+        for (c, class) in self.cluster().classes.iter().enumerate() {
+            if !task.classes.contains(c as ClassIdx)
+                || self.capacity.get(c).is_none_or(|cap| *cap == 0)
+            {
+                continue;
+            }
+            let quota = self.tenants.quota(t, c as ClassIdx);
+            let held = self.cluster().held_milli(t, c as ClassIdx);
+            let limit = quota.limit as u64 * MILLI_PER_GPU as u64;
+            let cap = caps.get(c).copied().unwrap_or(u64::MAX);
+            let (bound, bound_milli) = if held + asked > limit {
+                (QuotaBoundKind::Limit, limit)
+            } else if held + asked > cap {
+                (QuotaBoundKind::BorrowingBudget, cap)
+            } else {
+                continue;
+            };
+            hits.push(QuotaHit {
+                class: class.name.clone(),
+                bound,
+                bound_milli,
+                held_milli: held,
+                asked_milli: asked,
+                guaranteed_milli: quota.guaranteed as u64 * MILLI_PER_GPU as u64,
+                limit_milli: limit,
+            });
+        }
+        // A class the tenant has no quota on is not one it could use: name
+        // it only if no class it could use is left.
+        if hits.iter().any(|h| h.limit_milli > 0) {
+            hits.retain(|h| h.limit_milli > 0);
+        }
+        hits
     }
 
     /// Applies an allocation, keeping budgets in step.

@@ -6,7 +6,7 @@ use finpool_domain::{
 
 use super::*;
 use crate::snapshot::RunningJob;
-use crate::wait::WaitReason;
+use crate::wait::{QuotaBoundKind, QuotaHit, WaitReason};
 
 fn tenant(id: &str, class: &str, guaranteed: u32, limit: u32) -> Tenant {
     Tenant {
@@ -103,8 +103,75 @@ fn work_over_the_limit_waits() {
     let o = decide(&snap, &queue, &Policy::finpool()).unwrap();
     assert_eq!(ids(&o), vec![1, 2]);
     assert_eq!(o.waiting.len(), 1);
-    assert_eq!(o.waiting[0].reason, WaitReason::QuotaLimit);
+    assert_eq!(
+        o.waiting[0].reason,
+        WaitReason::QuotaLimit {
+            hits: vec![QuotaHit {
+                class: "A100".into(),
+                bound: QuotaBoundKind::Limit,
+                bound_milli: 2000,
+                held_milli: 2000,
+                asked_milli: 1000,
+                guaranteed_milli: 1000,
+                limit_milli: 2000,
+            }]
+        }
+    );
+    assert_eq!(
+        o.waiting[0].reason.to_string(),
+        "quota: A100 limit 2 GPUs (guaranteed 1 GPU + borrowing 1 GPU); holding 2, this job asks 1"
+    );
     assert!(o.admitted[0].within_guarantee && !o.admitted[1].within_guarantee);
+}
+
+/// A class the tenant has no quota on is left out of the reason while one
+/// it could use is named.
+#[test]
+fn quota_reasons_leave_out_classes_without_quota() {
+    let snap = snapshot(
+        vec![node("n0", "A100", 1), node("n1", "L4", 1)],
+        vec![tenant("alpha", "A100", 0, 1)],
+    );
+    let queue: Vec<_> = (1..=2)
+        .map(|i| job(i, "alpha", GpuRequest::Whole { count: 1 }))
+        .collect();
+    let o = decide(&snap, &queue, &Policy::finpool()).unwrap();
+    assert_eq!(ids(&o), vec![1]);
+    assert_eq!(
+        o.waiting[0].reason.to_string(),
+        "quota: A100 limit 1 GPU; holding 1, this job asks 1"
+    );
+}
+
+/// Borrowing stops at what the other tenants lend: the reason names the
+/// pool's borrowing budget, not the tenant's own limit.
+#[test]
+fn borrowing_past_what_others_lend_names_the_budget() {
+    let mut lender = tenant("beta", "A100", 2, 2);
+    lender.quotas.get_mut("A100").unwrap().lending_limit = Some(1);
+    let snap = snapshot(
+        vec![node("n0", "A100", 2)],
+        vec![tenant("alpha", "A100", 0, 2), lender],
+    );
+    let queue: Vec<_> = (1..=2)
+        .map(|i| job(i, "alpha", GpuRequest::Whole { count: 1 }))
+        .collect();
+    let o = decide(&snap, &queue, &Policy::finpool()).unwrap();
+    assert_eq!(ids(&o), vec![1]);
+    let WaitReason::QuotaLimit { hits } = &o.waiting[0].reason else {
+        panic!("{:?}", o.waiting);
+    };
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0].bound, QuotaBoundKind::BorrowingBudget);
+    assert_eq!(
+        (hits[0].bound_milli, hits[0].held_milli, hits[0].asked_milli),
+        (1000, 1000, 1000)
+    );
+    assert!(
+        o.waiting[0].reason.to_string().contains("borrowing budget"),
+        "{}",
+        o.waiting[0].reason
+    );
 }
 
 #[test]
@@ -582,7 +649,20 @@ fn every_waiting_job_learns_it_fits_no_node() {
     assert_eq!(
         reasons,
         vec![
-            (1, WaitReason::QuotaLimit),
+            (
+                1,
+                WaitReason::QuotaLimit {
+                    hits: vec![QuotaHit {
+                        class: "A100".into(),
+                        bound: QuotaBoundKind::Limit,
+                        bound_milli: 0,
+                        held_milli: 0,
+                        asked_milli: 1000,
+                        guaranteed_milli: 0,
+                        limit_milli: 0,
+                    }]
+                }
+            ),
             (2, WaitReason::Queued),
             (
                 3,
