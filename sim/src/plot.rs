@@ -10,6 +10,7 @@ pub fn allocation_svg(
     title: &str,
     reports: &[ExperimentReport],
 ) -> Result<(), String> {
+    finpool_plot::ensure_font();
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let low = reports
@@ -32,9 +33,8 @@ pub fn allocation_svg(
         .y_desc("GPU allocated (% of capacity)")
         .draw()
         .map_err(|e| e.to_string())?;
-    let palette = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
     for (i, report) in reports.iter().enumerate() {
-        let color = palette[i % palette.len()];
+        let color = finpool_plot::colour(i);
         let points: Vec<(f64, f64)> = (1..=MAX_PERCENT)
             .map(|p| (p as f64, report.at(p)))
             .collect();
