@@ -356,7 +356,7 @@ pub struct SimulateOpenbArgs {
     pub tune: f64,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    /// Draw every policy's allocation curve into this SVG file.
+    /// Draw every policy's allocation curve into this file: .svg or .png.
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Write every pod's placement per seed and policy to this CSV file.
