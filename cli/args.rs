@@ -440,7 +440,7 @@ pub struct SimulateOpenbArgs {
     pub tune: f64,
     #[command(flatten)]
     pub out: OutputArgs,
-    /// Draw every policy's allocation curve into this SVG file.
+    /// Draw every policy's allocation curve into this file: .svg or .png.
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Write every pod's placement per seed and policy to this CSV file.

@@ -14,7 +14,7 @@ use tokio_stream::StreamExt;
 
 use crate::args::{DemoArgs, Output};
 use crate::client::Clients;
-use crate::output;
+use crate::{output, progress};
 
 /// The narrative: on stdout, or on stderr when stdout carries the
 /// document (`-o json|yaml`).
@@ -246,6 +246,7 @@ async fn drive(
 
     // Follow until every job has ended.
     let deadline = tokio::time::Instant::now() + DEADLINE;
+    let bar = progress::bar(submitted.len() as u64, "jobs ended");
     let jobs = loop {
         let mut jobs = Vec::new();
         for (tenant, id) in &submitted {
@@ -258,10 +259,13 @@ async fn drive(
             );
         }
         let done = jobs.iter().filter(|j| is_terminal(j.state)).count();
+        bar.set_position(done as u64);
         if done == jobs.len() {
+            bar.finish_and_clear();
             break jobs;
         }
         if tokio::time::Instant::now() > deadline {
+            bar.finish_and_clear();
             anyhow::bail!(
                 "only {done} of {} jobs finished within {DEADLINE:?}",
                 jobs.len()

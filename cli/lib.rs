@@ -5,6 +5,7 @@ pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod output;
+pub mod progress;
 pub mod watch;
 
 use std::io::IsTerminal;

@@ -146,6 +146,57 @@ fn bad_simulation_input_names_the_problem() {
 }
 
 #[test]
+fn the_plot_file_type_follows_its_extension() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, pods) = write_trace(dir.path());
+    let png = dir.path().join("curve.png");
+    let (ok, stdout, stderr) = finpool(&[
+        "simulate",
+        "openb",
+        "--nodes",
+        &nodes,
+        "--pods",
+        &pods,
+        "--seeds",
+        "1",
+        "--policy",
+        "finpool,random",
+        "--format",
+        "json",
+        "--plot",
+        png.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    serde_json::from_str::<serde_json::Value>(&stdout).expect("stdout is JSON alone");
+    // stderr is not a terminal here: no progress bar.
+    assert!(
+        !stderr.contains("simulating") && !stderr.contains('%'),
+        "{stderr}"
+    );
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+
+    // Any other extension is refused before the run, and nothing is written.
+    let gif = dir.path().join("curve.gif");
+    let (ok, _, stderr) = finpool(&[
+        "simulate",
+        "openb",
+        "--nodes",
+        &nodes,
+        "--pods",
+        &pods,
+        "--plot",
+        gif.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--plot") && stderr.contains(".svg or .png"),
+        "{stderr}"
+    );
+    assert!(!gif.exists());
+}
+
+#[test]
 fn bench_scheduler_prints_both_policies() {
     let (ok, stdout, stderr) = finpool(&[
         "bench",

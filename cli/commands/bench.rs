@@ -9,7 +9,7 @@ use finpool_sim::bench::{self, BenchConfig};
 use serde::Serialize;
 
 use crate::args::{BenchCloseArgs, BenchCommand, BenchSchedulerArgs, BenchSubmitArgs};
-use crate::output;
+use crate::{output, progress};
 
 #[derive(Serialize)]
 struct Report {
@@ -128,10 +128,12 @@ async fn submit(args: BenchSubmitArgs) -> anyhow::Result<()> {
         let token = key.issue("bench", finpool_api::Role::Tenant, Some(&name), ttl, now)?;
         clients.push(crate::client::Clients::connect(&addr, Some(&token)).await?);
     }
+    let bar = progress::bar(args.jobs as u64, "submitting");
     let started = std::time::Instant::now();
     let mut tasks = Vec::new();
     for (c, mut client) in clients.into_iter().enumerate() {
         let share = args.jobs / args.clients + usize::from(c < args.jobs % args.clients);
+        let bar = bar.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(share);
             for i in 0..share {
@@ -153,6 +155,7 @@ async fn submit(args: BenchSubmitArgs) -> anyhow::Result<()> {
                     .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
                     .await?;
                 latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                bar.inc(1);
                 anyhow::ensure!(r.into_inner().created, "a fresh key did not create a job");
             }
             anyhow::Ok(latencies)
@@ -163,6 +166,7 @@ async fn submit(args: BenchSubmitArgs) -> anyhow::Result<()> {
         latencies.extend(t.await??);
     }
     let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
     // Every acknowledged submit is stored.
     let usage_total: u64 = {
         let mut total = 0;
@@ -261,10 +265,21 @@ fn scheduler(args: BenchSchedulerArgs) -> anyhow::Result<()> {
         batch: args.batch,
     };
     let tasks = bench::queue(&config);
-    let results: Vec<_> = [PolicyKind::Finpool, PolicyKind::BestFit]
+    let kinds = [PolicyKind::Finpool, PolicyKind::BestFit];
+    let per_run = tasks.len() as u64;
+    let bar = progress::bar(per_run * kinds.len() as u64, "scheduling");
+    let results: Vec<_> = kinds
         .into_iter()
-        .map(|kind| bench::run(&config, kind, &tasks))
+        .enumerate()
+        .map(|(i, kind)| {
+            let offset = per_run * i as u64;
+            bar.set_message(kind.name());
+            bench::run_observed(&config, kind, &tasks, &mut |done, _| {
+                bar.set_position(offset + done)
+            })
+        })
         .collect();
+    bar.finish_and_clear();
     let report = Report {
         nodes: args.nodes,
         gpus: args.nodes as u64 * args.gpus_per_node as u64,

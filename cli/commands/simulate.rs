@@ -5,12 +5,12 @@ use std::path::Path;
 
 use anyhow::Context;
 use finpool_sim::experiment::{ExperimentReport, MAX_PERCENT};
-use finpool_sim::{Experiment, PolicyKind, check, openb, plot, run_experiment};
+use finpool_sim::{Experiment, PolicyKind, check, openb, plot, run_experiment_observed};
 
 use crate::args::{
     SimulateCheckArgs, SimulateCommand, SimulateFairnessArgs, SimulateGenaiArgs, SimulateOpenbArgs,
 };
-use crate::output;
+use crate::{output, progress};
 
 pub fn run(command: SimulateCommand) -> anyhow::Result<()> {
     match command {
@@ -51,6 +51,11 @@ fn genai(args: SimulateGenaiArgs) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", args.pool.display()))?;
     let inventory = finpool_standalone::inventory::parse_pool_file(&text)?;
     let mut reports = Vec::new();
+    let per_run = requests.len() as u64;
+    let bar = progress::bar(
+        per_run * (args.load.len() * policies.len()) as u64,
+        "replaying",
+    );
     for &load in &args.load {
         for &policy in &policies {
             let settings = genai::GenaiSettings {
@@ -58,11 +63,20 @@ fn genai(args: SimulateGenaiArgs) -> anyhow::Result<()> {
                 seed: args.seed,
                 fair_share_half_life_s: args.half_life_s,
             };
-            reports.push(genai::run(
-                &inventory, &requests, &latencies, policy, &settings,
+            let offset = bar.position();
+            bar.set_message(policy.name());
+            reports.push(genai::run_observed(
+                &inventory,
+                &requests,
+                &latencies,
+                policy,
+                &settings,
+                &mut |done, _| bar.set_position(offset + done),
             ));
+            bar.set_position(offset + per_run);
         }
     }
+    bar.finish_and_clear();
     match args.out.output {
         o if o.is_document() && reports.len() == 1 => output::serialized(o, &reports[0])?,
         o if o.is_document() => output::serialized(o, &reports)?,
@@ -212,6 +226,16 @@ fn openb_experiment(args: SimulateOpenbArgs) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let seeds = parse_seeds(&args.seeds)?;
+    // Refused before the run, not after it.
+    if let Some(path) = &args.plot {
+        plot::FileType::from_path(path).map_err(|_| {
+            anyhow::anyhow!(
+                "--plot {}: the file type follows the extension: .{}",
+                path.display(),
+                plot::EXTENSIONS.join(" or .")
+            )
+        })?;
+    }
     if !(args.tune > 0.0 && args.tune <= 10.0) {
         anyhow::bail!("--tune {}: must be in (0, 10]", args.tune);
     }
@@ -242,8 +266,15 @@ fn openb_experiment(args: SimulateOpenbArgs) -> anyhow::Result<()> {
         record: placements.is_some(),
     };
     let mut reports = Vec::new();
+    let per_policy = (seeds.len() * MAX_PERCENT) as u64;
+    let bar = progress::bar(per_policy * policies.len() as u64, "simulating");
     for kind in policies {
-        let (report, runs) = run_experiment(&experiment, kind);
+        let offset = bar.position();
+        bar.set_message(kind.name());
+        let moved = bar.clone();
+        let (report, runs) = run_experiment_observed(&experiment, kind, &mut move |done, _| {
+            moved.set_position(offset + done)
+        });
         if let Some(f) = placements.as_mut() {
             for run in &runs {
                 for row in run.placements.iter().flatten() {
@@ -253,16 +284,17 @@ fn openb_experiment(args: SimulateOpenbArgs) -> anyhow::Result<()> {
         }
         reports.push(report);
     }
+    bar.finish_and_clear();
     if let Some(mut f) = placements {
         f.flush()?;
     }
-    if let Some(svg) = &args.plot {
-        plot::allocation_svg(
-            svg,
+    if let Some(path) = &args.plot {
+        plot::allocation(
+            path,
             &format!("openb {workload}: GPU allocation vs. requested"),
             &reports,
         )
-        .map_err(|e| anyhow::anyhow!("drawing {}: {e}", svg.display()))?;
+        .map_err(|e| anyhow::anyhow!("--plot: {e}"))?;
     }
     match args.out.output {
         o if o.is_document() && reports.len() == 1 => output::serialized(o, &reports[0])?,

@@ -18,35 +18,14 @@ fn err(chart: &'static str) -> impl Fn(String) -> ChartError {
     move |reason| ChartError { chart, reason }
 }
 
-/// Colour-blind-safe (Okabe–Ito, then Tableau), repeated past 16.
-const PALETTE: [(u8, u8, u8); 16] = [
-    (0xe6, 0x9f, 0x00),
-    (0x56, 0xb4, 0xe9),
-    (0x00, 0x9e, 0x73),
-    (0xf0, 0xe4, 0x42),
-    (0x00, 0x72, 0xb2),
-    (0xd5, 0x5e, 0x00),
-    (0xcc, 0x79, 0xa7),
-    (0x4e, 0x79, 0xa7),
-    (0xf2, 0x8e, 0x2b),
-    (0xe1, 0x57, 0x59),
-    (0x76, 0xb7, 0xb2),
-    (0x59, 0xa1, 0x4f),
-    (0xed, 0xc9, 0x48),
-    (0xb0, 0x7a, 0xa1),
-    (0xff, 0x9d, 0xa7),
-    (0x9c, 0x75, 0x5f),
-];
-
+/// The `i`th tenant's colour, from the palette every finpool chart shares.
 pub fn tenant_colour(i: usize) -> RGBColor {
-    let (r, g, b) = PALETTE[i % PALETTE.len()];
-    RGBColor(r, g, b)
+    finpool_plot::colour(i)
 }
 
 /// As plotters writes it into the SVG (`#RRGGBB`).
 pub fn tenant_colour_hex(i: usize) -> String {
-    let (r, g, b) = PALETTE[i % PALETTE.len()];
-    format!("#{r:02X}{g:02X}{b:02X}")
+    finpool_plot::colour_hex(i)
 }
 
 const SIZE: (u32, u32) = (900, 420);
@@ -90,6 +69,7 @@ pub fn usage_over_time(report: &Report) -> Result<String, ChartError> {
         * 1.1;
     let mut svg = String::new();
     {
+        finpool_plot::ensure_font();
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
         let mut chart = ChartBuilder::on(&root)
@@ -161,13 +141,14 @@ pub fn pool_utilization(report: &Report) -> Result<String, ChartError> {
             idle.push((x as f64, pct(rest, i.capacity)));
         }
         [
-            ("used", RGBColor(0x00, 0x72, 0xb2), used),
-            ("held idle", RGBColor(0xd5, 0x5e, 0x00), held),
+            ("used", finpool_plot::colour(4), used),
+            ("held idle", finpool_plot::colour(5), held),
             ("idle", RGBColor(0x99, 0x99, 0x99), idle),
         ]
     };
     let mut svg = String::new();
     {
+        finpool_plot::ensure_font();
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
         let mut chart = ChartBuilder::on(&root)
@@ -223,6 +204,7 @@ pub fn quota_compliance(report: &Report) -> Result<String, ChartError> {
     let ymax = worst.iter().map(|(s, _)| *s).fold(0.0, f64::max).max(1.0) * 1.15;
     let mut svg = String::new();
     {
+        finpool_plot::ensure_font();
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
         let mut chart = ChartBuilder::on(&root)

@@ -212,6 +212,25 @@ fn draw(config: &BenchConfig, rng: &mut ChaCha8Rng, max_gpus: u32) -> Vec<(GpuRe
 /// Runs the queue through the shared cycle with `kind`, a batch per cycle,
 /// timing each cycle.
 pub fn run(config: &BenchConfig, kind: PolicyKind, jobs: &[QueuedJob]) -> BenchResult {
+    run_observed(config, kind, jobs, &mut |_, _| {})
+}
+
+/// Progress is reported at most this many times a run, so that reporting
+/// costs nothing next to the cycles it measures.
+pub const PROGRESS_STEPS: u64 = 200;
+
+/// [`run`], reporting (jobs decided, jobs) to `progress` between cycles,
+/// outside the timed cycles, at most [`PROGRESS_STEPS`] times and once at
+/// the end.
+pub fn run_observed(
+    config: &BenchConfig,
+    kind: PolicyKind,
+    jobs: &[QueuedJob],
+    progress: &mut dyn FnMut(u64, u64),
+) -> BenchResult {
+    let total = jobs.len() as u64;
+    let step = total.div_ceil(PROGRESS_STEPS).max(1);
+    let (mut decided, mut reported) = (0u64, 0u64);
     let (policy, online) = kind.build(config.seed, &WorkloadModel::default());
     let cycle = CycleConfig {
         tenantless: config.tenants == 0,
@@ -240,9 +259,16 @@ pub fn run(config: &BenchConfig, kind: PolicyKind, jobs: &[QueuedJob]) -> BenchR
         placed += report.admitted;
         cycles.push(took);
         per_decision.push(took / batch.len() as u64);
-        let mut state = pool.state();
-        state.queued.clear();
-        state.started.clear();
+        {
+            let mut state = pool.state();
+            state.queued.clear();
+            state.started.clear();
+        }
+        decided += batch.len() as u64;
+        if decided >= reported + step || decided == total {
+            progress(decided, total);
+            reported = decided;
+        }
     }
     let seconds = start.elapsed().as_secs_f64();
     per_decision.sort_unstable();

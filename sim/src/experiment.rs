@@ -67,6 +67,20 @@ pub fn run_once(
     tune: f64,
     record: bool,
 ) -> RunResult {
+    run_once_observed(nodes, pods, kind, seed, tune, record, &|| {})
+}
+
+/// [`run_once`], calling `point` each time the curve gains a point:
+/// [`MAX_PERCENT`] calls in all, for progress.
+pub fn run_once_observed(
+    nodes: &[OpenbNode],
+    pods: &[OpenbPod],
+    kind: PolicyKind,
+    seed: u64,
+    tune: f64,
+    record: bool,
+    point: &(dyn Fn() + Sync),
+) -> RunResult {
     let start = Instant::now();
     let cluster = openb::cluster(nodes);
     let capacity = cluster.gpu_capacity_milli();
@@ -119,11 +133,13 @@ pub fn run_once(
             && arrived * 100 >= capacity * (alloc_pct.len() as u64 + 1)
         {
             alloc_pct.push(percent(allocated, capacity));
+            point();
         }
     }
     // Percentages the arrivals never reached read the final state.
     while alloc_pct.len() < MAX_PERCENT {
         alloc_pct.push(percent(allocated, capacity));
+        point();
     }
     RunResult {
         seed,
@@ -200,14 +216,36 @@ pub struct Experiment<'a> {
 
 /// Runs `kind` for every seed of the experiment.
 pub fn run_experiment(e: &Experiment<'_>, kind: PolicyKind) -> (ExperimentReport, Vec<RunResult>) {
+    run_experiment_observed(e, kind, &mut |_, _| {})
+}
+
+/// [`run_experiment`], reporting progress to `progress` as (done, total)
+/// curve points over every seed (total: seeds × [`MAX_PERCENT`]); calls
+/// come one at a time, with `done` rising by one each.
+pub fn run_experiment_observed(
+    e: &Experiment<'_>,
+    kind: PolicyKind,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> (ExperimentReport, Vec<RunResult>) {
     let start = Instant::now();
+    let total = (e.seeds.len() * MAX_PERCENT) as u64;
+    let done = std::sync::Mutex::new((0u64, progress));
+    let point = || {
+        let mut done = done.lock().unwrap_or_else(|p| p.into_inner());
+        done.0 += 1;
+        let n = done.0;
+        (done.1)(n, total);
+    };
+    let point: &(dyn Fn() + Sync) = &point;
     let mut results: Vec<RunResult> = Vec::with_capacity(e.seeds.len());
     for batch in e.seeds.chunks(e.threads.max(1)) {
         let done: Vec<RunResult> = std::thread::scope(|s| {
             let handles: Vec<_> = batch
                 .iter()
                 .map(|&seed| {
-                    s.spawn(move || run_once(e.nodes, e.pods, kind, seed, e.tune, e.record))
+                    s.spawn(move || {
+                        run_once_observed(e.nodes, e.pods, kind, seed, e.tune, e.record, point)
+                    })
                 })
                 .collect();
             handles

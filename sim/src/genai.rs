@@ -192,6 +192,29 @@ pub fn run(
     policy: GenaiPolicy,
     settings: &GenaiSettings,
 ) -> GenaiReport {
+    run_observed(
+        inventory,
+        requests,
+        latencies,
+        policy,
+        settings,
+        &mut |_, _| {},
+    )
+}
+
+/// Progress is reported at most this many times a replay.
+pub const PROGRESS_STEPS: u64 = 200;
+
+/// [`run`], reporting (requests arrived, requests) to `progress`, at most
+/// [`PROGRESS_STEPS`] times and once when every request has arrived.
+pub fn run_observed(
+    inventory: &Inventory,
+    requests: &[Request],
+    latencies: &[u64],
+    policy: GenaiPolicy,
+    settings: &GenaiSettings,
+    progress: &mut dyn FnMut(u64, u64),
+) -> GenaiReport {
     let GenaiSettings {
         load,
         seed,
@@ -275,6 +298,9 @@ pub fn run(
     // Events: arrivals (by index) and ends (by time), in time order.
     let mut ends: BinaryHeap<Reverse<(i64, usize)>> = BinaryHeap::new();
     let mut next_arrival = 0;
+    let total = state.jobs.len() as u64;
+    let step = total.div_ceil(PROGRESS_STEPS).max(1);
+    let mut reported = 0u64;
     loop {
         let arrival_at = state.jobs.get(next_arrival).map(|j| j.arrival);
         let end_at = ends.peek().map(|Reverse((t, _))| *t);
@@ -294,6 +320,11 @@ pub fn run(
         while next_arrival < state.jobs.len() && state.jobs[next_arrival].arrival <= now {
             state.arrive(next_arrival);
             next_arrival += 1;
+        }
+        let arrived = next_arrival as u64;
+        if arrived > reported && (arrived >= reported + step || arrived == total) {
+            progress(arrived, total);
+            reported = arrived;
         }
         for (job, end) in state.schedule(now, policy, &mut rng) {
             ends.push(Reverse((end, job)));

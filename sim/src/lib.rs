@@ -7,7 +7,10 @@
 //! - [`workload`]: the paper's protocol for inflating and ordering it.
 //! - [`experiment`]: one run, the allocation curve, and many runs over seeds.
 //! - [`check`]: an independent recount from a placements file.
-//! - [`plot`]: allocation curves as SVG.
+//! - [`plot`]: allocation curves as SVG or PNG.
+//!
+//! Long runs report progress through callbacks (`*_observed`); drawing it
+//! is the caller's business, so nothing here writes to a terminal.
 
 pub mod bench;
 pub mod check;
@@ -22,6 +25,7 @@ mod trace_csv;
 pub mod workload;
 
 pub use experiment::{
-    Experiment, ExperimentReport, PolicyKind, RunResult, run_experiment, run_once,
+    Experiment, ExperimentReport, PolicyKind, RunResult, run_experiment, run_experiment_observed,
+    run_once, run_once_observed,
 };
 pub use openb::{OpenbNode, OpenbPod, TraceError};

@@ -133,3 +133,60 @@ proptest! {
         }
     }
 }
+
+/// Progress comes one call at a time, one curve point each, up to seeds ×
+/// MAX_PERCENT, from seeds run in parallel; the bench reports its jobs.
+#[test]
+fn progress_counts_every_curve_point_and_every_job() {
+    let nodes = nodes(&[0, 1, 2, 1]);
+    let pods: Vec<OpenbPod> = (0..30)
+        .map(|i| OpenbPod {
+            name: format!("pod-{i:03}"),
+            cpu_milli: 4_000,
+            memory_mib: 8_192,
+            num_gpu: 1,
+            gpu_milli: [1000, 470, 320][i % 3],
+            gpu_spec: vec![],
+        })
+        .collect();
+    let seeds = [1, 2, 3];
+    let experiment = finpool_sim::Experiment {
+        workload: "small",
+        nodes: &nodes,
+        pods: &pods,
+        seeds: &seeds,
+        tune: 1.3,
+        threads: 3,
+        record: false,
+    };
+    let mut seen = Vec::new();
+    let (observed, _) =
+        finpool_sim::run_experiment_observed(&experiment, PolicyKind::BestFit, &mut |d, t| {
+            seen.push((d, t))
+        });
+    let total = (seeds.len() * MAX_PERCENT) as u64;
+    assert_eq!(seen, (1..=total).map(|d| (d, total)).collect::<Vec<_>>());
+    let (plain, _) = finpool_sim::run_experiment(&experiment, PolicyKind::BestFit);
+    assert_eq!(
+        observed.alloc_pct, plain.alloc_pct,
+        "observing changes nothing"
+    );
+
+    let config = finpool_sim::bench::BenchConfig {
+        nodes: 20,
+        gpus_per_node: 8,
+        pending: 1_000,
+        seed: 7,
+        pods: None,
+        tenants: 0,
+        batch: 3,
+    };
+    let jobs = finpool_sim::bench::queue(&config);
+    let mut seen = Vec::new();
+    finpool_sim::bench::run_observed(&config, PolicyKind::BestFit, &jobs, &mut |d, t| {
+        seen.push((d, t))
+    });
+    assert!(seen.len() as u64 <= finpool_sim::bench::PROGRESS_STEPS + 1);
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(seen.last(), Some(&(1_000, 1_000)));
+}
