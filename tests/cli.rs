@@ -903,3 +903,40 @@ async fn watch_prints_each_change_and_ends_cleanly() {
     unsafe { libc::kill(nodes.id() as i32, libc::SIGINT) };
     assert_eq!(exit_code(&mut nodes), Some(0));
 }
+
+/// Tables fit the terminal they print to (cells wrap), and keep their full
+/// width in a pipe. `script` gives the command a real terminal, 80 columns
+/// wide.
+#[test]
+fn tables_fit_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let token = server.token(finpool_api::Role::Operator, None);
+    let widest = |out: &str| {
+        out.lines()
+            .map(|l| l.trim_end_matches('\r').chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let piped = finpool(Some(&server), Some(&token), &["node", "list"]);
+    assert!(piped.status.success(), "{:?}", text(&piped));
+    let full = widest(&text(&piped).0);
+    assert!(
+        full > 80,
+        "the test needs a table wider than 80 columns: {full}"
+    );
+    let command = format!(
+        "stty cols 80 rows 50; {} node list",
+        env!("CARGO_BIN_EXE_finpool")
+    );
+    let tty = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("FINPOOL_ADDR", &server.addr)
+        .env("FINPOOL_TOKEN", &token)
+        .output()
+        .expect("running script (util-linux)");
+    assert!(tty.status.success(), "{:?}", text(&tty));
+    let shown = text(&tty).0;
+    assert!(shown.contains("node-a"), "{shown}");
+    assert!(widest(&shown) <= 80, "wider than the terminal:\n{shown}");
+}

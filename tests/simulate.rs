@@ -161,7 +161,7 @@ fn the_plot_file_type_follows_its_extension() {
         "1",
         "--policy",
         "finpool,random",
-        "--format",
+        "-o",
         "json",
         "--plot",
         png.to_str().unwrap(),
