@@ -222,3 +222,30 @@ fn bench_scheduler_prints_both_policies() {
     }
     assert!(report["finpool_to_bestfit_speed"].as_f64().unwrap() > 0.0);
 }
+
+/// On a terminal, long work draws a progress bar on stderr (and clears it);
+/// stdout still carries only the JSON. `script` gives the command a
+/// terminal; in a pipe (the test above) no bar is drawn.
+#[test]
+fn a_progress_bar_is_drawn_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let command = format!(
+        "{} bench scheduler --nodes 200 --gpus-per-node 8 --pending 2000 -o json > {}",
+        env!("CARGO_BIN_EXE_finpool"),
+        json.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("running script (util-linux)");
+    let terminal = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{terminal}");
+    assert!(
+        terminal.contains('%') && terminal.contains('['),
+        "no progress bar on the terminal: {terminal:?}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap())
+        .expect("stdout is JSON alone");
+    assert_eq!(report["results"].as_array().unwrap().len(), 2);
+}
