@@ -34,6 +34,9 @@ pub(super) struct Planner<'a> {
     pub(super) released: Vec<bool>,
     /// Per held job: admitted this cycle (never a victim this cycle).
     pub(super) fresh: Vec<bool>,
+    /// Each held job's position in `held`: preemption asks of every
+    /// candidate victim, and a scan made that quadratic in running jobs.
+    pub(super) held_at: HashMap<JobId, usize>,
     pub(super) budgets: Vec<Budget>,
     pub(super) capacity: Vec<u64>,
     /// Recent borrowing per tenant and class (decayed average, milli-GPU).
@@ -107,6 +110,7 @@ impl<'a> Planner<'a> {
             workload,
             released: vec![false; n],
             fresh: vec![false; n],
+            held_at: held.iter().enumerate().map(|(i, h)| (h.id, i)).collect(),
             held,
             budgets,
             capacity,
@@ -266,6 +270,7 @@ impl<'a> Planner<'a> {
         let runtime = job
             .max_runtime_ms
             .unwrap_or(self.snapshot.default_max_runtime_ms) as i64;
+        self.held_at.insert(job.id, self.held.len());
         self.held.push(Held {
             id: job.id,
             tenant: task.tenant,

@@ -18,7 +18,7 @@ use crate::task::Task;
 impl<'a> Planner<'a> {
     /// May this held job be preempted now?
     pub(super) fn preemptible(&self, v: &Held) -> bool {
-        let i = self.held.iter().position(|h| h.id == v.id).expect("held");
+        let i = self.held_at[&v.id];
         !self.released[i]
             && !self.fresh[i]
             && v.started_at
