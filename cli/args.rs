@@ -170,11 +170,13 @@ pub enum Command {
     /// Measure the scheduler's and the API's speed.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Print the REST API's OpenAPI 3 document (also served at /openapi.json).
-    Openapi,
+    /// Print the REST API's OpenAPI 3 document (also served at
+    /// /openapi.json): JSON, or YAML with `-o yaml`.
+    Openapi(OutputArgs),
     /// Print the custom resource definitions (Tenant, BaseModel,
-    /// InferenceJob) as YAML, as charts/finpool/crds/ holds them.
-    Crd,
+    /// InferenceJob) as YAML, as charts/finpool/crds/ holds them; `-o json`
+    /// prints them as one JSON `List`.
+    Crd(OutputArgs),
     /// Run the node agent: publish this node's GPUs (NVML) and cached
     /// models on its Node (a DaemonSet in a cluster).
     Agent(AgentArgs),

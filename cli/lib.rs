@@ -10,7 +10,7 @@ pub mod watch;
 
 use std::io::IsTerminal;
 
-use args::{Cli, Command, LogFormat};
+use args::{Cli, Command, LogFormat, Output};
 
 /// Whether the command is a long-running server (it logs at info, and
 /// keeps Rust's ignored SIGPIPE: a peer gone is an error to handle).
@@ -84,8 +84,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Period { global, command } => commands::billing::period(&global, command).await,
         Command::Simulate(args) => commands::simulate::run(args),
         Command::Bench(args) => commands::bench::run(args).await,
-        Command::Crd => {
-            print!("{}", finpool_operator::crd::yaml());
+        Command::Crd(out) => {
+            if out.output == Output::Json {
+                let list = serde_json::json!({
+                    "apiVersion": "v1",
+                    "kind": "List",
+                    "items": finpool_operator::crd::all(),
+                });
+                output::serialized(out.output, &list)?;
+            } else {
+                // The chart's crds/ holds this stream as it is.
+                print!("{}", finpool_operator::crd::yaml());
+            }
             Ok(())
         }
         Command::Agent(args) => commands::agent::run(args).await,
@@ -103,10 +113,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit(args) => commands::audit::run(args).await,
-        Command::Openapi => {
-            let doc = finpool_api::rest::openapi::document();
-            println!("{}", serde_json::to_string_pretty(&doc)?);
-            Ok(())
+        Command::Openapi(out) => {
+            // A document: JSON unless YAML is asked for.
+            output::serialized(out.output, &finpool_api::rest::openapi::document())
         }
     }
 }

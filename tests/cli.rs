@@ -940,3 +940,34 @@ fn tables_fit_the_terminal() {
     assert!(shown.contains("node-a"), "{shown}");
     assert!(widest(&shown) <= 80, "wider than the terminal:\n{shown}");
 }
+
+/// The commands that print a fixed document take `-o` too: `crd` is YAML
+/// (as the chart holds it) or one JSON `List`; `openapi` is JSON or YAML.
+#[test]
+fn document_commands_take_the_output_flag() {
+    let yaml = finpool(None, None, &["crd"]);
+    assert!(yaml.status.success(), "{:?}", text(&yaml));
+    let stream: Vec<serde_json::Value> = text(&yaml)
+        .0
+        .split("\n---\n")
+        .map(|doc| serde_yaml_ng::from_str(doc.trim_start_matches("---\n")).unwrap())
+        .collect();
+    let json = finpool(None, None, &["crd", "-o", "json"]);
+    assert!(json.status.success(), "{:?}", text(&json));
+    let list: serde_json::Value = serde_json::from_str(&text(&json).0).unwrap();
+    assert_eq!(list["kind"], "List");
+    assert_eq!(list["items"].as_array().unwrap(), &stream);
+    let kinds: Vec<&str> = stream
+        .iter()
+        .map(|c| c["spec"]["names"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+
+    let json = finpool(None, None, &["openapi"]);
+    let yaml = finpool(None, None, &["openapi", "-o", "yaml"]);
+    assert!(json.status.success() && yaml.status.success());
+    let from_json: serde_json::Value = serde_json::from_str(&text(&json).0).unwrap();
+    let from_yaml: serde_json::Value = serde_yaml_ng::from_str(&text(&yaml).0).unwrap();
+    assert_eq!(from_json, from_yaml);
+    assert_eq!(from_json["openapi"], "3.0.3");
+}
