@@ -23,6 +23,25 @@ fn finpool(server: Option<&Server>, token: Option<&str>, args: &[&str]) -> std::
     cmd.output().expect("running finpool")
 }
 
+/// A fresh server whose tenant alpha may hold `limit` A100s (one
+/// guaranteed), with alpha's token and client. The directory goes last.
+async fn alpha_server(
+    limit: i64,
+) -> (
+    tempfile::TempDir,
+    Server,
+    String,
+    finpool_cli::client::Clients,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut op = server.operator().await;
+    create_tenant(&mut op, "alpha", 1, limit).await;
+    let token = server.token(finpool_api::Role::Tenant, Some("alpha"));
+    let alpha = server.tenant("alpha").await;
+    (dir, server, token, alpha)
+}
+
 fn text(out: &std::process::Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -339,12 +358,7 @@ fn completions_for_bash_zsh_and_fish() {
 /// 3 failed, 4 cancelled, 5 still running at --timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_wait_and_logs_follow_exit_with_the_jobs_outcome() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
-    let mut op = server.operator().await;
-    create_tenant(&mut op, "alpha", 1, 2).await;
-    let token = server.token(finpool_api::Role::Tenant, Some("alpha"));
-    let mut alpha = server.tenant("alpha").await;
+    let (_dir, server, token, mut alpha) = alpha_server(2).await;
     let ok = submit(&mut alpha, shell_job("ok", whole(1), "echo fine")).await;
     let bad = submit(&mut alpha, shell_job("bad", whole(1), "echo oops; exit 3")).await;
     let slow = submit(&mut alpha, shell_job("slow", share(100), "sleep 30")).await;
@@ -377,12 +391,7 @@ async fn job_wait_and_logs_follow_exit_with_the_jobs_outcome() {
 /// shortened list says that more exist; a first transition reads "new".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_by_name_or_prefix_and_lists_that_say_there_is_more() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
-    let mut op = server.operator().await;
-    create_tenant(&mut op, "alpha", 1, 2).await;
-    let token = server.token(finpool_api::Role::Tenant, Some("alpha"));
-    let mut alpha = server.tenant("alpha").await;
+    let (_dir, server, token, mut alpha) = alpha_server(2).await;
     let first = submit(&mut alpha, shell_job("risk-eod", whole(1), "true")).await;
     submit(&mut alpha, shell_job("dup", whole(1), "true")).await;
     submit(&mut alpha, shell_job("dup", whole(1), "true")).await;
@@ -495,14 +504,14 @@ fn token_issue_waits_for_a_starting_server_and_explains_a_missing_one() {
 /// the jobs ahead in the pool) and a quota reason with the numbers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_get_shows_the_queue_position_and_the_quota_numbers() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
-    let mut op = server.operator().await;
-    create_tenant(&mut op, "alpha", 1, 1).await;
-    let token = server.token(finpool_api::Role::Tenant, Some("alpha"));
-    let mut alpha = server.tenant("alpha").await;
-    let mut hold = shell_job("hold", whole(1), "sleep 60");
-    hold.resources.as_mut().unwrap().gpu_classes = vec!["A100".into()];
+    let (_dir, server, token, mut alpha) = alpha_server(1).await;
+    // Every job on the A100s, where alpha's quota binds.
+    let on_a100 = |name: &str, script: &str| {
+        let mut spec = shell_job(name, whole(1), script);
+        spec.resources.as_mut().unwrap().gpu_classes = vec!["A100".into()];
+        spec
+    };
+    let mut hold = on_a100("hold", "sleep 60");
     // Above the others' priorities: they may not preempt it.
     hold.priority = 10;
     let hold = submit(&mut alpha, hold).await;
@@ -516,11 +525,8 @@ async fn job_get_shows_the_queue_position_and_the_quota_numbers() {
         },
     )
     .await;
-    let mut older = shell_job("older", whole(1), "true");
-    older.resources.as_mut().unwrap().gpu_classes = vec!["A100".into()];
-    let older = submit(&mut alpha, older).await;
-    let mut urgent = shell_job("urgent", whole(1), "true");
-    urgent.resources.as_mut().unwrap().gpu_classes = vec!["A100".into()];
+    let older = submit(&mut alpha, on_a100("older", "true")).await;
+    let mut urgent = on_a100("urgent", "true");
     urgent.priority = 5;
     let urgent = submit(&mut alpha, urgent).await;
     wait_for(
@@ -593,11 +599,7 @@ async fn job_get_shows_the_queue_position_and_the_quota_numbers() {
 /// shows an enum's "unspecified" value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jobs_lifecycle_outputs_never_say_unspecified() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
-    let mut op = server.operator().await;
-    create_tenant(&mut op, "alpha", 1, 2).await;
-    let token = server.token(finpool_api::Role::Tenant, Some("alpha"));
+    let (_dir, server, token, _alpha) = alpha_server(2).await;
     let watch = |json: bool| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_finpool"));
         cmd.args(["job", "watch"]);
@@ -685,12 +687,7 @@ fn rand_suffix() -> String {
 /// columns; simulate and bench take `-o` too (no more `--format`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_formats_match_rest_and_each_other() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
-    let mut op = server.operator().await;
-    create_tenant(&mut op, "alpha", 1, 2).await;
-    let token = server.token(finpool_api::Role::Tenant, Some("alpha"));
-    let mut alpha = server.tenant("alpha").await;
+    let (_dir, server, token, mut alpha) = alpha_server(2).await;
     let job = submit(&mut alpha, shell_job("fmt", whole(1), "echo hi")).await;
     wait_for(
         &mut alpha,
@@ -840,12 +837,7 @@ fn exit_code(child: &mut std::process::Child) -> Option<i32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_prints_each_change_and_ends_cleanly() {
     use std::time::Duration;
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
-    let mut op = server.operator().await;
-    create_tenant(&mut op, "alpha", 1, 2).await;
-    let token = server.token(finpool_api::Role::Tenant, Some("alpha"));
-    let mut alpha = server.tenant("alpha").await;
+    let (_dir, server, token, mut alpha) = alpha_server(2).await;
     let job = submit(&mut alpha, shell_job("watched", whole(1), "sleep 2")).await;
     let spawn = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_finpool"))
