@@ -265,6 +265,9 @@ pub struct Cluster {
     /// Demand for each base model as the cycle began (fixed for the cycle,
     /// so that scores stay a function of the node they are for).
     pub model_demand: Vec<ModelDemand>,
+    /// The largest node's CPU and GPU capacity (milli): the scale that
+    /// makes CPU and GPU comparable for scorers that add them up.
+    largest: (u64, u64),
 }
 
 /// How much a base model is wanted, per [`ModelIdx`].
@@ -278,12 +281,26 @@ pub struct ModelDemand {
 
 impl Cluster {
     pub fn new(classes: Vec<ClassInfo>, nodes: Vec<NodeState>) -> Self {
+        let largest = (
+            nodes.iter().map(|n| n.cpu_milli).max().unwrap_or(0),
+            nodes
+                .iter()
+                .map(|n| n.gpus.len() as u64 * MILLI_PER_GPU as u64)
+                .max()
+                .unwrap_or(0),
+        );
         Self {
             classes,
             nodes,
             held: Vec::new(),
             model_demand: Vec::new(),
+            largest,
         }
+    }
+
+    /// The most CPU (milli) and GPU (milli) any one node has.
+    pub fn largest_node(&self) -> (u64, u64) {
+        self.largest
     }
 
     /// Cards holding each model, counted now (indexed by [`ModelIdx`]).

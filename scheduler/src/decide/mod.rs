@@ -239,9 +239,13 @@ pub fn decide_built(
     let hints = locality::mark_model_waits(snapshot, built, &mut jobs);
     order::within_tenant(&mut jobs);
     // Without a workload from the driver, learn it from what is queued.
-    let workload = snapshot.workload.clone().unwrap_or_else(|| {
-        WorkloadModel::from_tasks(jobs.iter().map(|(_, t)| t), 0.95, Weighting::Demand)
-    });
+    let workload = snapshot
+        .workload
+        .clone()
+        .unwrap_or_else(|| {
+            WorkloadModel::from_tasks(jobs.iter().map(|(_, t)| t), 0.95, Weighting::Demand)
+        })
+        .with_pressure(&built.cluster);
     let mut planner = Planner::new(snapshot, built, policy, &workload, outcome, hints);
     // A reservation stands while its job still waits, so that later
     // arrivals (even within their guarantees) cannot take its node.

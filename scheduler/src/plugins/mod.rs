@@ -160,6 +160,11 @@ pub struct Policy {
 /// shares hold cards open for partners that never come.
 pub const PACKING_WASTE_WEIGHT: f64 = 8.0;
 
+/// The weight of [`scores::ScarceCapacity`] in finpool's policy: its
+/// fragmentation is in milli-GPU, as FGD's (weight 1) is, and its shapes'
+/// weights already say how much each one matters.
+pub const SCARCE_CAPACITY_WEIGHT: f64 = 1.0;
+
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Policy")
@@ -203,11 +208,11 @@ impl Policy {
         }
     }
 
-    /// Best-fit: the node and card left with the least free GPU.
+    /// Best-fit as the FGD authors ran it (see [`scores::KubeBestFit`]).
     pub fn best_fit() -> Self {
         Self::new(
             "bestfit",
-            vec![(Box::new(scores::BestFit) as Box<dyn Scorer>, 1.0)],
+            vec![(Box::new(scores::KubeBestFit) as Box<dyn Scorer>, 1.0)],
         )
     }
 
@@ -265,6 +270,7 @@ impl Policy {
                 ),
                 (Box::new(scores::BestFit), 0.001),
                 (Box::new(scores::PackingWaste), PACKING_WASTE_WEIGHT),
+                (Box::new(scores::ScarceCapacity), SCARCE_CAPACITY_WEIGHT),
                 (
                     Box::new(scores::ModelLocality {
                         resident: 2000.0,

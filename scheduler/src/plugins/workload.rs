@@ -17,7 +17,9 @@ use std::collections::HashMap;
 
 use finpool_domain::MILLI_PER_GPU;
 
-use crate::cluster::{Choice, ClassIdx, ClassSet, MAX_CLASSES, MAX_GPUS_PER_NODE, NodeState};
+use crate::cluster::{
+    Choice, ClassIdx, ClassSet, Cluster, MAX_CLASSES, MAX_GPUS_PER_NODE, NodeState,
+};
 use crate::task::Task;
 
 /// What a task needs, for fragmentation purposes (tenant-free).
@@ -75,6 +77,14 @@ pub struct WorkloadModel {
     /// The least CPU and memory any typical GPU share asks for: a node
     /// with less can take no more shares.
     pub smallest_share: Option<(u64, u64)>,
+    /// The work that can run on only some kinds of node, weighted by how
+    /// much more it leans on them than work that may go anywhere (see
+    /// [`WorkloadModel::with_pressure`]); `None` until the cycle sets it
+    /// for the pool at hand.
+    pinned: Option<Box<WorkloadModel>>,
+    /// Every GPU shape observed, by its share of the GPU demand (summing
+    /// to 1): scarcity counts all demand, not only the typical shapes.
+    gpu_demand: Vec<(Shape, f64)>,
 }
 
 /// How much CPU and memory GPU work brings along, per milli-GPU.
@@ -126,9 +136,11 @@ impl WorkloadModel {
                 .map(|(s, w)| (s, if sum > 0.0 { w / sum } else { 0.0 }))
                 .collect(),
             companion: companion(counts),
+            gpu_demand: gpu_demand(counts.iter().map(|(s, n)| (*s, *n as f64))),
             fills: ClassFills::default(),
             smallest_share: None,
             groups: Vec::new(),
+            pinned: None,
         }
         .with_fill()
         .with_groups()
@@ -137,6 +149,7 @@ impl WorkloadModel {
     /// A model of exactly these shapes and weights (no companion ratios).
     pub fn of_shapes(shapes: Vec<(Shape, f64)>) -> Self {
         Self {
+            gpu_demand: gpu_demand(shapes.iter().copied()),
             shapes,
             ..Self::default()
         }
@@ -204,6 +217,41 @@ impl WorkloadModel {
             .min()
             .zip(shares.map(|(s, _)| s.memory_mib).min());
         self
+    }
+
+    /// Sets the pinned work for the pool as it is now: the GPU shapes that
+    /// cannot run on every kind of node with free GPU.
+    ///
+    /// Nodes of one *kind* have the same card classes, card count, CPU and
+    /// memory. A shape whose classes, cards, CPU or memory rule out some
+    /// kinds is *pinned* to the rest. Spread over the whole pool, a shape
+    /// with share `s` of the GPU demand would claim `s` of every node; the
+    /// nodes where it can start now hold `F_fit` of the `F_total` free GPU,
+    /// and of those it claims `s × F_total / F_fit`. Its weight is the
+    /// excess, `s × (F_total / F_fit − 1)`, at most 1: it grows as the
+    /// nodes it fits on go, and is 1 once what is left of them is all
+    /// spoken for. Fragmenting
+    /// a node for such work costs what fragmenting it for the work that
+    /// fills the pool does, times that weight ([`scores::ScarceCapacity`]).
+    ///
+    /// [`scores::ScarceCapacity`]: crate::plugins::scores::ScarceCapacity
+    pub fn with_pressure(mut self, cluster: &Cluster) -> Self {
+        let shapes = pinned_work(&self.gpu_demand, &cluster.nodes);
+        self.pinned = (!shapes.is_empty()).then(|| {
+            Box::new(
+                Self {
+                    shapes,
+                    ..Self::default()
+                }
+                .with_groups(),
+            )
+        });
+        self
+    }
+
+    /// The pinned work and its weights (see [`WorkloadModel::with_pressure`]).
+    pub fn pinned_work(&self) -> Option<&WorkloadModel> {
+        self.pinned.as_deref()
     }
 
     /// Free milli-GPU on a card of `class` that no combination of the
@@ -280,6 +328,98 @@ impl WorkloadModel {
             .map(|(shape, weight)| weight * view.fragment_for(shape) as f64)
             .sum()
     }
+}
+
+/// Nodes of one kind: same classes, card count, CPU and memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct NodeKind {
+    classes: ClassSet,
+    gpus: usize,
+    cpu_milli: u64,
+    memory_mib: u64,
+}
+
+impl NodeKind {
+    fn of(node: &NodeState) -> Self {
+        Self {
+            classes: node.classes,
+            gpus: node.gpus.len(),
+            cpu_milli: node.cpu_milli,
+            memory_mib: node.memory_mib,
+        }
+    }
+
+    /// Whether an empty node of this kind could run `shape`.
+    fn can_run(&self, shape: &Shape) -> bool {
+        shape.gpus as usize <= self.gpus
+            && shape.cpu_milli <= self.cpu_milli
+            && shape.memory_mib <= self.memory_mib
+            && !shape.classes.intersect(self.classes).is_empty()
+    }
+}
+
+/// A node as pinned work sees it: its kind, and what it has free now.
+struct FreeNode {
+    kind: NodeKind,
+    gpu: u64,
+    cpu: u64,
+    memory: u64,
+    idle_cards: u32,
+    largest_share: u32,
+}
+
+impl FreeNode {
+    fn of(node: &NodeState) -> Self {
+        Self {
+            kind: NodeKind::of(node),
+            gpu: node.free_gpu_milli(),
+            cpu: node.free_cpu_milli(),
+            memory: node.free_memory_mib(),
+            idle_cards: node.idle_gpus() as u32,
+            largest_share: node.gpus.iter().map(|g| g.free_milli()).max().unwrap_or(0),
+        }
+    }
+
+    /// Whether `shape` could start here now.
+    fn fits(&self, shape: &Shape) -> bool {
+        self.kind.can_run(shape)
+            && self.cpu >= shape.cpu_milli
+            && self.memory >= shape.memory_mib
+            && if shape.milli_per_gpu >= MILLI_PER_GPU {
+                self.idle_cards >= shape.gpus
+            } else {
+                self.largest_share >= shape.milli_per_gpu
+            }
+    }
+}
+
+/// See [`WorkloadModel::with_pressure`].
+fn pinned_work(gpu_demand: &[(Shape, f64)], nodes: &[NodeState]) -> Vec<(Shape, f64)> {
+    let free: Vec<FreeNode> = nodes
+        .iter()
+        .map(FreeNode::of)
+        .filter(|n| n.gpu > 0)
+        .collect();
+    let total_free: u64 = free.iter().map(|n| n.gpu).sum();
+    let mut kinds: Vec<NodeKind> = free.iter().map(|n| n.kind).collect();
+    kinds.sort_by_key(|k| (k.classes.0, k.gpus, k.cpu_milli, k.memory_mib));
+    kinds.dedup();
+    let mut pinned = Vec::new();
+    for (shape, share) in gpu_demand {
+        // Work every kind of node with free GPU could run is not pinned.
+        if kinds.iter().all(|k| k.can_run(shape)) {
+            continue;
+        }
+        let fit: u64 = free.iter().filter(|n| n.fits(shape)).map(|n| n.gpu).sum();
+        if fit == 0 {
+            continue;
+        }
+        let weight = (share * (total_free as f64 / fit as f64 - 1.0)).min(1.0);
+        if weight > 0.0 {
+            pinned.push((*shape, weight));
+        }
+    }
+    pinned
 }
 
 /// Shapes with one GPU need, differing in CPU and memory.
@@ -360,6 +500,34 @@ fn subset_sums(sizes: &[usize]) -> Vec<u16> {
         fill[f] = best;
     }
     fill
+}
+
+/// GPU shapes by their share of the GPU demand of `counts` (how many of
+/// each, or their weights), sorted so the result is deterministic.
+fn gpu_demand(counts: impl Iterator<Item = (Shape, f64)>) -> Vec<(Shape, f64)> {
+    let mut shapes: Vec<(Shape, f64)> = counts
+        .filter(|(s, n)| s.gpus > 0 && *n > 0.0)
+        .map(|(s, n)| (s, n * s.demand_milli() as f64))
+        .collect();
+    let total: f64 = shapes.iter().map(|s| s.1).sum();
+    shapes.iter_mut().for_each(|s| s.1 /= total);
+    shapes.sort_by(|a, b| {
+        (
+            a.0.gpus,
+            a.0.milli_per_gpu,
+            a.0.cpu_milli,
+            a.0.memory_mib,
+            a.0.classes.0,
+        )
+            .cmp(&(
+                b.0.gpus,
+                b.0.milli_per_gpu,
+                b.0.cpu_milli,
+                b.0.memory_mib,
+                b.0.classes.0,
+            ))
+    });
+    shapes
 }
 
 /// CPU and memory per milli-GPU over every observed GPU task.
@@ -697,6 +865,103 @@ mod tests {
             3300,
             "four whole GPUs no longer fit"
         );
+    }
+
+    fn pinned(milli: u32, classes: &[ClassIdx]) -> Shape {
+        let mut set = ClassSet(0);
+        for c in classes {
+            set.insert(*c);
+        }
+        Shape {
+            classes: set,
+            ..shape(milli, 1, 0)
+        }
+    }
+
+    /// A pool of `(class, cards, used milli per card)` nodes, each with
+    /// 8 cores and 64 GB.
+    fn pool(nodes: &[(ClassIdx, usize, u32)]) -> Cluster {
+        let nodes = nodes
+            .iter()
+            .map(|(class, cards, used)| {
+                let mut n = node(&vec![*used; *cards]);
+                n.gpus.iter_mut().for_each(|g| g.class = *class);
+                n.classes = ClassSet::single(*class);
+                n
+            })
+            .collect();
+        Cluster::new(Vec::new(), nodes)
+    }
+
+    fn pinned_weights(model: &WorkloadModel) -> Vec<(Shape, f64)> {
+        model
+            .pinned_work()
+            .map(|p| p.shapes.clone())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn pinned_work_weighs_its_excess_claim_on_its_kinds() {
+        // Class 0: 6 free cards, class 1: 2; a tenth of the GPU demand can
+        // run on class 1 only. Spread over the pool it would claim a tenth
+        // of every node; on class 1 alone it claims 0.1 x 8000 / 2000, an
+        // excess of 0.1 x (8000 / 2000 - 1).
+        let model =
+            WorkloadModel::of_shapes(vec![(shape(1000, 1, 0), 0.9), (pinned(1000, &[1]), 0.1)]);
+        let set = model.clone().with_pressure(&pool(&[(0, 6, 0), (1, 2, 0)]));
+        let weights = pinned_weights(&set);
+        assert_eq!(
+            weights.len(),
+            1,
+            "the shape allowed everywhere is not pinned"
+        );
+        assert_eq!(weights[0].0, pinned(1000, &[1]));
+        assert!((weights[0].1 - 0.1 * (8000.0 / 2000.0 - 1.0)).abs() < 1e-12);
+        // A node it no longer fits on does not count for it: the same work
+        // leans harder on what is left, up to 1.
+        let shared = model
+            .clone()
+            .with_pressure(&pool(&[(0, 6, 0), (1, 2, 0), (1, 2, 500)]));
+        assert!((pinned_weights(&shared)[0].1 - 0.1 * (9000.0 / 2000.0 - 1.0)).abs() < 1e-12);
+        let scarce = model.with_pressure(&pool(&[(0, 30, 0), (1, 2, 0)]));
+        assert_eq!(pinned_weights(&scarce)[0].1, 1.0);
+        // Nothing pinned, no pinned work; none set, none either.
+        let free = WorkloadModel::of_shapes(vec![(shape(500, 1, 0), 1.0)])
+            .with_pressure(&pool(&[(0, 6, 0), (1, 2, 0)]));
+        assert!(free.pinned_work().is_none());
+        assert!(WorkloadModel::default().pinned_work().is_none());
+    }
+
+    #[test]
+    fn a_class_the_pool_lacks_does_not_pin() {
+        let everywhere = WorkloadModel::of_shapes(vec![
+            (shape(1000, 1, 0), 0.5),
+            (pinned(1000, &[0, 1, 5]), 0.5),
+        ])
+        .with_pressure(&pool(&[(0, 4, 0), (1, 3, 0)]));
+        assert!(everywhere.pinned_work().is_none());
+    }
+
+    #[test]
+    fn size_pins_work_too() {
+        // One 8-card node and four 2-card nodes of one class; one 8-card
+        // task arrives per eight 1-card tasks (half the demand by milli),
+        // and fits the big node only: half the free GPU.
+        let model = WorkloadModel::of_shapes(vec![
+            (shape(1000, 1, 0), 8.0 / 9.0),
+            (shape(1000, 8, 0), 1.0 / 9.0),
+        ])
+        .with_pressure(&pool(&[
+            (0, 8, 0),
+            (0, 2, 0),
+            (0, 2, 0),
+            (0, 2, 0),
+            (0, 2, 0),
+        ]));
+        let weights = pinned_weights(&model);
+        assert_eq!(weights.len(), 1);
+        assert_eq!(weights[0].0.gpus, 8);
+        assert!((weights[0].1 - 0.5 * (16_000.0 / 8000.0 - 1.0)).abs() < 1e-12);
     }
 
     #[test]

@@ -24,3 +24,33 @@ impl Scorer for BestFit {
             - cpu_free_after / 1000.0
     }
 }
+
+/// Best-fit as the FGD authors' simulator scores it (their `BestFit`
+/// baseline): the node left with the least CPU and GPU, each over the
+/// largest node's capacity and weighted half, on the kube-scheduler's
+/// integer 0..=100 scale, so that near-equal nodes tie (and ties go to the
+/// lowest node, as in their scheduler). Within the node, a share goes on
+/// the fullest card it fits, as their GPU allocator puts it.
+pub struct KubeBestFit;
+
+impl Scorer for KubeBestFit {
+    fn name(&self) -> &'static str {
+        "BestFit"
+    }
+
+    fn score(&self, ctx: &Ctx<'_>, task: &Task, node: NodeIdx, choice: Choice) -> f64 {
+        let (max_cpu, max_gpu) = ctx.cluster.largest_node();
+        let node = &ctx.cluster.nodes[node as usize];
+        let taken = choice.gpu_count() as u64 * choice.milli as u64;
+        let gpu_left = (node.free_gpu_milli() - taken) as f64 / max_gpu.max(1) as f64;
+        let cpu_left =
+            node.free_cpu_milli().saturating_sub(task.cpu_milli) as f64 / max_cpu.max(1) as f64;
+        let node_score = ((1.0 - 0.5 * cpu_left - 0.5 * gpu_left) * 100.0).floor();
+        // Below one integer step: the card, never the node.
+        let card_left: u64 = choice
+            .positions()
+            .map(|i| (node.gpus[i].free_milli() - choice.milli) as u64)
+            .sum();
+        node_score - card_left as f64 / 1e7
+    }
+}
