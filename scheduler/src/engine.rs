@@ -9,15 +9,20 @@
 //! - Placing a task changes one node. So the engine keeps, per task shape,
 //!   every class's best score in a max-tree, and after a placement rescores
 //!   only the classes that changed since that shape was last asked for.
+//! - From one decision to the next most nodes keep their state. So the
+//!   indexes carry over ([`EngineCache`]) while what else scores read
+//!   stays the same ([`ScoreInputs`]), and only the nodes whose state
+//!   differs are re-indexed.
 //!
 //! The answer is exactly what [`Policy::place`] would give (same scores;
 //! ties to the lowest node index); tests hold the two to each other.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 
 use finpool_domain::GpuRequest;
 
-use crate::cluster::{Allocation, Cluster, NodeIdx, NodeState, TenantIdx};
+use crate::cluster::{Allocation, ClassInfo, Cluster, ModelDemand, NodeIdx, NodeState, TenantIdx};
 use crate::placer::Placement;
 use crate::plugins::workload::WorkloadModel;
 use crate::plugins::{Ctx, Policy, QuotaBound};
@@ -74,47 +79,264 @@ impl<'a> Request<'a> {
 /// many tenants asking for the same shape share one index.
 const ANY_TENANT: TenantIdx = TenantIdx::MAX;
 
+/// An index no decision asked for in this many decisions is dropped when
+/// the indexes carry over to the next one.
+const KEEP_UNUSED_DECISIONS: u64 = 4;
+
+/// Score trees kept for reuse: a fresh one costs the kernel zeroed pages.
+const SPARE_TREES: usize = 32;
+
+/// Everything besides the nodes' states that the indexes' scores depend
+/// on: indexes carry over to the next decision ([`EngineCache`]) only
+/// when all of it is the same.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ScoreInputs {
+    pub workload: WorkloadModel,
+    pub tenants: TenantBook,
+    pub classes: Vec<ClassInfo>,
+    pub model_demand: Vec<ModelDemand>,
+    /// The base models' names by [`crate::cluster::ModelIdx`].
+    pub models: Vec<String>,
+    pub nodes: usize,
+}
+
+/// The indexes an engine built, kept from one decision to the next (a
+/// cycle keeps them in its volatile memory). At the next decision the
+/// engine compares every node's state with the one its indexes know and
+/// re-indexes only the nodes that differ; if anything else that scores
+/// read differs ([`ScoreInputs`]), or the policy, it starts afresh.
+#[derive(Default)]
+pub struct EngineCache {
+    kept: Option<Kept>,
+}
+
+struct Kept {
+    inputs: ScoreInputs,
+    /// The policy the scores are of (its address: one cycle, one policy).
+    policy: usize,
+    indexes: Indexes,
+}
+
+impl std::fmt::Debug for EngineCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kept {
+            None => f.write_str("EngineCache(empty)"),
+            Some(k) => write!(
+                f,
+                "EngineCache({} nodes, {} shapes)",
+                k.inputs.nodes,
+                k.indexes.shapes.len()
+            ),
+        }
+    }
+}
+
 /// A cluster plus the per-shape score indexes over its node classes.
 pub struct Engine<'p> {
     policy: &'p Policy,
     cluster: Cluster,
+    indexes: Indexes,
+    /// Set when the engine may be kept for the next decision.
+    inputs: Option<ScoreInputs>,
+    /// The policy checks tenant isolation and quotas (so a tenant out of
+    /// quota can only add to cards it holds: see [`Engine::place`]).
+    isolates: bool,
+}
+
+/// The part of an engine that outlives a decision.
+struct Indexes {
     classes: NodeClasses,
-    /// Classes changed, in order.
+    /// Classes changed, in order; `log[i]` is entry `log_base + i`.
     log: Vec<u32>,
+    log_base: usize,
     /// Per class slot, the position of its latest entry in `log`.
     last_change: Vec<usize>,
     /// Per class slot, the position in `log` where it last took on a new
     /// state. Classes that only gained or lost members keep their scores.
     created_at: Vec<usize>,
-    shapes: HashMap<Task, ShapeIndex>,
+    shapes: HashMap<Task, ShapeIndex, FastHash>,
     /// Identifies the workload model the indexes were scored with.
     workload_epoch: u64,
     /// Per tenant, the nodes where it holds a (time-shared) card.
     owned: HashMap<TenantIdx, BTreeSet<NodeIdx>>,
     /// Per node, the tenants holding its cards.
     owners: Vec<Vec<TenantIdx>>,
+    /// Trees of dropped indexes, for new ones.
+    spare: Vec<Vec<(f64, u32)>>,
+    /// Decisions these indexes served.
+    decisions: u64,
+}
+
+impl Indexes {
+    fn new(nodes: &[NodeState]) -> Self {
+        let classes = NodeClasses::new(nodes);
+        let slots = classes.slots.len();
+        let mut indexes = Self {
+            owners: vec![Vec::new(); nodes.len()],
+            classes,
+            log: Vec::new(),
+            log_base: 0,
+            last_change: vec![usize::MAX; slots],
+            created_at: vec![0; slots],
+            shapes: HashMap::default(),
+            workload_epoch: 0,
+            owned: HashMap::new(),
+            spare: Vec::new(),
+            decisions: 0,
+        };
+        for (n, node) in nodes.iter().enumerate() {
+            indexes.track_owners(n as NodeIdx, node);
+        }
+        indexes
+    }
+
+    fn log_end(&self) -> usize {
+        self.log_base + self.log.len()
+    }
+
+    /// Moves `node` to the class of its state `key`, and logs the change.
+    fn touched(&mut self, node: NodeIdx, state: &NodeState, key: Vec<u64>) {
+        let (old, new, created) = self.classes.moved(node, key);
+        let slots = self.classes.slots.len();
+        if self.last_change.len() < slots {
+            self.last_change.resize(slots, usize::MAX);
+            self.created_at.resize(slots, 0);
+        }
+        for slot in [old, new] {
+            let at = self.log_end();
+            if slot == new && created {
+                self.created_at[slot as usize] = at;
+            }
+            self.last_change[slot as usize] = at;
+            self.log.push(slot);
+        }
+        self.track_owners(node, state);
+    }
+
+    /// Re-indexes `node` if its state is not the one its class has.
+    fn settle(&mut self, node: NodeIdx, state: &NodeState) {
+        let key = state_key(state);
+        if self.classes.key_of(node) != key.as_slice() {
+            self.touched(node, state, key);
+        }
+    }
+
+    fn track_owners(&mut self, node: NodeIdx, state: &NodeState) {
+        let mut now: Vec<TenantIdx> = state.gpus.iter().filter_map(|g| g.owner).collect();
+        now.sort_unstable();
+        now.dedup();
+        if now == self.owners[node as usize] {
+            return;
+        }
+        let before = std::mem::replace(&mut self.owners[node as usize], now.clone());
+        for t in before.iter().filter(|t| !now.contains(t)) {
+            if let Some(set) = self.owned.get_mut(t) {
+                set.remove(&node);
+            }
+        }
+        for t in now.iter().filter(|t| !before.contains(t)) {
+            self.owned.entry(*t).or_default().insert(node);
+        }
+    }
+
+    /// Drops every index (their trees kept for reuse).
+    fn drop_shapes(&mut self) {
+        let spare = &mut self.spare;
+        for (_, index) in self.shapes.drain() {
+            if spare.len() < SPARE_TREES {
+                spare.push(index.tree);
+            }
+        }
+    }
+
+    /// Before a decision: drops the indexes no recent decision asked for,
+    /// and the part of the log every index has seen.
+    fn compact(&mut self) {
+        let now = self.decisions;
+        let spare = &mut self.spare;
+        self.shapes.retain(|_, index| {
+            let keep = now.saturating_sub(index.used) <= KEEP_UNUSED_DECISIONS;
+            if !keep && spare.len() < SPARE_TREES {
+                spare.push(std::mem::take(&mut index.tree));
+            }
+            keep
+        });
+        let seen = self
+            .shapes
+            .values()
+            .map(|i| i.log_position)
+            .min()
+            .unwrap_or(self.log_end());
+        if seen > self.log_base {
+            self.log.drain(..seen - self.log_base);
+            self.log_base = seen;
+        }
+    }
 }
 
 impl<'p> Engine<'p> {
     pub fn new(policy: &'p Policy, cluster: Cluster) -> Self {
-        let classes = NodeClasses::new(&cluster.nodes);
-        let slots = classes.slots.len();
-        let mut engine = Self {
+        Self {
             policy,
-            owners: vec![Vec::new(); cluster.nodes.len()],
+            indexes: Indexes::new(&cluster.nodes),
             cluster,
-            classes,
-            log: Vec::new(),
-            last_change: vec![usize::MAX; slots],
-            created_at: vec![0; slots],
-            shapes: HashMap::new(),
-            workload_epoch: 0,
-            owned: HashMap::new(),
-        };
-        for n in 0..engine.cluster.nodes.len() {
-            engine.track_owners(n as NodeIdx);
+            inputs: None,
+            isolates: isolates(policy),
         }
-        engine
+    }
+
+    /// An engine for the next decision, going on from the indexes `cache`
+    /// kept if they were built for the same policy and inputs: only nodes
+    /// whose state differs from the one the indexes know are re-indexed.
+    /// [`Engine::keep`] puts the indexes back at the end of the decision.
+    /// Placements are exactly those of a fresh engine.
+    pub fn resume(
+        policy: &'p Policy,
+        cluster: Cluster,
+        cache: &mut EngineCache,
+        inputs: ScoreInputs,
+    ) -> Self {
+        let address = policy as *const Policy as usize;
+        let indexes = match cache.kept.take() {
+            Some(kept)
+                if kept.policy == address
+                    && kept.inputs == inputs
+                    && kept.indexes.classes.slot_of.len() == cluster.nodes.len() =>
+            {
+                let mut indexes = kept.indexes;
+                indexes.decisions += 1;
+                for (n, node) in cluster.nodes.iter().enumerate() {
+                    indexes.settle(n as NodeIdx, node);
+                }
+                indexes.compact();
+                indexes
+            }
+            Some(mut kept) => {
+                kept.indexes.drop_shapes();
+                let mut indexes = Indexes::new(&cluster.nodes);
+                indexes.spare = kept.indexes.spare;
+                indexes
+            }
+            None => Indexes::new(&cluster.nodes),
+        };
+        Self {
+            policy,
+            cluster,
+            indexes,
+            inputs: Some(inputs),
+            isolates: isolates(policy),
+        }
+    }
+
+    /// Keeps the indexes for the next decision (see [`Engine::resume`]).
+    pub fn keep(self, cache: &mut EngineCache) {
+        if let Some(inputs) = self.inputs {
+            cache.kept = Some(Kept {
+                inputs,
+                policy: self.policy as *const Policy as usize,
+                indexes: self.indexes,
+            });
+        }
     }
 
     pub fn cluster(&self) -> &Cluster {
@@ -131,7 +353,8 @@ impl<'p> Engine<'p> {
 
     /// Distinct node states right now.
     pub fn class_count(&self) -> usize {
-        self.classes
+        self.indexes
+            .classes
             .slots
             .iter()
             .filter(|s| !s.members.is_empty())
@@ -150,52 +373,57 @@ impl<'p> Engine<'p> {
         self.touched(a.node);
     }
 
-    fn touched(&mut self, node: NodeIdx) {
-        let (old, new, created) = self.classes.moved(node, &self.cluster.nodes[node as usize]);
-        let slots = self.classes.slots.len();
-        if self.last_change.len() < slots {
-            self.last_change.resize(slots, usize::MAX);
-            self.created_at.resize(slots, 0);
-        }
-        for slot in [old, new] {
-            if slot == new && created {
-                self.created_at[slot as usize] = self.log.len();
-            }
-            self.last_change[slot as usize] = self.log.len();
-            self.log.push(slot);
-        }
-        self.track_owners(node);
+    /// [`Engine::apply`] for a trial that will be undone: the cluster
+    /// changes, the indexes do not until [`Engine::settle`]. Until then
+    /// only the cluster may be read ([`Engine::place`] may not be called).
+    pub fn apply_trial(&mut self, a: &Allocation) {
+        self.cluster.apply(a);
     }
 
-    fn track_owners(&mut self, node: NodeIdx) {
-        let mut now: Vec<TenantIdx> = self.cluster.nodes[node as usize]
-            .gpus
-            .iter()
-            .filter_map(|g| g.owner)
-            .collect();
-        now.sort_unstable();
-        now.dedup();
-        let before = std::mem::replace(&mut self.owners[node as usize], now.clone());
-        for t in before.iter().filter(|t| !now.contains(t)) {
-            if let Some(set) = self.owned.get_mut(t) {
-                set.remove(&node);
-            }
-        }
-        for t in now.iter().filter(|t| !before.contains(t)) {
-            self.owned.entry(*t).or_default().insert(node);
-        }
+    /// [`Engine::release`] for a trial: see [`Engine::apply_trial`].
+    pub fn release_trial(&mut self, a: &Allocation) {
+        self.cluster.release(a);
+    }
+
+    /// After a trial on `node`: re-indexes it if it did not come back to
+    /// the state it had.
+    pub fn settle(&mut self, node: NodeIdx) {
+        self.indexes
+            .settle(node, &self.cluster.nodes[node as usize]);
+    }
+
+    fn touched(&mut self, node: NodeIdx) {
+        let state = &self.cluster.nodes[node as usize];
+        self.indexes.touched(node, state, state_key(state));
     }
 
     /// The best placement for `task`, exactly as [`Policy::place`] would
     /// choose it.
     pub fn place(&mut self, request: &Request<'_>, task: &Task) -> Option<Placement> {
-        if request.workload_epoch != self.workload_epoch {
-            self.shapes.clear();
-            self.workload_epoch = request.workload_epoch;
+        if request.workload_epoch != self.indexes.workload_epoch {
+            self.indexes.drop_shapes();
+            self.indexes.workload_epoch = request.workload_epoch;
         }
         let ctx = request.ctx(&self.cluster);
-        if !self.policy.cacheable() || ctx.avoid_node.is_some() || quota_may_bind(&ctx, task) {
+        if !self.policy.cacheable() {
             return self.policy.place(&ctx, task);
+        }
+        match quota_room(&ctx, task) {
+            Room::Open => {}
+            // Out of quota on every class it may use, a tenant can only add
+            // to cards it already holds: every card a choice takes anew
+            // counts a whole card against the quota, and a card another
+            // tenant holds is never shared.
+            Room::Closed if self.isolates && !task.mig => {
+                let t = task.tenant.expect("a quota binds only a tenant");
+                return best_of(
+                    self.policy,
+                    &ctx,
+                    task,
+                    self.own_cards_may_take(&ctx, task, t),
+                );
+            }
+            Room::Closed | Room::Mixed => return self.policy.place(&ctx, task),
         }
         // Quota cannot bind for this task: index scores without it, under a
         // key shared by every tenant asking for the same shape. For whole
@@ -210,16 +438,20 @@ impl<'p> Engine<'p> {
             },
             None => *task,
         };
+        // The node to avoid is left out when the index is read, not when
+        // it is scored (the other nodes of its class score the same).
         let free_ctx = Ctx {
             bound: QuotaBound::Unbounded,
             caps: None,
+            avoid_node: None,
             ..ctx
         };
         let policy = self.policy;
-        let classes = &self.classes;
+        let indexes = &mut self.indexes;
+        let classes = &indexes.classes;
         let score = |slot: u32| -> (f64, u32) {
             match classes.representative(slot) {
-                None => (f64::NEG_INFINITY, u32::MAX),
+                None => EMPTY,
                 Some(node) => (
                     policy
                         .best_on_node(&free_ctx, &key, node)
@@ -228,60 +460,172 @@ impl<'p> Engine<'p> {
                 ),
             }
         };
-        let representative = |slot: u32| classes.representative(slot);
         let slots = classes.slots.len();
-        let index = self
-            .shapes
-            .entry(key)
-            .or_insert_with(|| ShapeIndex::new(slots, &score));
+        let log_end = indexes.log_base + indexes.log.len();
+        let index = match indexes.shapes.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let tree = indexes.spare.pop().unwrap_or_default();
+                e.insert(ShapeIndex::new(tree, slots, log_end, &score))
+            }
+        };
+        index.used = indexes.decisions;
         index.catch_up(
             slots,
-            &self.log,
-            &self.last_change,
-            &self.created_at,
+            &indexes.log,
+            indexes.log_base,
+            &indexes.last_change,
+            &indexes.created_at,
             &score,
-            &representative,
+            &|slot| classes.representative(slot),
         );
-        let mut candidates: Vec<NodeIdx> = index.best().into_iter().collect();
-        if let (Some(t), GpuRequest::Share { .. }, false) = (task.tenant, task.gpu, task.mig)
-            && let Some(nodes) = self.owned.get(&t)
-        {
-            candidates.extend(nodes.iter().copied());
+        let best = match ctx.avoid_node {
+            None => index.best(),
+            Some(avoid) => index.best_avoiding(avoid, classes),
+        };
+        let mut candidates: Vec<NodeIdx> = best.into_iter().collect();
+        if let (Some(t), GpuRequest::Share { .. }, false) = (task.tenant, task.gpu, task.mig) {
+            candidates.extend(self.own_cards_may_take(&ctx, task, t));
         }
-        let mut best: Option<Placement> = None;
-        for node in candidates {
-            if let Some(p) = policy.best_on_node(&ctx, task, node)
-                && best.is_none_or(|b| p.score > b.score || (p.score == b.score && p.node < b.node))
-            {
-                best = Some(p);
-            }
-        }
-        best
+        best_of(policy, &ctx, task, candidates)
+    }
+
+    /// The nodes where `t` holds a card that passes the policy's filters
+    /// for `task` (on the others, the task can take only cards no tenant
+    /// holds), in node order.
+    fn own_cards_may_take(&self, ctx: &Ctx<'_>, task: &Task, t: TenantIdx) -> Vec<NodeIdx> {
+        let Some(nodes) = self.indexes.owned.get(&t) else {
+            return Vec::new();
+        };
+        let filters = &self.policy.filters;
+        nodes
+            .iter()
+            .copied()
+            .filter(|&n| {
+                let node = &self.cluster.nodes[n as usize];
+                filters.iter().all(|f| f.node(ctx, task, node))
+                    && node.gpus.iter().any(|g| {
+                        g.owner == Some(t) && filters.iter().all(|f| f.gpu(ctx, task, node, g))
+                    })
+            })
+            .collect()
     }
 }
 
-/// Whether the tenant is close enough to its quota on some class the task
-/// may use that the quota could rule a choice out.
-fn quota_may_bind(ctx: &Ctx<'_>, task: &Task) -> bool {
+/// The best placement on any of `nodes`: the highest score, then the
+/// lowest node.
+fn best_of(
+    policy: &Policy,
+    ctx: &Ctx<'_>,
+    task: &Task,
+    nodes: impl IntoIterator<Item = NodeIdx>,
+) -> Option<Placement> {
+    let mut best: Option<Placement> = None;
+    for node in nodes {
+        if let Some(p) = policy.best_on_node(ctx, task, node)
+            && best.is_none_or(|b| p.score > b.score || (p.score == b.score && p.node < b.node))
+        {
+            best = Some(p);
+        }
+    }
+    best
+}
+
+/// Whether the policy never time-slices a card between tenants and
+/// checks quotas: what [`Engine::place`]'s out-of-quota path relies on.
+fn isolates(policy: &Policy) -> bool {
+    let has = |name: &str| policy.filters.iter().any(|f| f.name() == name);
+    has("TenantIsolation") && has("QuotaLimit")
+}
+
+/// Where the task's tenant stands against its quota on the classes the
+/// task may use.
+enum Room {
+    /// Room for the task on cards it does not hold yet, on every class
+    /// (or quotas are not checked): the quota cannot rule a choice out.
+    Open,
+    /// On no class.
+    Closed,
+    /// On some classes only.
+    Mixed,
+}
+
+fn quota_room(ctx: &Ctx<'_>, task: &Task) -> Room {
     let Some(tenant) = task.tenant else {
-        return false;
+        return Room::Open;
     };
     if ctx.bound == QuotaBound::Unbounded {
-        return false;
+        return Room::Open;
     }
     let need = task.gpu.gpu_count();
     if need == 0 {
-        return false;
+        return Room::Open;
     }
-    (0..ctx.cluster.classes.len()).any(|c| {
+    let (mut open, mut closed) = (false, false);
+    for c in 0..ctx.cluster.classes.len() {
         let c = c as u8;
         if !task.classes.contains(c) {
-            return false;
+            continue;
         }
         let bound = ctx.quota_bound_milli(tenant, c).unwrap_or(u64::MAX);
-        ctx.cluster.held_milli(tenant, c) + need as u64 * finpool_domain::MILLI_PER_GPU as u64
+        if ctx.cluster.held_milli(tenant, c) + need as u64 * finpool_domain::MILLI_PER_GPU as u64
             > bound
-    })
+        {
+            closed = true;
+        } else {
+            open = true;
+        }
+    }
+    match (open, closed) {
+        (_, false) => Room::Open,
+        (false, true) => Room::Closed,
+        (true, true) => Room::Mixed,
+    }
+}
+
+/// A fast, deterministic hasher for the engine's own keys (node states,
+/// task shapes): FxHash's multiply-rotate.
+#[derive(Default, Clone, Copy)]
+struct FastHash;
+
+struct FastHasher(u64);
+
+impl std::hash::BuildHasher for FastHash {
+    type Hasher = FastHasher;
+
+    fn build_hasher(&self) -> FastHasher {
+        FastHasher(0)
+    }
+}
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
 }
 
 /// Everything a filter or scorer may read of a node, as a key: nodes with
@@ -316,12 +660,14 @@ fn state_key(node: &NodeState) -> Vec<u64> {
 struct Slot {
     key: Vec<u64>,
     members: BTreeSet<u32>,
+    /// The lowest member.
+    first: Option<u32>,
 }
 
 /// Nodes grouped by state.
 struct NodeClasses {
     slots: Vec<Slot>,
-    by_key: HashMap<Vec<u64>, u32>,
+    by_key: HashMap<Vec<u64>, u32, FastHash>,
     slot_of: Vec<u32>,
     free: Vec<u32>,
 }
@@ -330,16 +676,26 @@ impl NodeClasses {
     fn new(nodes: &[NodeState]) -> Self {
         let mut classes = Self {
             slots: Vec::new(),
-            by_key: HashMap::new(),
+            by_key: HashMap::default(),
             slot_of: vec![0; nodes.len()],
             free: Vec::new(),
         };
         for (i, node) in nodes.iter().enumerate() {
             let slot = classes.slot_for(state_key(node));
-            classes.slots[slot as usize].members.insert(i as u32);
+            classes.join(slot, i as u32);
             classes.slot_of[i] = slot;
         }
         classes
+    }
+
+    fn key_of(&self, node: NodeIdx) -> &[u64] {
+        &self.slots[self.slot_of[node as usize] as usize].key
+    }
+
+    fn join(&mut self, slot: u32, node: NodeIdx) {
+        let slot = &mut self.slots[slot as usize];
+        slot.members.insert(node);
+        slot.first = slot.members.first().copied();
     }
 
     fn slot_for(&mut self, key: Vec<u64>) -> u32 {
@@ -355,6 +711,7 @@ impl NodeClasses {
                 self.slots.push(Slot {
                     key: key.clone(),
                     members: BTreeSet::new(),
+                    first: None,
                 });
                 (self.slots.len() - 1) as u32
             }
@@ -363,28 +720,28 @@ impl NodeClasses {
         slot
     }
 
-    /// Moves `node` to the class of its new state; returns the old and new
+    /// Moves `node` to the class of state `key`; returns the old and new
     /// slots, and whether the new one is a state no node had a moment ago.
-    fn moved(&mut self, node: NodeIdx, state: &NodeState) -> (u32, u32, bool) {
+    fn moved(&mut self, node: NodeIdx, key: Vec<u64>) -> (u32, u32, bool) {
         let old = self.slot_of[node as usize];
         let slot = &mut self.slots[old as usize];
         slot.members.remove(&node);
+        slot.first = slot.members.first().copied();
         if slot.members.is_empty() {
             let key = std::mem::take(&mut slot.key);
             self.by_key.remove(&key);
             self.free.push(old);
         }
-        let key = state_key(state);
         let created = !self.by_key.contains_key(&key);
         let new = self.slot_for(key);
-        self.slots[new as usize].members.insert(node);
+        self.join(new, node);
         self.slot_of[node as usize] = new;
         (old, new, created)
     }
 
     /// The class's lowest-index node: the one exhaustive placement would pick.
     fn representative(&self, slot: u32) -> Option<u32> {
-        self.slots.get(slot as usize)?.members.first().copied()
+        self.slots.get(slot as usize)?.first
     }
 }
 
@@ -394,8 +751,10 @@ impl NodeClasses {
 /// side in memory.
 struct ShapeIndex {
     tree: Vec<(f64, u32)>,
-    /// How much of the change log is reflected here.
+    /// How much of the change log is reflected here (a log position).
     log_position: usize,
+    /// The last decision that asked (see [`Indexes::compact`]).
+    used: u64,
 }
 
 const EMPTY: (f64, u32) = (f64::NEG_INFINITY, u32::MAX);
@@ -410,15 +769,24 @@ fn better(a: (f64, u32), b: (f64, u32)) -> (f64, u32) {
 }
 
 impl ShapeIndex {
-    fn new(slots: usize, score: &impl Fn(u32) -> (f64, u32)) -> Self {
+    /// Scores every class now, in `tree`'s memory (a spare one, or empty):
+    /// the index reflects the log up to `log_end`.
+    fn new(
+        mut tree: Vec<(f64, u32)>,
+        slots: usize,
+        log_end: usize,
+        score: &impl Fn(u32) -> (f64, u32),
+    ) -> Self {
         let size = slots.next_power_of_two().max(2);
-        let mut tree = vec![EMPTY; 2 * size];
+        tree.clear();
+        tree.resize(2 * size, EMPTY);
         for s in 0..slots {
             tree[size + s] = score(s as u32);
         }
         let mut index = Self {
             tree,
-            log_position: 0,
+            log_position: log_end,
+            used: 0,
         };
         index.rebuild_inner();
         index
@@ -469,10 +837,12 @@ impl ShapeIndex {
     /// Brings the classes changed since this index last looked at the log
     /// up to date: a class in a new state is rescored; one that only gained
     /// or lost members keeps its score and updates its lowest node.
+    #[allow(clippy::too_many_arguments)]
     fn catch_up(
         &mut self,
         slots: usize,
         log: &[u32],
+        log_base: usize,
         last_change: &[usize],
         created_at: &[usize],
         score: &impl Fn(u32) -> (f64, u32),
@@ -481,7 +851,8 @@ impl ShapeIndex {
         if slots > self.size() {
             self.grow(slots);
         }
-        let pending = &log[self.log_position..];
+        let pending = &log[self.log_position - log_base..];
+        let mut changed = Vec::new();
         for (offset, &slot) in pending.iter().enumerate() {
             // A class changed several times is handled once, at its last change.
             if last_change[slot as usize] != self.log_position + offset {
@@ -492,13 +863,49 @@ impl ShapeIndex {
                 Some(_) if created_at[slot as usize] >= self.log_position => score(slot),
                 Some(node) => (self.leaf(slot as usize).0, node),
             };
-            self.update(slot as usize, value);
+            if self.leaf(slot as usize) != value {
+                changed.push((slot as usize, value));
+            }
         }
-        self.log_position = log.len();
+        // Many changes: rebuilding the inner entries in one sweep beats
+        // walking up from each leaf.
+        let size = self.size();
+        if changed.len() * 16 > size {
+            for (slot, value) in changed {
+                self.tree[size + slot] = value;
+            }
+            self.rebuild_inner();
+        } else {
+            for (slot, value) in changed {
+                self.update(slot, value);
+            }
+        }
+        self.log_position = log_base + log.len();
     }
 
     fn best(&self) -> Option<NodeIdx> {
         let (score, node) = self.tree[1];
         (score > f64::NEG_INFINITY).then_some(node)
+    }
+
+    /// The best node other than `avoid`: if `avoid` stands for its class,
+    /// the class's next node does while the tree is read.
+    fn best_avoiding(&mut self, avoid: NodeIdx, classes: &NodeClasses) -> Option<NodeIdx> {
+        let Some(&slot) = classes.slot_of.get(avoid as usize) else {
+            return self.best();
+        };
+        let leaf = self.leaf(slot as usize);
+        if leaf.1 != avoid {
+            return self.best();
+        }
+        let next = classes.slots[slot as usize]
+            .members
+            .range(avoid + 1..)
+            .next()
+            .map_or(EMPTY, |&n| (leaf.0, n));
+        self.update(slot as usize, next);
+        let best = self.best();
+        self.update(slot as usize, leaf);
+        best
     }
 }

@@ -28,7 +28,7 @@ pub use decide::{
     Admission, AdmissionKind, Outcome, PendingKey, PreemptReason, Preemption, QueuePosition,
     RECLAIMED_MARKER, Reservation, Waiting, decide, queue_position,
 };
-pub use engine::{Engine, Request};
+pub use engine::{Engine, EngineCache, Request, ScoreInputs};
 pub use feasibility::PoolFit;
 pub use plugins::{Ctx, Filter, Policy, QuotaBound, Scorer};
 pub use snapshot::{Held, LocalityInputs, QueuedJob, RunningJob, Snapshot, SnapshotError};

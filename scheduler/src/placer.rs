@@ -55,12 +55,28 @@ impl Policy {
         task: &Task,
         node_index: NodeIdx,
     ) -> Option<Placement> {
+        // A node has at most one choice per card (or per class, or one
+        // without GPUs): small nodes need small buffers.
+        if ctx.cluster.nodes[node_index as usize].gpus.len() <= SMALL_NODE {
+            self.best_on_node_within::<SMALL_NODE>(ctx, task, node_index)
+        } else {
+            self.best_on_node_within::<MAX_GPUS_PER_NODE>(ctx, task, node_index)
+        }
+    }
+
+    /// [`Policy::best_on_node`] for a node with at most `N` choices.
+    fn best_on_node_within<const N: usize>(
+        &self,
+        ctx: &Ctx<'_>,
+        task: &Task,
+        node_index: NodeIdx,
+    ) -> Option<Placement> {
         let node = &ctx.cluster.nodes[node_index as usize];
         if !self.filters.iter().all(|f| f.node(ctx, task, node)) {
             return None;
         }
-        let mut choices = [Choice::NO_GPU; MAX_GPUS_PER_NODE];
-        let mut classes = [None; MAX_GPUS_PER_NODE];
+        let mut choices = [Choice::NO_GPU; N];
+        let mut classes = [None; N];
         let mut n = 0;
         self.for_each_choice(ctx, task, node, |class, choice| {
             choices[n] = choice;
@@ -70,7 +86,7 @@ impl Policy {
         if n == 0 {
             return None;
         }
-        let mut scores = [0.0f64; MAX_GPUS_PER_NODE];
+        let mut scores = [0.0f64; N];
         self.score_node(ctx, task, node_index, &choices[..n], &mut scores[..n]);
         let mut best = 0;
         for i in 1..n {
@@ -84,6 +100,18 @@ impl Policy {
             choice: choices[best],
             score: scores[best],
         })
+    }
+
+    /// Whether the task may go on the node: what [`Policy::best_on_node`]
+    /// would find something for, without scoring.
+    pub fn fits_on_node(&self, ctx: &Ctx<'_>, task: &Task, node_index: NodeIdx) -> bool {
+        let node = &ctx.cluster.nodes[node_index as usize];
+        if !self.filters.iter().all(|f| f.node(ctx, task, node)) {
+            return false;
+        }
+        let mut any = false;
+        self.for_each_choice(ctx, task, node, |_, _| any = true);
+        any
     }
 
     /// Calls `visit` with every choice of cards on `node` that passes the
@@ -190,6 +218,9 @@ impl Policy {
         }
     }
 }
+
+/// Nodes with at most this many cards are placed with small buffers.
+const SMALL_NODE: usize = 8;
 
 /// Two cards in the same state (all but their index).
 fn same_state(a: &GpuState, b: &GpuState) -> bool {

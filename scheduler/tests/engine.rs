@@ -6,8 +6,8 @@ use finpool_domain::{GpuRequest, Quota};
 use finpool_scheduler::cluster::ClassInfo;
 use finpool_scheduler::plugins::workload::{OnlineWorkload, Weighting, WorkloadModel};
 use finpool_scheduler::{
-    ClassSet, Cluster, Ctx, Engine, GpuState, ModelFit, NodeState, Policy, QuotaBound, Request,
-    Task, TenantBook,
+    ClassSet, Cluster, Ctx, Engine, EngineCache, GpuState, ModelFit, NodeState, Policy, QuotaBound,
+    Request, ScoreInputs, Task, TenantBook,
 };
 use proptest::prelude::*;
 
@@ -130,6 +130,74 @@ proptest! {
                     let allocation = p.allocation(task);
                     prop_assert!(engine.cluster().fits(&allocation));
                     engine.apply(&allocation);
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Indexes carried from one decision to the next (with the pool
+    /// changed in between, and trials undone within) place exactly as
+    /// scanning every node does, nodes to avoid included.
+    #[test]
+    fn carried_indexes_match_exhaustive_placement(
+        cluster in arb_cluster(),
+        rounds in prop::collection::vec(
+            prop::collection::vec((arb_task(), prop::option::weighted(0.2, 0..24u32)), 1..40),
+            1..5,
+        ),
+        releases in prop::collection::vec(any::<prop::sample::Index>(), 0..32),
+        bound in prop::sample::select(vec![QuotaBound::Unbounded, QuotaBound::Limit, QuotaBound::Guaranteed]),
+    ) {
+        let book = tenants();
+        let all: Vec<Task> = rounds.iter().flatten().map(|(t, _)| *t).collect();
+        let model = WorkloadModel::from_tasks(&all, 0.95, Weighting::Demand);
+        let policy = Policy::finpool();
+        let inputs = |c: &Cluster| ScoreInputs {
+            workload: model.clone(),
+            tenants: book.clone(),
+            classes: c.classes.clone(),
+            model_demand: c.model_demand.clone(),
+            models: Vec::new(),
+            nodes: c.nodes.len(),
+        };
+        let mut cache = EngineCache::default();
+        let mut cluster = cluster;
+        let mut placed = Vec::new();
+        let mut releases = releases.into_iter();
+        for round in rounds {
+            let mut engine = Engine::resume(&policy, cluster.clone(), &mut cache, inputs(&cluster));
+            for (task, avoid) in round {
+                let mut request = Request::new(&book, bound, &model, 0);
+                request.avoid_node = avoid.filter(|n| (*n as usize) < engine.cluster().nodes.len());
+                let cached = engine.place(&request, &task);
+                let mut ctx = Ctx::new(engine.cluster(), &book, bound, &model);
+                ctx.avoid_node = request.avoid_node;
+                let exhaustive = policy.place(&ctx, &task);
+                prop_assert_eq!(
+                    cached.map(|p| (p.node, p.choice, p.score.to_bits())),
+                    exhaustive.map(|p| (p.node, p.choice, p.score.to_bits()))
+                );
+                if let Some(p) = cached {
+                    let allocation = p.allocation(&task);
+                    engine.apply(&allocation);
+                    // A trial that is undone leaves the indexes as they were.
+                    engine.release_trial(&allocation);
+                    engine.apply_trial(&allocation);
+                    engine.settle(allocation.node);
+                    placed.push(allocation);
+                }
+            }
+            cluster = engine.cluster().clone();
+            engine.keep(&mut cache);
+            // Between decisions some jobs end.
+            for _ in 0..8 {
+                if let Some(i) = releases.next().filter(|_| !placed.is_empty()) {
+                    let a = placed.swap_remove(i.index(placed.len()));
+                    cluster.release(&a);
                 }
             }
         }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::fair_share::FairShare;
 use super::load_time::Measured;
 use crate::decide::Reservation;
+use crate::engine::EngineCache;
 use crate::plugins::workload::OnlineWorkload;
 
 /// Stored by the driver after every cycle that changed it.
@@ -74,6 +75,8 @@ pub struct VolatileMemory {
     pub workload: Option<OnlineWorkload>,
     /// Jobs the workload has seen.
     pub observed: HashSet<JobId>,
+    /// The placement indexes of the last decision, for the next one.
+    pub engine: EngineCache,
 }
 
 impl DurableMemory {

@@ -311,7 +311,13 @@ impl Cycle {
             }
             snapshot.workload = Some(learner.model().clone());
         }
-        let outcome = decide::decide_built(&snapshot, &mut built, &queued, &self.policy);
+        let outcome = decide::decide_built(
+            &snapshot,
+            &mut built,
+            &queued,
+            &self.policy,
+            &mut self.volatile.engine,
+        );
         // Fair share counts what is held from now on: admissions included.
         if !self.config.tenantless {
             self.remember_borrowing(now, &snapshot.tenants, &queued, holding.clone(), &outcome);

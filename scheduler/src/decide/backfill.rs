@@ -30,6 +30,15 @@ impl Planner<'_> {
             return None;
         };
         let cluster = self.cluster();
+        // The jobs on each node, in `held` order.
+        let mut on_node: Vec<Vec<&Held>> = vec![Vec::new(); cluster.nodes.len()];
+        for (i, h) in self.held.iter().enumerate() {
+            if !self.released[i]
+                && let Some(jobs) = on_node.get_mut(h.node as usize)
+            {
+                jobs.push(h);
+            }
+        }
         let mut best: Option<(Timestamp, NodeIdx)> = None;
         for (n, node) in cluster.nodes.iter().enumerate() {
             let usable = |g: &GpuState| !g.is_mig() && task.classes.contains(g.class);
@@ -47,16 +56,10 @@ impl Planner<'_> {
             let mut cpu = node.free_cpu_milli();
             let mut memory = node.free_memory_mib();
             let mut at = self.now;
-            let mut ends: Vec<&Held> = self
-                .held
-                .iter()
-                .enumerate()
-                .filter(|(i, h)| h.node == n as NodeIdx && !self.released[*i])
-                .map(|(_, h)| h)
-                .collect();
+            let ends = &mut on_node[n];
             ends.sort_by_key(|h| (h.ends_by, h.id));
             let mut ready = idle >= count && cpu >= task.cpu_milli && memory >= task.memory_mib;
-            for h in ends {
+            for h in ends.iter() {
                 if ready {
                     break;
                 }

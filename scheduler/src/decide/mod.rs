@@ -52,6 +52,7 @@ use finpool_domain::{JobId, Placement, Timestamp};
 pub use self::explain::infeasible;
 pub use self::order::{PendingKey, QueuePosition, queue_position};
 use self::planner::Planner;
+use crate::engine::EngineCache;
 use crate::plugins::Policy;
 use crate::plugins::workload::{Weighting, WorkloadModel};
 use crate::snapshot::{Built, QueuedJob, Snapshot, SnapshotError};
@@ -211,16 +212,25 @@ pub fn decide(
     policy: &Policy,
 ) -> Result<Outcome, SnapshotError> {
     let mut built = snapshot.build()?;
-    Ok(decide_built(snapshot, &mut built, queue, policy))
+    Ok(decide_built(
+        snapshot,
+        &mut built,
+        queue,
+        policy,
+        &mut EngineCache::default(),
+    ))
 }
 
 /// [`decide`] on a snapshot already built (the cycle builds it once to
-/// learn the workload too).
+/// learn the workload too), going on from the placement indexes an earlier
+/// decision with the same policy left in `cache` (the outcome is the same
+/// with an empty one).
 pub fn decide_built(
     snapshot: &Snapshot,
     built: &mut Built,
     queue: &[QueuedJob],
     policy: &Policy,
+    cache: &mut EngineCache,
 ) -> Outcome {
     let mut outcome = Outcome {
         warnings: std::mem::take(&mut built.warnings),
@@ -246,7 +256,7 @@ pub fn decide_built(
             WorkloadModel::from_tasks(jobs.iter().map(|(_, t)| t), 0.95, Weighting::Demand)
         })
         .with_pressure(&built.cluster);
-    let mut planner = Planner::new(snapshot, built, policy, &workload, outcome, hints);
+    let mut planner = Planner::new(snapshot, built, policy, &workload, outcome, hints, cache);
     // A reservation stands while its job still waits, so that later
     // arrivals (even within their guarantees) cannot take its node.
     if let Some(r) = &snapshot.reservation
@@ -256,5 +266,5 @@ pub fn decide_built(
         planner.reservation = Some((r.job, node, r.at));
     }
     planner.run(jobs);
-    planner.finish()
+    planner.finish(cache)
 }

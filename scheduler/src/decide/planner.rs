@@ -7,9 +7,10 @@ use std::collections::{HashMap, HashSet};
 
 use finpool_domain::{GpuRequest, JobId, MILLI_PER_GPU, Timestamp};
 
+use super::preempt::Victims;
 use super::{Admission, Outcome, Reservation};
 use crate::cluster::{Cluster, NodeIdx};
-use crate::engine::{Engine, Request};
+use crate::engine::{Engine, EngineCache, Request, ScoreInputs};
 use crate::plugins::workload::WorkloadModel;
 use crate::plugins::{Policy, QuotaBound};
 use crate::snapshot::{Built, Held, QueuedJob, Snapshot};
@@ -37,6 +38,8 @@ pub(super) struct Planner<'a> {
     /// Each held job's position in `held`: preemption asks of every
     /// candidate victim, and a scan made that quadratic in running jobs.
     pub(super) held_at: HashMap<JobId, usize>,
+    /// Per tenant, its held jobs' positions in `held`, in order.
+    pub(super) held_of: Vec<Vec<usize>>,
     pub(super) budgets: Vec<Budget>,
     pub(super) capacity: Vec<u64>,
     /// Recent borrowing per tenant and class (decayed average, milli-GPU).
@@ -65,6 +68,7 @@ impl<'a> Planner<'a> {
         workload: &'a WorkloadModel,
         outcome: Outcome,
         locality_hints: HashMap<JobId, WaitReason>,
+        cache: &mut EngineCache,
     ) -> Self {
         let tenants = std::mem::take(&mut built.tenants);
         let cluster = std::mem::take(&mut built.cluster);
@@ -97,6 +101,20 @@ impl<'a> Planner<'a> {
                     .collect()
             })
             .collect();
+        let inputs = ScoreInputs {
+            workload: workload.clone(),
+            tenants: tenants.clone(),
+            classes: cluster.classes.clone(),
+            model_demand: cluster.model_demand.clone(),
+            models: snapshot.models.iter().map(|m| m.name.to_string()).collect(),
+            nodes: cluster.nodes.len(),
+        };
+        let mut held_of = vec![Vec::new(); tenants.len()];
+        for (i, h) in held.iter().enumerate() {
+            if let Some(v) = h.tenant.and_then(|t| held_of.get_mut(t as usize)) {
+                v.push(i);
+            }
+        }
         let n = held.len();
         let displacers = held
             .iter()
@@ -105,12 +123,13 @@ impl<'a> Planner<'a> {
         Self {
             snapshot,
             built,
-            engine: Engine::new(policy, cluster),
+            engine: Engine::resume(policy, cluster, cache, inputs),
             tenants,
             workload,
             released: vec![false; n],
             fresh: vec![false; n],
             held_at: held.iter().enumerate().map(|(i, h)| (h.id, i)).collect(),
+            held_of,
             held,
             budgets,
             capacity,
@@ -229,7 +248,12 @@ impl<'a> Planner<'a> {
             };
             kind && planner.preemptible(v) && !v.displaced.contains(&job.id)
         };
-        if let Some(done) = self.preempt_for(job, task, bound, caps, avoid, &victims_ok) {
+        let victims = Victims {
+            // Priority preemption takes only the tenant's own work.
+            only: (bound != QuotaBound::Guaranteed).then_some(t),
+            eligible: &victims_ok,
+        };
+        if let Some(done) = self.preempt_for(job, task, bound, caps, avoid, victims) {
             return done;
         }
         // Same-tenant priority preemption also applies inside guarantees.
@@ -240,7 +264,11 @@ impl<'a> Planner<'a> {
                     && planner.preemptible(v)
                     && !v.displaced.contains(&job.id)
             };
-            if let Some(done) = self.preempt_for(job, task, bound, None, avoid, &same_tenant) {
+            let victims = Victims {
+                only: Some(t),
+                eligible: &same_tenant,
+            };
+            if let Some(done) = self.preempt_for(job, task, bound, None, avoid, victims) {
                 return done;
             }
         }
@@ -271,6 +299,9 @@ impl<'a> Planner<'a> {
             .max_runtime_ms
             .unwrap_or(self.snapshot.default_max_runtime_ms) as i64;
         self.held_at.insert(job.id, self.held.len());
+        if let Some(v) = task.tenant.and_then(|t| self.held_of.get_mut(t as usize)) {
+            v.push(self.held.len());
+        }
         self.held.push(Held {
             id: job.id,
             tenant: task.tenant,
@@ -292,12 +323,15 @@ impl<'a> Planner<'a> {
         });
     }
 
-    pub(super) fn finish(mut self) -> Outcome {
+    /// The outcome; the engine's indexes go back to `cache` for the next
+    /// decision.
+    pub(super) fn finish(mut self, cache: &mut EngineCache) -> Outcome {
         self.outcome.reservation = self.reservation.map(|(job, node, at)| Reservation {
             job,
             node: self.cluster().nodes[node as usize].name.clone(),
             at,
         });
+        self.engine.keep(cache);
         self.outcome
     }
 

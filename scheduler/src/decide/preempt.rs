@@ -87,6 +87,10 @@ impl<'a> Planner<'a> {
     /// then the best-ranked tenants, then (same-tenant preemption only) the
     /// lowest summed priority, then the lowest node. `None` when no
     /// preemption helps.
+    ///
+    /// Each node's plan is tried on the cluster and undone: a trial leaves
+    /// the placement indexes alone, and the node is re-indexed only if it
+    /// does not come back to the state it had.
     pub(super) fn preempt_for(
         &mut self,
         job: &QueuedJob,
@@ -94,12 +98,25 @@ impl<'a> Planner<'a> {
         bound: QuotaBound,
         caps: Option<&[u64]>,
         avoid: Option<NodeIdx>,
-        eligible: &dyn Fn(&Self, &Held) -> bool,
+        victims: Victims<'_, 'a>,
     ) -> Option<bool> {
+        let Victims { only, eligible } = victims;
         let mut by_node: BTreeMap<NodeIdx, Vec<usize>> = BTreeMap::new();
-        for (i, h) in self.held.iter().enumerate() {
+        let mut consider = |i: usize, h: &Held| {
             if Some(h.node) != avoid && eligible(self, h) {
                 by_node.entry(h.node).or_default().push(i);
+            }
+        };
+        match only {
+            Some(t) => {
+                for &i in self.held_of.get(t as usize).map_or(&[][..], |v| v) {
+                    consider(i, &self.held[i]);
+                }
+            }
+            None => {
+                for (i, h) in self.held.iter().enumerate() {
+                    consider(i, h);
+                }
             }
         }
         if by_node.is_empty() {
@@ -121,13 +138,11 @@ impl<'a> Planner<'a> {
             let mut fits = false;
             for v in victims {
                 // Reclaim may not take another tenant below its guarantee.
-                if self.held[v].tenant != task.tenant
-                    && !self.keeps_guarantee(&self.held[v].clone())
-                {
+                if self.held[v].tenant != task.tenant && !self.keeps_guarantee(&self.held[v]) {
                     continue;
                 }
                 for a in self.held[v].pieces.clone() {
-                    self.release(&a);
+                    self.release_trial(&a);
                 }
                 taken.push(v);
                 if self.fits_on(node, task, bound, caps) {
@@ -137,9 +152,10 @@ impl<'a> Planner<'a> {
             }
             for &v in taken.iter().rev() {
                 for a in self.held[v].pieces.clone() {
-                    self.apply(&a);
+                    self.apply_trial(&a);
                 }
             }
+            self.engine.settle(node);
             if fits {
                 let mut tenants: Vec<TenantRank> =
                     taken.iter().map(|&v| rank(&self.held[v])).collect();
@@ -201,10 +217,16 @@ impl<'a> Planner<'a> {
     fn fits_on(&self, node: NodeIdx, task: &Task, bound: QuotaBound, caps: Option<&[u64]>) -> bool {
         let mut ctx = crate::plugins::Ctx::new(self.cluster(), &self.tenants, bound, self.workload);
         ctx.caps = caps;
-        self.engine_policy()
-            .best_on_node(&ctx, task, node)
-            .is_some()
+        self.engine_policy().fits_on_node(&ctx, task, node)
     }
+}
+
+/// Which held jobs a preemption may take.
+pub(super) struct Victims<'f, 'a> {
+    /// Every eligible victim is this tenant's (so only its jobs are
+    /// looked at).
+    pub(super) only: Option<TenantIdx>,
+    pub(super) eligible: &'f dyn Fn(&Planner<'a>, &Held) -> bool,
 }
 
 /// A victim tenant's place in reclaim's order (lower goes first): most

@@ -108,6 +108,17 @@ impl<'a> Planner<'a> {
         self.recharge(a.tenant, |engine| engine.release(a));
     }
 
+    /// [`Planner::apply`] in a trial that will be undone (see
+    /// [`Engine::apply_trial`]).
+    pub(super) fn apply_trial(&mut self, a: &Allocation) {
+        self.recharge(a.tenant, |engine| engine.apply_trial(a));
+    }
+
+    /// [`Planner::release`] in a trial that will be undone.
+    pub(super) fn release_trial(&mut self, a: &Allocation) {
+        self.recharge(a.tenant, |engine| engine.release_trial(a));
+    }
+
     fn recharge(&mut self, tenant: Option<TenantIdx>, change: impl FnOnce(&mut Engine<'a>)) {
         let Some(t) = tenant else {
             change(&mut self.engine);

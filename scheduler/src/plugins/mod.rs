@@ -312,10 +312,17 @@ impl Policy {
         out: &mut [f64],
     ) {
         out.iter_mut().for_each(|s| *s = 0.0);
-        let mut part = [0.0f64; crate::cluster::MAX_GPUS_PER_NODE];
+        let mut small = [0.0f64; 8];
+        let mut large;
+        let part = if choices.len() <= small.len() {
+            &mut small[..choices.len()]
+        } else {
+            large = [0.0f64; crate::cluster::MAX_GPUS_PER_NODE];
+            &mut large[..choices.len()]
+        };
         for (scorer, weight) in &self.scorers {
-            scorer.score_node(ctx, task, node, choices, &mut part[..choices.len()]);
-            for (total, p) in out.iter_mut().zip(&part) {
+            scorer.score_node(ctx, task, node, choices, part);
+            for (total, p) in out.iter_mut().zip(part.iter()) {
                 *total += weight * p;
             }
         }
