@@ -5,10 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use finpool_domain::{MILLI_PER_GPU, Tenant, Timestamp};
+use finpool_domain::{MILLI_PER_GPU, Placement, Tenant, Timestamp};
 use serde::{Deserialize, Serialize};
-
-use crate::snapshot::RunningJob;
 
 /// Tenant → class → milli-GPU.
 pub type Borrowing = BTreeMap<String, BTreeMap<String, f64>>;
@@ -75,20 +73,23 @@ impl FairShare {
 
 /// Per tenant and class: milli-GPU held above the guarantee, from the
 /// jobs holding cards (a card counts once per tenant, as quotas count it).
-pub fn borrowing(tenants: &[Tenant], holding: &[RunningJob]) -> Borrowing {
+pub fn borrowing<'a>(
+    tenants: &[Tenant],
+    holding: impl IntoIterator<Item = (&'a str, &'a Placement)>,
+) -> Borrowing {
     // (tenant, class) → each card or MIG slice held → its milli-GPU.
     type Card<'a> = (&'a str, u32, Option<u32>);
     let mut cards: BTreeMap<(&str, &str), BTreeMap<Card<'_>, u32>> = BTreeMap::new();
-    for job in holding {
-        for g in &job.placement.gpus {
+    for (tenant, placement) in holding {
+        for g in &placement.gpus {
             let milli = match g.mig_slice {
                 Some(_) => g.milli,
                 None => MILLI_PER_GPU,
             };
             cards
-                .entry((job.tenant.as_str(), g.class.as_str()))
+                .entry((tenant, g.class.as_str()))
                 .or_default()
-                .insert((job.placement.node.as_str(), g.index, g.mig_slice), milli);
+                .insert((placement.node.as_str(), g.index, g.mig_slice), milli);
         }
     }
     let by_id: std::collections::HashMap<&str, &Tenant> =

@@ -252,19 +252,20 @@ impl Cycle {
                 }
             }
         }
-        let running: Vec<RunningJob> = holding
-            .iter()
-            .filter(|j| !self.durable.preempting.contains_key(&j.id))
-            .map(|j| RunningJob {
-                displaced: self
-                    .durable
-                    .displaced
-                    .get(&j.id)
-                    .cloned()
-                    .unwrap_or_default(),
-                ..j.clone()
-            })
-            .collect();
+        // The jobs being stopped hold their cards until they are gone, but
+        // are not the decision's to place: they stay out of the snapshot.
+        // (Moved, not cloned: a full pool holds many jobs.)
+        let (mut running, stopping): (Vec<RunningJob>, Vec<RunningJob>) = holding
+            .into_iter()
+            .partition(|j| !self.durable.preempting.contains_key(&j.id));
+        for j in &mut running {
+            j.displaced = self
+                .durable
+                .displaced
+                .get(&j.id)
+                .cloned()
+                .unwrap_or_default();
+        }
         for clock in self.durable.held_back.values_mut() {
             self.dirty |= clock.tick(now);
         }
@@ -320,42 +321,35 @@ impl Cycle {
         );
         // Fair share counts what is held from now on: admissions included.
         if !self.config.tenantless {
-            self.remember_borrowing(now, &snapshot.tenants, &queued, holding.clone(), &outcome);
+            let held = snapshot.running.iter().chain(&stopping);
+            self.remember_borrowing(now, &snapshot.tenants, &queued, held, &outcome);
         }
         let models_of: BTreeMap<JobId, Name> = queued
             .into_iter()
             .filter_map(|j| Some((j.id, j.model?)))
             .collect();
-        Ok(self.plan(now, &models_of, &holding, outcome))
+        let holding = snapshot.running.iter().chain(&stopping);
+        Ok(self.plan(now, &models_of, holding, outcome))
     }
 
     /// Fair share counts what is held from now until the next cycle: the
     /// holding jobs and this cycle's admissions.
-    fn remember_borrowing(
+    fn remember_borrowing<'h>(
         &mut self,
         now: Timestamp,
         tenants: &[Tenant],
         queued: &[QueuedJob],
-        mut held_after: Vec<RunningJob>,
+        held: impl Iterator<Item = &'h RunningJob>,
         outcome: &decide::Outcome,
     ) {
         let tenant_of: BTreeMap<JobId, &Name> = queued.iter().map(|j| (j.id, &j.tenant)).collect();
-        held_after.extend(outcome.admitted.iter().filter_map(|a| {
-            Some(RunningJob {
-                id: a.job,
-                tenant: (*tenant_of.get(&a.job)?).clone(),
-                placement: a.placement.clone(),
-                cpu_milli: 0,
-                memory_mib: 0,
-                priority: 0,
-                started_at: None,
-                min_runtime_ms: 0,
-                max_runtime_ms: None,
-                model: None,
-                displaced: Vec::new(),
-            })
-        }));
-        let borrowing = fair_share::borrowing(tenants, &held_after);
+        let held_after = held.map(|j| (j.tenant.as_str(), &j.placement)).chain(
+            outcome
+                .admitted
+                .iter()
+                .filter_map(|a| Some((tenant_of.get(&a.job)?.as_str(), &a.placement))),
+        );
+        let borrowing = fair_share::borrowing(tenants, held_after);
         if self
             .durable
             .fair_share
@@ -366,11 +360,11 @@ impl Cycle {
     }
 
     /// Remembers what must outlive the cycle; turns the outcome into a plan.
-    fn plan(
+    fn plan<'h>(
         &mut self,
         now: Timestamp,
         models_of: &BTreeMap<JobId, Name>,
-        holding: &[RunningJob],
+        holding: impl Iterator<Item = &'h RunningJob> + Clone,
         outcome: decide::Outcome,
     ) -> Plan {
         for id in &outcome.held_back {
@@ -424,7 +418,7 @@ impl Cycle {
                 .is_none_or(|v| v.iter().all(|v| !durable.preempting.contains_key(v)))
         };
         let mut start: Vec<JobId> = holding
-            .iter()
+            .clone()
             .filter(|j| j.started_at.is_none() && !self.durable.preempting.contains_key(&j.id))
             .map(|j| j.id)
             .filter(|id| victims_gone(id, &self.durable))
@@ -441,7 +435,7 @@ impl Cycle {
             .into_iter()
             .map(|w| (w.job, w.reason))
             .collect();
-        for j in holding.iter().filter(|j| j.started_at.is_none()) {
+        for j in holding.filter(|j| j.started_at.is_none()) {
             if let Some(v) = self.durable.displaced.get(&j.id)
                 && !victims_gone(&j.id, &self.durable)
             {
