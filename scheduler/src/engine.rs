@@ -17,6 +17,7 @@
 //! The answer is exactly what [`Policy::place`] would give (same scores;
 //! ties to the lowest node index); tests hold the two to each other.
 
+use std::cell::OnceCell;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 
@@ -71,6 +72,8 @@ impl<'a> Request<'a> {
             caps: self.caps,
             avoid_node: self.avoid_node,
             workload: self.workload,
+            node_memo: None,
+            memo: None,
         }
     }
 }
@@ -154,6 +157,11 @@ struct Indexes {
     /// Per class slot, the position in `log` where it last took on a new
     /// state. Classes that only gained or lost members keep their scores.
     created_at: Vec<usize>,
+    /// Per class slot, the scorers' memo for its state ([`Ctx::remembered`]):
+    /// `scorers` cells per slot. Emptied when the slot takes on a new
+    /// state or the workload changes.
+    memos: Vec<OnceCell<f64>>,
+    scorers: usize,
     shapes: HashMap<Task, ShapeIndex, FastHash>,
     /// Identifies the workload model the indexes were scored with.
     workload_epoch: u64,
@@ -168,10 +176,12 @@ struct Indexes {
 }
 
 impl Indexes {
-    fn new(nodes: &[NodeState]) -> Self {
+    fn new(nodes: &[NodeState], scorers: usize) -> Self {
         let classes = NodeClasses::new(nodes);
         let slots = classes.slots.len();
         let mut indexes = Self {
+            memos: vec![OnceCell::new(); slots * scorers],
+            scorers,
             owners: vec![Vec::new(); nodes.len()],
             classes,
             log: Vec::new(),
@@ -201,6 +211,12 @@ impl Indexes {
         if self.last_change.len() < slots {
             self.last_change.resize(slots, usize::MAX);
             self.created_at.resize(slots, 0);
+            self.memos.resize(slots * self.scorers, OnceCell::new());
+        }
+        if created {
+            for cell in self.memo_mut(new) {
+                cell.take();
+            }
         }
         for slot in [old, new] {
             let at = self.log_end();
@@ -221,6 +237,12 @@ impl Indexes {
         }
     }
 
+    /// The scorers' memo for the class in `slot`.
+    fn memo_mut(&mut self, slot: u32) -> &mut [OnceCell<f64>] {
+        let at = slot as usize * self.scorers;
+        &mut self.memos[at..at + self.scorers]
+    }
+
     fn track_owners(&mut self, node: NodeIdx, state: &NodeState) {
         let mut now: Vec<TenantIdx> = state.gpus.iter().filter_map(|g| g.owner).collect();
         now.sort_unstable();
@@ -239,8 +261,11 @@ impl Indexes {
         }
     }
 
-    /// Drops every index (their trees kept for reuse).
+    /// Drops every index (their trees kept for reuse) and every memo.
     fn drop_shapes(&mut self) {
+        self.memos.iter_mut().for_each(|cell| {
+            cell.take();
+        });
         let spare = &mut self.spare;
         for (_, index) in self.shapes.drain() {
             if spare.len() < SPARE_TREES {
@@ -278,7 +303,7 @@ impl<'p> Engine<'p> {
     pub fn new(policy: &'p Policy, cluster: Cluster) -> Self {
         Self {
             policy,
-            indexes: Indexes::new(&cluster.nodes),
+            indexes: Indexes::new(&cluster.nodes, policy.scorers.len()),
             cluster,
             inputs: None,
             isolates: isolates(policy),
@@ -313,11 +338,11 @@ impl<'p> Engine<'p> {
             }
             Some(mut kept) => {
                 kept.indexes.drop_shapes();
-                let mut indexes = Indexes::new(&cluster.nodes);
+                let mut indexes = Indexes::new(&cluster.nodes, policy.scorers.len());
                 indexes.spare = kept.indexes.spare;
                 indexes
             }
-            None => Indexes::new(&cluster.nodes),
+            None => Indexes::new(&cluster.nodes, policy.scorers.len()),
         };
         Self {
             policy,
@@ -449,12 +474,21 @@ impl<'p> Engine<'p> {
         let policy = self.policy;
         let indexes = &mut self.indexes;
         let classes = &indexes.classes;
+        let (memos, scorers) = (&indexes.memos, indexes.scorers);
         let score = |slot: u32| -> (f64, u32) {
             match classes.representative(slot) {
                 None => EMPTY,
                 Some(node) => (
                     policy
-                        .best_on_node(&free_ctx, &key, node)
+                        .best_on_node(
+                            &Ctx {
+                                node_memo: memos
+                                    .get(slot as usize * scorers..(slot as usize + 1) * scorers),
+                                ..free_ctx
+                            },
+                            &key,
+                            node,
+                        )
                         .map_or(f64::NEG_INFINITY, |p| p.score),
                     node,
                 ),

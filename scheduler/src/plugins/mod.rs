@@ -7,6 +7,8 @@ pub mod filters;
 pub mod scores;
 pub mod workload;
 
+use std::cell::OnceCell;
+
 use crate::cluster::{Choice, ClassIdx, Cluster, GpuState, NodeIdx, NodeState};
 use crate::task::Task;
 use crate::tenants::TenantBook;
@@ -37,6 +39,26 @@ pub struct Ctx<'a> {
     /// The workload the driver has seen arrive (for fragmentation-aware
     /// scorers); empty when it has none.
     pub workload: &'a WorkloadModel,
+    /// Set by a caller that scores many tasks on nodes in the same state
+    /// (the placement engine): one cell per scorer, for the node being
+    /// scored ([`Ctx::remembered`]).
+    pub node_memo: Option<&'a [OnceCell<f64>]>,
+    /// The cell of the scorer being called (set by [`Policy::score_node`]).
+    pub memo: Option<&'a OnceCell<f64>>,
+}
+
+impl Ctx<'_> {
+    /// A value a scorer derives from the node alone (its state, the
+    /// workload, the scorer's own settings: never the task), computed once
+    /// per node state when the caller keeps a memo. Fragmentation-aware
+    /// scorers remember the node's fragmentation before the task here, so
+    /// that the tasks of every shape scored on that state share it.
+    pub fn remembered(&self, compute: impl FnOnce() -> f64) -> f64 {
+        match self.memo {
+            Some(cell) => *cell.get_or_init(compute),
+            None => compute(),
+        }
+    }
 }
 
 impl<'a> Ctx<'a> {
@@ -74,6 +96,8 @@ impl<'a> Ctx<'a> {
             caps: None,
             avoid_node: None,
             workload,
+            node_memo: None,
+            memo: None,
         }
     }
 }
@@ -320,8 +344,12 @@ impl Policy {
             large = [0.0f64; crate::cluster::MAX_GPUS_PER_NODE];
             &mut large[..choices.len()]
         };
-        for (scorer, weight) in &self.scorers {
-            scorer.score_node(ctx, task, node, choices, part);
+        for (i, (scorer, weight)) in self.scorers.iter().enumerate() {
+            let ctx = Ctx {
+                memo: ctx.node_memo.and_then(|m| m.get(i)),
+                ..*ctx
+            };
+            scorer.score_node(&ctx, task, node, choices, part);
             for (total, p) in out.iter_mut().zip(part.iter()) {
                 *total += weight * p;
             }

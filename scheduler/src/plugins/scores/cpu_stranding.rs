@@ -64,7 +64,7 @@ impl Scorer for CpuStranding {
                 }
                 if weights > 0.0 { total / weights } else { 0.0 }
             };
-            let before = stranded(&NodeView::after(node, Choice::NO_GPU, 0, 0));
+            let before = ctx.remembered(|| stranded(&NodeView::after(node, Choice::NO_GPU, 0, 0)));
             for (choice, score) in choices.iter().zip(out.iter_mut()) {
                 *score = before
                     - stranded(&NodeView::after(
@@ -76,7 +76,8 @@ impl Scorer for CpuStranding {
             }
             return;
         }
-        let before = NodeView::after(node, Choice::NO_GPU, 0, 0).stranded(companion);
+        let before =
+            ctx.remembered(|| NodeView::after(node, Choice::NO_GPU, 0, 0).stranded(companion));
         for (choice, score) in choices.iter().zip(out) {
             let after =
                 NodeView::after(node, *choice, task.cpu_milli, task.memory_mib).stranded(companion);

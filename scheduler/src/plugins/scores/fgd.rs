@@ -60,7 +60,7 @@ impl Scorer for Fgd {
     ) {
         let model = self.model.as_ref().unwrap_or(ctx.workload);
         let node = &ctx.cluster.nodes[node as usize];
-        let before = model.fragmentation_now(node);
+        let before = ctx.remembered(|| model.fragmentation_now(node));
         for (choice, score) in choices.iter().zip(out) {
             let after = model.fragmentation_after(node, *choice, task.cpu_milli, task.memory_mib);
             *score = self.scale.apply(before - after);

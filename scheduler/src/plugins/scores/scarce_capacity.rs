@@ -24,7 +24,7 @@ impl Scorer for ScarceCapacity {
             return 0.0;
         };
         let node = &ctx.cluster.nodes[node as usize];
-        pinned.fragmentation_now(node)
+        ctx.remembered(|| pinned.fragmentation_now(node))
             - pinned.fragmentation_after(node, choice, task.cpu_milli, task.memory_mib)
     }
 }
