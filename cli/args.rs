@@ -406,6 +406,11 @@ pub struct SimulateGenaiArgs {
     /// finpool's fair-share half-life in seconds (the platform default).
     #[arg(long, default_value_t = finpool_scheduler::tenants::DEFAULT_FAIR_SHARE_HALF_LIFE_S as f64)]
     pub half_life_s: f64,
+    /// finpool's order among borrowing jobs of tenants with equal fair
+    /// share: response-ratio (highest (wait + run time) ÷ run time next)
+    /// or age (first come, first served).
+    #[arg(long, default_value = "response-ratio")]
+    pub borrow_order: String,
     #[command(flatten)]
     pub out: OutputArgs,
 }

@@ -42,6 +42,11 @@ fn genai(args: SimulateGenaiArgs) -> anyhow::Result<()> {
             args.half_life_s
         );
     }
+    let borrow_order = match args.borrow_order.as_str() {
+        "response-ratio" => finpool_scheduler::BorrowOrder::ResponseRatio,
+        "age" => finpool_scheduler::BorrowOrder::Age,
+        other => anyhow::bail!("--borrow-order {other:?}: response-ratio or age"),
+    };
     let requests = genai::read_requests(&args.trace.display().to_string(), open(&args.trace)?)?;
     let latencies = genai::read_latencies(
         &args.load_latency.display().to_string(),
@@ -62,6 +67,7 @@ fn genai(args: SimulateGenaiArgs) -> anyhow::Result<()> {
                 load,
                 seed: args.seed,
                 fair_share_half_life_s: args.half_life_s,
+                borrow_order,
             };
             let offset = bar.position();
             bar.set_message(policy.name());

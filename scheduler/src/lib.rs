@@ -25,8 +25,8 @@ pub mod wait;
 pub use cluster::{Allocation, Choice, ClassSet, Cluster, GpuState, NodeState};
 pub use cycle::{Cycle, CycleConfig, CycleInputs, DurableMemory, LocalityConfig, Plan, Stop};
 pub use decide::{
-    Admission, AdmissionKind, Outcome, PendingKey, PreemptReason, Preemption, QueuePosition,
-    RECLAIMED_MARKER, Reservation, Waiting, decide, queue_position,
+    Admission, AdmissionKind, BorrowOrder, Outcome, PendingKey, PreemptReason, Preemption,
+    QueuePosition, RECLAIMED_MARKER, Reservation, Waiting, decide, queue_position,
 };
 pub use engine::{Engine, EngineCache, Request, ScoreInputs};
 pub use feasibility::PoolFit;

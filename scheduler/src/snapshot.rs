@@ -54,6 +54,8 @@ pub struct Snapshot {
     /// waiting job that fits no node is [`WaitReason::Infeasible`]
     /// regardless, unless this is 0 (no reasons at all).
     pub explain_limit: usize,
+    /// Which borrowing job goes first among tenants of equal fair share.
+    pub borrow_order: crate::decide::BorrowOrder,
 }
 
 /// The default [`Snapshot::explain_limit`].
@@ -76,6 +78,7 @@ impl Default for Snapshot {
             tenantless: false,
             locality: LocalityInputs::default(),
             explain_limit: EXPLAINED_PER_CYCLE,
+            borrow_order: crate::decide::BorrowOrder::default(),
         }
     }
 }

@@ -25,7 +25,7 @@ use finpool_domain::{
     BaseModel, GpuRequest, Inventory, IsolationLevel, JobId, Name, Quota, Resources, Tenant,
     Timestamp,
 };
-use finpool_scheduler::{CycleConfig, Policy, QueuedJob};
+use finpool_scheduler::{BorrowOrder, CycleConfig, Policy, QueuedJob};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -151,7 +151,21 @@ pub struct GenaiReport {
     pub utilization: f64,
     /// The worst tenant's mean slowdown ÷ the median tenant's.
     pub tenant_fairness: f64,
+    /// The median tenant's mean slowdown.
+    pub median_tenant_slowdown: f64,
+    /// The tenant with the worst mean slowdown, its requests and that
+    /// slowdown (what the fairness figure is made of).
+    pub worst_tenant: Option<WorstTenant>,
     pub wall_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorstTenant {
+    pub tenant: String,
+    pub requests: u32,
+    pub mean_slowdown: f64,
+    pub mean_wait_s: f64,
+    pub mean_run_s: f64,
 }
 
 struct Card {
@@ -182,6 +196,8 @@ pub struct GenaiSettings {
     pub seed: u64,
     /// finpool's fair-share half-life (the platform default unless set).
     pub fair_share_half_life_s: f64,
+    /// finpool's order among borrowing jobs of tenants with equal share.
+    pub borrow_order: BorrowOrder,
 }
 
 /// Replays `requests` on `inventory` (every card runs one job at a time).
@@ -219,6 +235,7 @@ pub fn run_observed(
         load,
         seed,
         fair_share_half_life_s,
+        borrow_order,
     } = *settings;
     let started = Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -282,6 +299,7 @@ pub fn run_observed(
             &model_names,
             latencies,
             fair_share_half_life_s,
+            borrow_order,
         )
     });
     let mut state = Sim {
@@ -348,6 +366,7 @@ fn finpool_pool(
     model_names: &[String],
     latencies: &[u64],
     half_life_s: f64,
+    borrow_order: BorrowOrder,
 ) -> SimPool {
     let mut sorted = latencies.to_vec();
     sorted.sort_unstable();
@@ -357,6 +376,7 @@ fn finpool_pool(
     let config = CycleConfig {
         fair_share_half_life_ms: (half_life_s * 1000.0).round() as u64,
         explain_limit: 0,
+        borrow_order,
         ..CycleConfig::default()
     };
     let pool = SimPool::new(config, Policy::finpool(), Arc::new(inventory.clone()));
@@ -569,18 +589,34 @@ impl Sim<'_> {
             .max()
             .unwrap_or(first);
         let work: f64 = self.jobs.iter().map(|j| j.duration as f64).sum();
-        let mut slowdown: BTreeMap<u32, (f64, u32)> = BTreeMap::new();
+        // Per tenant: (sum of slowdowns, requests, sum of waits, sum of runs).
+        let mut slowdown: BTreeMap<u32, (f64, u32, f64, f64)> = BTreeMap::new();
         for j in self.jobs.iter() {
             if let Some(s) = j.start {
                 let d = (j.duration as f64).max(SLOWDOWN_FLOOR_MS);
                 let e = slowdown.entry(j.tenant).or_default();
                 e.0 += ((s - j.arrival) as f64 + d) / d;
                 e.1 += 1;
+                e.2 += (s - j.arrival) as f64 / 1000.0;
+                e.3 += j.duration as f64 / 1000.0;
             }
         }
-        let mut means: Vec<f64> = slowdown.values().map(|(sum, n)| sum / *n as f64).collect();
-        means.sort_by(f64::total_cmp);
-        let median = means.get(means.len() / 2).copied().unwrap_or(1.0);
+        let mut means: Vec<(f64, u32)> = slowdown
+            .iter()
+            .map(|(t, (sum, n, _, _))| (sum / *n as f64, *t))
+            .collect();
+        means.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let median = means.get(means.len() / 2).map_or(1.0, |m| m.0);
+        let worst_tenant = means.last().map(|&(mean, t)| {
+            let (_, n, wait, run) = slowdown[&t];
+            WorstTenant {
+                tenant: self.tenant_names[t as usize].clone(),
+                requests: n,
+                mean_slowdown: mean,
+                mean_wait_s: wait / f64::from(n),
+                mean_run_s: run / f64::from(n),
+            }
+        });
         GenaiReport {
             policy: policy.name().to_owned(),
             load,
@@ -600,7 +636,9 @@ impl Sim<'_> {
             } else {
                 0.0
             },
-            tenant_fairness: means.last().copied().unwrap_or(1.0) / median,
+            tenant_fairness: means.last().map_or(1.0, |m| m.0) / median,
+            median_tenant_slowdown: median,
+            worst_tenant,
             wall_seconds,
         }
     }
@@ -626,5 +664,51 @@ mod tests {
             err.to_string(),
             "r.csv line 2: exec_time_seconds: \"abc\" is not a duration"
         );
+    }
+}
+
+#[cfg(test)]
+mod locality_tests {
+    use super::*;
+
+    fn request(at_s: f64, duration_ms: u64, tenant: &str, model: &str) -> Request {
+        Request {
+            arrival_s: at_s,
+            duration_ms,
+            tenant: tenant.into(),
+            model: Some(model.into()),
+        }
+    }
+
+    /// A burst of 400 requests on model m-a holds both cards busy for
+    /// about 1000 s; one 1 s request on m-b (on no card) comes right
+    /// after. It is passed over while the burst's jobs take each card that
+    /// frees, but only for about its model's load time: then it loads. (It
+    /// used to wait for the whole burst, the worst slowdown of the run.)
+    #[test]
+    fn a_job_whose_model_is_on_no_card_waits_about_one_load_in_a_busy_pool() {
+        let mut requests: Vec<Request> = (0..400)
+            .map(|_| request(0.0, 5_000, "busy", "m-a"))
+            .collect();
+        requests.push(request(1.0, 1_000, "lone", "m-b"));
+        // Spreads the span, so that compression keeps the burst a burst.
+        requests.push(request(100_000.0, 5_000, "busy", "m-a"));
+        let settings = GenaiSettings {
+            load: 0.9,
+            seed: 1,
+            fair_share_half_life_s: 3600.0,
+            borrow_order: BorrowOrder::ResponseRatio,
+        };
+        let report = run(
+            &crate::bench::pool(1, 2),
+            &requests,
+            &[10_000],
+            GenaiPolicy::Finpool,
+            &settings,
+        );
+        let worst = report.worst_tenant.expect("jobs ran");
+        // busy waits ~500 s on 5 s jobs (slowdown ~100); lone, passed
+        // over for one 10 s load time, waits well under 100 s on 1 s.
+        assert_eq!(worst.tenant, "busy", "lone waited: {worst:?}");
     }
 }

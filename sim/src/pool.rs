@@ -37,7 +37,10 @@ pub struct SimState {
     pub stopped: Vec<(JobId, Stop)>,
     /// Model loads the simulator measured, for the cycle to learn from.
     pub loads: Vec<LoadSample>,
+    /// Why each queued job waits, when `record_reasons` is set (a replay
+    /// of thousands of queued jobs need not copy every reason every cycle).
     pub reasons: BTreeMap<JobId, WaitReason>,
+    pub record_reasons: bool,
     pub memory: Option<String>,
 }
 
@@ -127,6 +130,9 @@ impl JobSource for SimJobs {
 
     async fn set_waiting(&mut self, reasons: &[(JobId, WaitReason)]) -> Result<(), PortError> {
         let mut s = lock(&self.0);
+        if !s.record_reasons {
+            return Ok(());
+        }
         for (id, reason) in reasons {
             // Only queued jobs keep a waiting reason (as the store does).
             if s.queued.contains_key(id) {

@@ -47,6 +47,8 @@ pub struct CycleConfig {
     pub learn_workload: bool,
     /// How many waiting jobs get a precise reason per cycle.
     pub explain_limit: usize,
+    /// Which borrowing job goes first among tenants of equal fair share.
+    pub borrow_order: crate::decide::BorrowOrder,
 }
 
 impl Default for CycleConfig {
@@ -59,6 +61,7 @@ impl Default for CycleConfig {
             tenantless: false,
             learn_workload: true,
             explain_limit: EXPLAINED_PER_CYCLE,
+            borrow_order: crate::decide::BorrowOrder::default(),
         }
     }
 }
@@ -298,6 +301,7 @@ impl Cycle {
                 wait_factor: self.config.locality.wait_factor,
             },
             explain_limit: self.config.explain_limit,
+            borrow_order: self.config.borrow_order,
         };
         let mut built = snapshot.build()?;
         if let Some(learner) = self.volatile.workload.as_mut() {

@@ -23,7 +23,11 @@ const DIAGNOSED_PER_CYCLE: usize = 32;
 impl Planner<'_> {
     /// Which jobs that held out for their model did so while a card they
     /// could use stays idle after the decision: those are the ones whose
-    /// hold clock runs (a card some later job took does not count).
+    /// hold clock runs (a card some later job took does not count). A job
+    /// whose model is on no card at all is the exception: its clock runs
+    /// whenever it is passed over, or in a busy pool, where later jobs take
+    /// every card that frees, it would wait for as long as the pool stays
+    /// busy rather than pay one load (no card would ever turn warm for it).
     fn settle_held_back(&mut self) {
         let holding_out = std::mem::take(&mut self.holding_out);
         let mut held = Vec::new();
@@ -40,7 +44,11 @@ impl Planner<'_> {
                 workload: self.workload,
                 workload_epoch: 0,
             };
-            if self.engine.place(&request, &task).is_some() {
+            let model_on_no_card = task
+                .model
+                .and_then(|m| self.cluster().model_demand.get(m as usize))
+                .is_some_and(|d| d.resident == 0);
+            if model_on_no_card || self.engine.place(&request, &task).is_some() {
                 held.push(job);
             }
         }

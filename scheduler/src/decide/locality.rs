@@ -17,7 +17,9 @@
 //!   load time (times the wait factor) while a card it could use was free,
 //!   it takes any card ([`ModelFit::Any`]). The cycle keeps that clock
 //!   ([`crate::cycle`]), so no job waits longer than its model's load time
-//!   plus one cycle with a usable card idle, and none waits forever.
+//!   plus one cycle with a usable card idle, and none waits forever. A job
+//!   whose model is on no card counts the time later jobs took the cards
+//!   it declined too: in a busy pool it loads after one load time.
 
 use std::collections::HashMap;
 

@@ -50,7 +50,7 @@ use std::fmt;
 use finpool_domain::{JobId, Placement, Timestamp};
 
 pub use self::explain::infeasible;
-pub use self::order::{PendingKey, QueuePosition, queue_position};
+pub use self::order::{BorrowOrder, PendingKey, QueuePosition, queue_position};
 use self::planner::Planner;
 use crate::engine::EngineCache;
 use crate::plugins::Policy;

@@ -31,6 +31,46 @@ fn tenant_order(a: (i32, Timestamp, JobId), b: (i32, Timestamp, JobId)) -> std::
     b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
 }
 
+/// Which borrowing job goes first among tenants of equal fair share, and
+/// among a tenant's jobs of equal priority.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BorrowOrder {
+    /// The oldest work first (first come, first served).
+    #[default]
+    Age,
+    /// Highest response ratio next: the job whose wait is largest against
+    /// its declared run time ((wait + max runtime) ÷ max runtime) goes
+    /// first. A short request does not queue behind a burst of long ones,
+    /// and every job's ratio grows while it waits, so none starves. With
+    /// equal run times this is [`BorrowOrder::Age`]. For pools of short
+    /// requests with declared run times (inference): it evens out the
+    /// slowdown tenants see.
+    ResponseRatio,
+}
+
+/// Run times shorter than this count as this long in the response ratio
+/// (the usual bounded-slowdown floor), so that a 0 ms declaration does not
+/// jump every queue.
+pub const RESPONSE_RATIO_FLOOR_MS: u64 = 1000;
+
+impl BorrowOrder {
+    /// How urgent `job` is at `now` (higher goes first).
+    fn urgency(self, job: &QueuedJob, now: Timestamp, default_runtime_ms: u64) -> i64 {
+        match self {
+            Self::Age => job.submitted_at.0.saturating_neg(),
+            Self::ResponseRatio => {
+                let waited = now.millis_since(job.submitted_at) as i128;
+                let run = job
+                    .max_runtime_ms
+                    .unwrap_or(default_runtime_ms)
+                    .max(RESPONSE_RATIO_FLOOR_MS) as i128;
+                // The ratio in millionths.
+                i64::try_from((waited + run) * 1_000_000 / run).unwrap_or(i64::MAX)
+            }
+        }
+    }
+}
+
 /// What the order of admission reads of a pending job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingKey {
@@ -181,16 +221,34 @@ impl Planner<'_> {
         //    go by the age of the tenant's next turn (then tenant, for a
         //    total order), so that tenants borrowing nothing yet are served
         //    FIFO.
+        //    (Or, by [`BorrowOrder::ResponseRatio`], by the response ratio
+        //    of the tenant's next job.)
         let mut queues = rest;
-        let mut heap: BinaryHeap<(Reverse<Share>, Reverse<Timestamp>, Reverse<TenantIdx>)> = queues
+        let order = self.snapshot.borrow_order;
+        let (now, default_runtime) = (self.now, self.snapshot.default_max_runtime_ms);
+        let urgency = |q: &TenantQueue| -> Option<i64> {
+            match order {
+                BorrowOrder::Age => Some(q.next_turn()?.0.0.saturating_neg()),
+                BorrowOrder::ResponseRatio => {
+                    Some(order.urgency(q.jobs.front()?.0, now, default_runtime))
+                }
+            }
+        };
+        if order == BorrowOrder::ResponseRatio {
+            for q in queues.values_mut() {
+                q.jobs.make_contiguous().sort_by_cached_key(|(j, _)| {
+                    (
+                        Reverse(j.priority),
+                        Reverse(order.urgency(j, now, default_runtime)),
+                        j.submitted_at,
+                        j.id,
+                    )
+                });
+            }
+        }
+        let mut heap: BinaryHeap<(Reverse<Share>, i64, Reverse<TenantIdx>)> = queues
             .iter()
-            .filter_map(|(&t, q)| {
-                Some((
-                    Reverse(self.share(t)),
-                    Reverse(q.next_turn()?.0),
-                    Reverse(t),
-                ))
-            })
+            .filter_map(|(&t, q)| Some((Reverse(self.share(t)), urgency(q)?, Reverse(t))))
             .collect();
         let mut waiting = Vec::new();
         while let Some((_, _, Reverse(t))) = heap.pop() {
@@ -203,8 +261,8 @@ impl Planner<'_> {
             if !self.admit(job, &task, QuotaBound::Limit) {
                 waiting.push((job, task));
             }
-            if let Some((age, _)) = queues[&t].next_turn() {
-                heap.push((Reverse(self.share(t)), Reverse(age), Reverse(t)));
+            if let Some(u) = urgency(&queues[&t]) {
+                heap.push((Reverse(self.share(t)), u, Reverse(t)));
             }
         }
         self.explain_all(waiting);

@@ -717,3 +717,34 @@ fn recorded_admissions_and_preemptions_read_back_as_their_kinds() {
     }
     assert_eq!(PreemptReason::code_of("server restarted"), None);
 }
+
+#[test]
+fn response_ratio_lets_a_short_request_past_an_older_long_one() {
+    // One free card; alpha's 1-hour job came first, beta's 10 s job 60 s
+    // later. By age alpha goes first; by response ratio beta's (waited
+    // 60 s on 10 s: 7) beats alpha's (120 s on 1 h: ~1.03).
+    let mut snap = snapshot(
+        vec![node("n0", "A100", 1)],
+        vec![tenant("alpha", "A100", 0, 1), tenant("beta", "A100", 0, 1)],
+    );
+    snap.now = Timestamp(120_000);
+    let mut long = job(1, "alpha", GpuRequest::Whole { count: 1 });
+    long.submitted_at = Timestamp(0);
+    long.max_runtime_ms = Some(3_600_000);
+    let mut short = job(2, "beta", GpuRequest::Whole { count: 1 });
+    short.submitted_at = Timestamp(60_000);
+    short.max_runtime_ms = Some(10_000);
+    let queue = vec![long, short];
+    let by_age = decide(&snap, &queue, &Policy::finpool()).unwrap();
+    assert_eq!(ids(&by_age), vec![1]);
+    snap.borrow_order = BorrowOrder::ResponseRatio;
+    let by_ratio = decide(&snap, &queue, &Policy::finpool()).unwrap();
+    assert_eq!(ids(&by_ratio), vec![2]);
+    // Within a tenant too: alpha's short job goes before its older long one.
+    let mut own_short = job(3, "alpha", GpuRequest::Whole { count: 1 });
+    own_short.submitted_at = Timestamp(60_000);
+    own_short.max_runtime_ms = Some(10_000);
+    let queue = vec![queue[0].clone(), own_short];
+    let within = decide(&snap, &queue, &Policy::finpool()).unwrap();
+    assert_eq!(ids(&within), vec![3]);
+}
