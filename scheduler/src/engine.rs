@@ -239,8 +239,8 @@ impl Indexes {
 
     /// The scorers' memo for the class in `slot`.
     fn memo_mut(&mut self, slot: u32) -> &mut [OnceCell<f64>] {
-        let at = slot as usize * self.scorers;
-        &mut self.memos[at..at + self.scorers]
+        let cells = memo_cells(slot, self.scorers);
+        &mut self.memos[cells]
     }
 
     fn track_owners(&mut self, node: NodeIdx, state: &NodeState) {
@@ -482,8 +482,7 @@ impl<'p> Engine<'p> {
                     policy
                         .best_on_node(
                             &Ctx {
-                                node_memo: memos
-                                    .get(slot as usize * scorers..(slot as usize + 1) * scorers),
+                                node_memo: memos.get(memo_cells(slot, scorers)),
                                 ..free_ctx
                             },
                             &key,
@@ -563,6 +562,13 @@ fn best_of(
         }
     }
     best
+}
+
+/// Where the memo of the class in `slot` lies in [`Indexes`]' memos: one
+/// cell per scorer.
+fn memo_cells(slot: u32, scorers: usize) -> std::ops::Range<usize> {
+    let at = slot as usize * scorers;
+    at..at + scorers
 }
 
 /// Whether the policy never time-slices a card between tenants and
