@@ -243,7 +243,7 @@ async fn the_standalone_shell_and_the_simulator_decide_alike() {
     let mut standalone = store_shell(&store, &clock, &stopped).await;
 
     let mut sim = SimPool::new(config(), Policy::finpool(), inventory());
-    sim.state().tenants = tenants();
+    sim.state().set_tenants(tenants());
 
     let mut seen = 0;
     for (at, arrivals, ends) in scenario() {

@@ -98,6 +98,25 @@ where
         Ok(report)
     }
 
+    /// Stores whatever memory is unsaved, checkpointed memory included: a
+    /// driver that stops calls this, so that a clean shutdown loses none.
+    pub async fn save_memory(&mut self) -> Result<(), PortError> {
+        if self.cycle.take_unsaved() || self.unsaved {
+            self.store_memory().await?;
+        }
+        Ok(())
+    }
+
+    async fn store_memory(&mut self) -> Result<(), PortError> {
+        let memory = serde_json::to_string(self.cycle.durable())
+            .map_err(|e| PortError::new("scheduler memory", e))?;
+        // Saved again next time if this fails.
+        self.unsaved = true;
+        self.source.save_memory(&memory).await?;
+        self.unsaved = false;
+        Ok(())
+    }
+
     async fn cycle_once(&mut self, now: Timestamp) -> Result<CycleReport, PortError> {
         for sample in self.runtime.take_load_samples() {
             self.cycle
@@ -133,16 +152,11 @@ where
         }
         // Memory first: a displaced-by record must exist before the
         // admission that depends on it is visible.
-        if self.cycle.take_dirty() || self.unsaved {
-            let memory = serde_json::to_string(self.cycle.durable())
-                .map_err(|e| PortError::new("scheduler memory", e))?;
-            // Saved again next cycle if this fails.
-            self.unsaved = true;
-            if let Err(e) = self.source.save_memory(&memory).await {
-                self.cycle.forget_stops(&plan.stop);
-                return Err(e);
-            }
-            self.unsaved = false;
+        if (self.cycle.take_dirty() || self.unsaved)
+            && let Err(e) = self.store_memory().await
+        {
+            self.cycle.forget_stops(&plan.stop);
+            return Err(e);
         }
         let mut report = CycleReport {
             queued,

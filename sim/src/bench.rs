@@ -244,7 +244,7 @@ pub fn run_observed(
         Arc::new(pool(config.nodes, config.gpus_per_node)),
     );
     pool.cycle_mut().set_workload_learner(online);
-    pool.state().tenants = tenants(config);
+    pool.state().set_tenants(tenants(config));
     let mut per_decision = Vec::new();
     let mut cycles = Vec::new();
     let mut placed = 0;

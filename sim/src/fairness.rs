@@ -310,7 +310,7 @@ pub fn run(s: &Scenario) -> FairnessReport {
         ..CycleConfig::default()
     };
     let mut pool = SimPool::new(config, Policy::finpool(), inventory);
-    pool.state().tenants = tenants.clone();
+    pool.state().set_tenants(tenants.clone());
     let tenant_of: BTreeMap<&str, usize> = tenants
         .iter()
         .enumerate()

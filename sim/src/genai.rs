@@ -382,31 +382,33 @@ fn finpool_pool(
     let pool = SimPool::new(config, Policy::finpool(), Arc::new(inventory.clone()));
     {
         let mut state = pool.state();
-        state.tenants = tenant_names
-            .iter()
-            .map(|t| Tenant {
-                id: name(t),
-                display_name: String::new(),
-                quotas: inventory
-                    .classes
-                    .iter()
-                    .map(|c| {
-                        (
-                            c.name.clone(),
-                            Quota {
-                                guaranteed: 0,
-                                limit: all_gpus,
-                                lending_limit: None,
-                            },
-                        )
-                    })
-                    .collect(),
-                weight: 1,
-                isolation: IsolationLevel::SharedWithinTenant,
-                created_at: Timestamp(0),
-                suspended: None,
-            })
-            .collect();
+        state.set_tenants(
+            tenant_names
+                .iter()
+                .map(|t| Tenant {
+                    id: name(t),
+                    display_name: String::new(),
+                    quotas: inventory
+                        .classes
+                        .iter()
+                        .map(|c| {
+                            (
+                                c.name.clone(),
+                                Quota {
+                                    guaranteed: 0,
+                                    limit: all_gpus,
+                                    lending_limit: None,
+                                },
+                            )
+                        })
+                        .collect(),
+                    weight: 1,
+                    isolation: IsolationLevel::SharedWithinTenant,
+                    created_at: Timestamp(0),
+                    suspended: None,
+                })
+                .collect(),
+        );
         state.models = model_names
             .iter()
             .map(|m| BaseModel {

@@ -27,7 +27,9 @@ pub struct Held {
 #[derive(Debug, Default)]
 pub struct SimState {
     pub now: Timestamp,
-    pub tenants: Vec<Tenant>,
+    /// Set with [`SimState::set_tenants`], which indexes them.
+    tenants: Vec<Tenant>,
+    tenant_index: TenantIndex,
     pub models: Vec<BaseModel>,
     pub queued: BTreeMap<JobId, QueuedJob>,
     pub held: BTreeMap<JobId, Held>,
@@ -42,6 +44,37 @@ pub struct SimState {
     pub reasons: BTreeMap<JobId, WaitReason>,
     pub record_reasons: bool,
     pub memory: Option<String>,
+}
+
+/// Where each tenant is in [`SimState::tenants`], and those with a
+/// guarantee: a cycle reads the few tenants it needs, not all of them.
+#[derive(Debug, Default)]
+struct TenantIndex {
+    by_id: std::collections::HashMap<String, usize>,
+    guaranteed: Vec<usize>,
+}
+
+impl SimState {
+    pub fn tenants(&self) -> &[Tenant] {
+        &self.tenants
+    }
+
+    pub fn set_tenants(&mut self, tenants: Vec<Tenant>) {
+        self.tenant_index = TenantIndex {
+            by_id: tenants
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.id.to_string(), i))
+                .collect(),
+            guaranteed: tenants
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.quotas.values().any(|q| q.guaranteed > 0))
+                .map(|(i, _)| i)
+                .collect(),
+        };
+        self.tenants = tenants;
+    }
 }
 
 type Shared = Arc<Mutex<SimState>>;
@@ -62,20 +95,16 @@ impl JobSource for SimJobs {
         // The tenants a decision can depend on: those with jobs, and those
         // whose idle guarantees others may borrow. (A trace can name
         // thousands of tenants, few of them active at once.)
-        let active: std::collections::HashSet<&str> = s
+        let index = &s.tenant_index;
+        let needed: std::collections::BTreeSet<usize> = s
             .queued
             .values()
             .map(|j| j.tenant.as_str())
             .chain(s.held.values().map(|h| h.job.tenant.as_str()))
+            .filter_map(|t| index.by_id.get(t).copied())
+            .chain(index.guaranteed.iter().copied())
             .collect();
-        let tenants = s
-            .tenants
-            .iter()
-            .filter(|t| {
-                active.contains(t.id.as_str()) || t.quotas.values().any(|q| q.guaranteed > 0)
-            })
-            .cloned()
-            .collect();
+        let tenants = needed.into_iter().map(|i| s.tenants[i].clone()).collect();
         Ok(JobView {
             tenants,
             models: s.models.clone(),

@@ -95,7 +95,12 @@ pub async fn run(mut driver: Driver, mut shutdown: watch::Receiver<bool>) {
             Err(e) => tracing::warn!(error = %e, "scheduling cycle failed; retrying"),
         }
         tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {
+                if let Err(e) = driver.save_memory().await {
+                    tracing::warn!(error = %e, "could not store the scheduler's memory on shutdown");
+                }
+                return;
+            }
             _ = events.recv() => {
                 // Let a burst of changes land, then take them all in one cycle.
                 tokio::time::sleep(Duration::from_millis(10)).await;

@@ -81,31 +81,34 @@ pub struct VolatileMemory {
 
 impl DurableMemory {
     /// Forgets jobs that are gone: `queued` and `holding` are the active
-    /// jobs' ids. Returns whether anything was forgotten.
-    pub fn prune(&mut self, queued: &HashSet<JobId>, holding: &HashSet<JobId>) -> bool {
-        let before = (
-            self.preempting.len(),
-            self.displaced.len(),
-            self.held_back.len(),
-        );
+    /// jobs' ids. Says what was forgotten.
+    pub fn prune(&mut self, queued: &HashSet<JobId>, holding: &HashSet<JobId>) -> Pruned {
+        let before = (self.preempting.len(), self.displaced.len());
+        let clocks = self.held_back.len();
         self.preempting.retain(|id, _| holding.contains(id));
         self.displaced
             .retain(|id, _| queued.contains(id) || holding.contains(id));
         self.held_back.retain(|id, _| queued.contains(id));
-        let mut changed = before
-            != (
-                self.preempting.len(),
-                self.displaced.len(),
-                self.held_back.len(),
-            );
+        let mut decisions = before != (self.preempting.len(), self.displaced.len());
         if self
             .reservation
             .as_ref()
             .is_some_and(|r| !queued.contains(&r.job))
         {
             self.reservation = None;
-            changed = true;
+            decisions = true;
         }
-        changed
+        Pruned {
+            decisions,
+            hold_clocks: clocks != self.held_back.len(),
+        }
     }
+}
+
+/// What [`DurableMemory::prune`] forgot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Preemptions, displaced-by records or the reservation.
+    pub decisions: bool,
+    pub hold_clocks: bool,
 }
