@@ -110,7 +110,9 @@ fn fair_share_alone_is_stored_at_checkpoints() {
     assert!(cycle.take_dirty());
     assert!(!cycle.take_unsaved(), "nothing left unsaved");
     // A change a stopping driver would otherwise lose.
-    let plan = cycle.run(inputs(interval + 1, vec![job(2)], vec![])).unwrap();
+    let plan = cycle
+        .run(inputs(interval + 1, vec![job(2)], vec![]))
+        .unwrap();
     assert_eq!(plan.admit.len(), 1);
     assert!(!cycle.take_dirty());
     assert!(cycle.take_unsaved());

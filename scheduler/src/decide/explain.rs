@@ -91,7 +91,7 @@ impl Planner<'_> {
         if self.outcome.held_back.binary_search(&job.id).is_ok()
             && let Some(hint) = self.locality_hints.get(&job.id)
         {
-            return hint.clone();
+            return hint.reason(self.snapshot, self.cluster());
         }
         let any_card = Task {
             model_fit: ModelFit::Any,

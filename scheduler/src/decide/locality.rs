@@ -25,18 +25,56 @@ use std::collections::HashMap;
 
 use finpool_domain::{GpuRequest, JobId, Timestamp};
 
-use crate::cluster::{GpuState, ModelDemand, ModelIdx, NodeState};
+use crate::cluster::{Cluster, GpuState, ModelDemand, ModelIdx, NodeState};
 use crate::snapshot::{Built, QueuedJob, Snapshot};
 use crate::task::{ModelFit, Task};
 use crate::wait::WaitReason;
 
-/// Sets each job's [`ModelFit`] and the cycle's model demand; returns the
-/// reason each job that may hold out would be given.
+/// Why a job may hold out for its model, kept small: few of the jobs it is
+/// worked out for end up held back and told ([`Hint::reason`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Hint {
+    /// A warm card (node, GPU position) frees for it by `free_by`.
+    Warm {
+        model: ModelIdx,
+        node: u32,
+        free_by: Timestamp,
+        limit_ms: u64,
+    },
+    /// It may load only onto an empty card or a model in less demand.
+    Balance { model: ModelIdx, limit_ms: u64 },
+}
+
+impl Hint {
+    pub(super) fn reason(self, snapshot: &Snapshot, cluster: &Cluster) -> WaitReason {
+        let model_name = |m: ModelIdx| snapshot.models[m as usize].name.to_string();
+        match self {
+            Self::Warm {
+                model,
+                node,
+                free_by,
+                limit_ms,
+            } => WaitReason::WarmCard {
+                model: model_name(model),
+                node: cluster.nodes[node as usize].name.clone(),
+                free_by,
+                limit_ms,
+            },
+            Self::Balance { model, limit_ms } => WaitReason::ModelBalance {
+                model: model_name(model),
+                limit_ms,
+            },
+        }
+    }
+}
+
+/// Sets each job's [`ModelFit`] and the cycle's model demand; returns why
+/// each job that may hold out would wait.
 pub(super) fn mark_model_waits(
     snapshot: &Snapshot,
     built: &mut Built,
     jobs: &mut [(&QueuedJob, Task)],
-) -> HashMap<JobId, WaitReason> {
+) -> HashMap<JobId, Hint> {
     let models = snapshot.models.len();
     let mut demand: Vec<ModelDemand> = built
         .cluster
@@ -58,7 +96,8 @@ pub(super) fn mark_model_waits(
     if !locality.enabled {
         return hints;
     }
-    let free_by = card_free_times(built, snapshot.now);
+    let cards = Cards::of(built);
+    let free_by = card_free_times(built, &cards, snapshot.now);
     // When each node's running jobs have all ended, by their max runtimes.
     let mut node_free_by: HashMap<u32, Timestamp> = HashMap::new();
     for h in &built.held {
@@ -69,17 +108,23 @@ pub(super) fn mark_model_waits(
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     order.sort_by_key(|&i| (jobs[i].0.submitted_at, jobs[i].0.id));
     // The warm cards of each model, found once.
-    let mut warm: HashMap<ModelIdx, Vec<(u32, usize)>> = HashMap::new();
+    let mut warm: Vec<Vec<(u32, usize)>> = vec![Vec::new(); models];
     for (n, node) in built.cluster.nodes.iter().enumerate() {
         for (g, gpu) in node.gpus.iter().enumerate() {
-            if let Some(m) = gpu.resident_model {
-                warm.entry(m).or_default().push((n as u32, g));
+            if let Some(v) = gpu.resident_model.and_then(|m| warm.get_mut(m as usize)) {
+                v.push((n as u32, g));
             }
         }
     }
+    // Each model's load time, looked up once.
+    let load_of: Vec<u64> = snapshot
+        .models
+        .iter()
+        .map(|m| locality.load_ms.get(m.name.as_str()).copied().unwrap_or(0))
+        .collect();
     // When each warm card is next free for the queue: older jobs of its
     // model are served first, each for its max runtime.
-    let mut next_free: HashMap<(u32, usize), Timestamp> = HashMap::new();
+    let mut next_free: Vec<Option<Timestamp>> = vec![None; cards.len()];
     for i in order {
         let (job, task) = &mut jobs[i];
         let Some(m) = task.model.filter(|m| (*m as usize) < models) else {
@@ -90,12 +135,7 @@ pub(super) fn mark_model_waits(
         }
         // Gangs are not matched to warm cards one by one: they load.
         let gang = task.gpu.gpu_count() > 1;
-        let model = &snapshot.models[m as usize];
-        let load_ms = locality
-            .load_ms
-            .get(model.name.as_str())
-            .copied()
-            .unwrap_or(0);
+        let load_ms = load_of[m as usize];
         let limit_ms = (load_ms as f64 * locality.wait_factor).round() as u64;
         let held_ms = locality.held_ms.get(&job.id).copied().unwrap_or(0);
         if held_ms >= limit_ms {
@@ -105,17 +145,18 @@ pub(super) fn mark_model_waits(
         // The warm card that frees for this job soonest, after the older
         // jobs of its model queued for the same cards.
         let mut best: Option<((u32, usize), Timestamp)> = None;
-        for &(n, g) in warm.get(&m).map_or(&[][..], |v| v.as_slice()) {
+        for &(n, g) in &warm[m as usize] {
             let node = &built.cluster.nodes[n as usize];
             let gpu = &node.gpus[g];
             if gang || !node_could_run(node, task) || !card_could_run(gpu, task) {
                 continue;
             }
-            let mut at = match next_free.get(&(n, g)) {
-                Some(at) => *at,
+            let card = cards.at(n, g);
+            let mut at = match next_free[card] {
+                Some(at) => at,
                 None if card_has_room(gpu, task) => snapshot.now,
-                None => match free_by.get(&(n, g)) {
-                    Some(at) => *at,
+                None => match free_by[card] {
+                    Some(at) => at,
                     None => continue,
                 },
             };
@@ -131,45 +172,63 @@ pub(super) fn mark_model_waits(
             let runtime = job
                 .max_runtime_ms
                 .unwrap_or(snapshot.default_max_runtime_ms) as i64;
-            next_free.insert(card, Timestamp(at.0.saturating_add(runtime)));
+            next_free[cards.at(card.0, card.1)] = Some(Timestamp(at.0.saturating_add(runtime)));
         }
-        let model_name = model.name.to_string();
-        match best {
+        let hint = match best {
             Some((card, at)) => {
                 task.model_fit = ModelFit::Warm;
-                hints.insert(
-                    job.id,
-                    WaitReason::WarmCard {
-                        model: model_name,
-                        node: built.cluster.nodes[card.0 as usize].name.clone(),
-                        free_by: at,
-                        limit_ms,
-                    },
-                );
+                Hint::Warm {
+                    model: m,
+                    node: card.0,
+                    free_by: at,
+                    limit_ms,
+                }
             }
             None => {
                 task.model_fit = ModelFit::Balanced;
-                hints.insert(
-                    job.id,
-                    WaitReason::ModelBalance {
-                        model: model_name,
-                        limit_ms,
-                    },
-                );
+                Hint::Balance { model: m, limit_ms }
             }
-        }
+        };
+        hints.insert(job.id, hint);
     }
     hints
 }
 
+/// The pool's cards, numbered node by node (a slice per node).
+struct Cards {
+    first: Vec<usize>,
+    len: usize,
+}
+
+impl Cards {
+    fn of(built: &Built) -> Self {
+        let mut first = Vec::with_capacity(built.cluster.nodes.len());
+        let mut len = 0;
+        for node in &built.cluster.nodes {
+            first.push(len);
+            len += node.gpus.len();
+        }
+        Self { first, len }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Card `g` of node `n`.
+    fn at(&self, n: u32, g: usize) -> usize {
+        self.first[n as usize] + g
+    }
+}
+
 /// When each busy card frees at the latest: the last max-runtime end of
 /// the jobs on it (now, for jobs past it).
-fn card_free_times(built: &Built, now: Timestamp) -> HashMap<(u32, usize), Timestamp> {
-    let mut out: HashMap<(u32, usize), Timestamp> = HashMap::new();
+fn card_free_times(built: &Built, cards: &Cards, now: Timestamp) -> Vec<Option<Timestamp>> {
+    let mut out = vec![None; cards.len()];
     for h in &built.held {
         for a in &h.pieces {
             for g in a.choice.positions() {
-                let at = out.entry((a.node, g)).or_insert(now);
+                let at = out[cards.at(a.node, g)].get_or_insert(now);
                 *at = (*at).max(h.ends_by);
             }
         }

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use finpool_domain::{GpuRequest, JobId, MILLI_PER_GPU, Timestamp};
 
+use super::locality::Hint;
 use super::preempt::Victims;
 use super::{Admission, Outcome, Reservation};
 use crate::cluster::{Cluster, NodeIdx};
@@ -16,7 +17,6 @@ use crate::plugins::{Policy, QuotaBound};
 use crate::snapshot::{Built, Held, QueuedJob, Snapshot};
 use crate::task::{ModelFit, Task};
 use crate::tenants::{Budget, TenantBook, budgets};
-use crate::wait::WaitReason;
 
 /// Identifies placement attempts that must fail alike within a cycle: the
 /// same task (tenant included) and priority under the same bound and
@@ -54,7 +54,7 @@ pub(super) struct Planner<'a> {
     /// Jobs some held job displaced (they may not preempt it back).
     pub(super) displacers: HashSet<JobId>,
     /// The reason each job that may hold out for its model would get.
-    pub(super) locality_hints: HashMap<JobId, WaitReason>,
+    pub(super) locality_hints: HashMap<JobId, Hint>,
     /// Jobs that held out for their model though another card could take
     /// them: (job, its task on any card, bound, node to avoid).
     pub(super) holding_out: Vec<(JobId, Task, QuotaBound, Option<NodeIdx>)>,
@@ -67,7 +67,7 @@ impl<'a> Planner<'a> {
         policy: &'a Policy,
         workload: &'a WorkloadModel,
         outcome: Outcome,
-        locality_hints: HashMap<JobId, WaitReason>,
+        locality_hints: HashMap<JobId, Hint>,
         cache: &mut EngineCache,
     ) -> Self {
         let tenants = std::mem::take(&mut built.tenants);
@@ -160,7 +160,6 @@ impl<'a> Planner<'a> {
     /// gain work during the cycle, which can make the victim eligible.)
     pub(super) fn admit(&mut self, job: &QueuedJob, task: &Task, bound: QuotaBound) -> bool {
         let t = task.tenant.expect("queued jobs have tenants");
-        let caps = (bound == QuotaBound::Limit).then(|| self.caps(t));
         let avoid = self.avoid_for(job);
         let key = (bound == QuotaBound::Limit && !self.displacers.contains(&job.id)).then_some((
             *task,
@@ -178,6 +177,7 @@ impl<'a> Planner<'a> {
             return false;
         }
         let holding_out = self.holding_out.len();
+        let caps = (bound == QuotaBound::Limit).then(|| self.caps(t));
         let admitted = self.try_admit(job, task, bound, caps.as_deref(), avoid);
         let preempted = admitted
             && self
