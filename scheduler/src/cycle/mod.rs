@@ -381,8 +381,11 @@ impl Cycle {
             let held = snapshot.running.iter().chain(&stopping);
             self.remember_borrowing(now, &snapshot.tenants, &queued, held, &outcome);
         }
+        // The admitted jobs' models (few of a long queue are admitted).
+        let admitted: HashSet<JobId> = outcome.admitted.iter().map(|a| a.job).collect();
         let models_of: BTreeMap<JobId, Name> = queued
             .into_iter()
+            .filter(|j| admitted.contains(&j.id))
             .filter_map(|j| Some((j.id, j.model?)))
             .collect();
         let holding = snapshot.running.iter().chain(&stopping);
@@ -399,13 +402,18 @@ impl Cycle {
         held: impl Iterator<Item = &'h RunningJob>,
         outcome: &decide::Outcome,
     ) {
-        let tenant_of: BTreeMap<JobId, &Name> = queued.iter().map(|j| (j.id, &j.tenant)).collect();
-        let held_after = held.map(|j| (j.tenant.as_str(), &j.placement)).chain(
-            outcome
-                .admitted
-                .iter()
-                .filter_map(|a| Some((tenant_of.get(&a.job)?.as_str(), &a.placement))),
-        );
+        // The admitted jobs' tenants (few of a long queue are admitted).
+        let placed: std::collections::HashMap<JobId, &finpool_domain::Placement> = outcome
+            .admitted
+            .iter()
+            .map(|a| (a.job, &a.placement))
+            .collect();
+        let admitted = queued
+            .iter()
+            .filter_map(|j| Some((j.tenant.as_str(), *placed.get(&j.id)?)));
+        let held_after = held
+            .map(|j| (j.tenant.as_str(), &j.placement))
+            .chain(admitted);
         let borrowing = fair_share::borrowing(tenants, held_after);
         if self
             .durable
