@@ -3,9 +3,9 @@
 //! fair order. Priority never compares jobs of different tenants.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 
-use finpool_domain::{JobId, Timestamp};
+use finpool_domain::{GpuRequest, JobId, Timestamp};
 
 use super::planner::Planner;
 use crate::cluster::{ClassIdx, TenantIdx};
@@ -131,6 +131,7 @@ pub fn queue_position(job: JobId, pending: &[PendingKey]) -> Option<QueuePositio
 /// tenants. Its k-th turn comes at the age of its k-th oldest job,
 /// whichever of its jobs takes the turn: so a tenant's priorities reorder
 /// its own jobs but never move it ahead of, or behind, another tenant.
+#[derive(Default)]
 struct TenantQueue<'j> {
     jobs: VecDeque<(&'j QueuedJob, Task)>,
     /// Its jobs' turns, oldest first.
@@ -152,22 +153,28 @@ impl<'j> TenantQueue<'j> {
     }
 }
 
-/// Splits jobs in priority order into per-tenant queues, keeping the order.
-fn by_tenant<'j>(jobs: Vec<(&'j QueuedJob, Task)>) -> BTreeMap<TenantIdx, TenantQueue<'j>> {
-    let mut split: BTreeMap<TenantIdx, TenantQueue<'j>> = BTreeMap::new();
+/// Splits jobs in priority order into per-tenant queues (indexed by
+/// tenant, of `tenants` tenants), keeping the order.
+fn by_tenant<'j>(jobs: Vec<(&'j QueuedJob, Task)>, tenants: usize) -> Vec<TenantQueue<'j>> {
+    let mut split: Vec<TenantQueue<'j>> = Vec::new();
+    split.resize_with(tenants, TenantQueue::default);
     for (job, task) in jobs {
-        let t = task.tenant.expect("queued jobs have tenants");
-        let q = split.entry(t).or_insert_with(|| TenantQueue {
-            jobs: VecDeque::new(),
-            turns: VecDeque::new(),
-        });
-        q.jobs.push_back((job, task));
-        q.turns.push_back((job.submitted_at, job.id));
+        let t = task.tenant.expect("queued jobs have tenants") as usize;
+        if split.len() <= t {
+            split.resize_with(t + 1, TenantQueue::default);
+        }
+        split[t].jobs.push_back((job, task));
+        split[t].turns.push_back((job.submitted_at, job.id));
     }
-    for q in split.values_mut() {
+    for q in &mut split {
         q.turns.make_contiguous().sort_unstable();
     }
     split
+}
+
+/// The tenants' indices, as the queues hold them.
+fn tenant_idx(i: usize) -> TenantIdx {
+    i as TenantIdx
 }
 
 impl Planner<'_> {
@@ -183,26 +190,32 @@ impl Planner<'_> {
         }
         // 1. Within guarantees (which may reclaim), tenants taking turns by
         //    the age of their work, each with its own most important job.
-        let mut queues = by_tenant(jobs);
-        let mut turns: BinaryHeap<Reverse<(Turn, TenantIdx)>> = queues
-            .iter()
-            .filter_map(|(&t, q)| Some(Reverse((q.next_turn()?, t))))
-            .collect();
+        let mut queues = by_tenant(jobs, self.tenants.len());
         // What is left to borrow with, each tenant's jobs in priority
         // order. Each admission uses up the tenant's oldest turn, whichever
         // job it was, so the turns left do not depend on its priorities.
-        let mut rest: BTreeMap<TenantIdx, TenantQueue> = queues
-            .iter()
-            .map(|(&t, q)| {
-                let q = TenantQueue {
+        // A tenant with no guarantee and no CPU-only job can admit nothing
+        // within guarantees: its whole queue is left as it is.
+        let mut rest: Vec<TenantQueue> = Vec::with_capacity(queues.len());
+        for (t, q) in queues.iter_mut().enumerate() {
+            let left = if self.may_use_guarantee(tenant_idx(t), q) {
+                TenantQueue {
                     jobs: VecDeque::new(),
                     turns: q.turns.clone(),
-                };
-                (t, q)
-            })
+                }
+            } else {
+                std::mem::take(q)
+            };
+            rest.push(left);
+        }
+        let mut turns: BinaryHeap<Reverse<(Turn, TenantIdx)>> = queues
+            .iter()
+            .enumerate()
+            .filter_map(|(t, q)| Some(Reverse((q.next_turn()?, tenant_idx(t)))))
             .collect();
         while let Some(Reverse((_, t))) = turns.pop() {
-            let (Some(queue), Some(left)) = (queues.get_mut(&t), rest.get_mut(&t)) else {
+            let (Some(queue), Some(left)) = (queues.get_mut(t as usize), rest.get_mut(t as usize))
+            else {
                 continue;
             };
             let Some((job, task)) = queue.pop() else {
@@ -235,7 +248,7 @@ impl Planner<'_> {
             }
         };
         if order == BorrowOrder::ResponseRatio {
-            for q in queues.values_mut() {
+            for q in &mut queues {
                 q.jobs.make_contiguous().sort_by_cached_key(|(j, _)| {
                     (
                         Reverse(j.priority),
@@ -248,11 +261,15 @@ impl Planner<'_> {
         }
         let mut heap: BinaryHeap<(Reverse<Share>, i64, Reverse<TenantIdx>)> = queues
             .iter()
-            .filter_map(|(&t, q)| Some((Reverse(self.share(t)), urgency(q)?, Reverse(t))))
+            .enumerate()
+            .filter_map(|(t, q)| {
+                let t = tenant_idx(t);
+                Some((Reverse(self.share(t)), urgency(q)?, Reverse(t)))
+            })
             .collect();
         let mut waiting = Vec::new();
         while let Some((_, _, Reverse(t))) = heap.pop() {
-            let Some(queue) = queues.get_mut(&t) else {
+            let Some(queue) = queues.get_mut(t as usize) else {
                 continue;
             };
             let Some((job, task)) = queue.pop() else {
@@ -261,11 +278,23 @@ impl Planner<'_> {
             if !self.admit(job, &task, QuotaBound::Limit) {
                 waiting.push((job, task));
             }
-            if let Some(u) = urgency(&queues[&t]) {
+            if let Some(u) = urgency(&queues[t as usize]) {
                 heap.push((Reverse(self.share(t)), u, Reverse(t)));
             }
         }
         self.explain_all(waiting);
+    }
+
+    /// Whether any of `q`'s jobs could be admitted within `t`'s
+    /// guarantees: CPU-only work always is, GPU work only with some
+    /// guarantee.
+    fn may_use_guarantee(&self, t: TenantIdx, q: &TenantQueue) -> bool {
+        if q.jobs.is_empty() {
+            return false;
+        }
+        let classes = self.cluster().classes.len();
+        (0..classes).any(|c| self.tenants.quota(t, c as ClassIdx).guaranteed > 0)
+            || q.jobs.iter().any(|(_, task)| task.gpu == GpuRequest::None)
     }
 
     /// Weighted dominant share of borrowing: recent plus current, per
