@@ -268,6 +268,9 @@ pub struct Cluster {
     /// The largest node's CPU and GPU capacity (milli): the scale that
     /// makes CPU and GPU comparable for scorers that add them up.
     largest: (u64, u64),
+    /// Milli-GPU not in use on any card, kept in step by
+    /// [`Cluster::apply`] and [`Cluster::release`].
+    free_gpu_milli: u64,
 }
 
 /// How much a base model is wanted, per [`ModelIdx`].
@@ -289,12 +292,18 @@ impl Cluster {
                 .max()
                 .unwrap_or(0),
         );
+        let free_gpu_milli = nodes
+            .iter()
+            .flat_map(|n| &n.gpus)
+            .map(|g| g.free_milli() as u64)
+            .sum();
         Self {
             classes,
             nodes,
             held: Vec::new(),
             model_demand: Vec::new(),
             largest,
+            free_gpu_milli,
         }
     }
 
@@ -346,6 +355,11 @@ impl Cluster {
         self.nodes.iter().map(|n| n.gpus.len() as u64).sum::<u64>() * MILLI_PER_GPU as u64
     }
 
+    /// Whether every card is in full use: then no GPU task fits anywhere.
+    pub fn every_card_full(&self) -> bool {
+        self.free_gpu_milli == 0
+    }
+
     /// Milli-GPU allocated across the pool.
     pub fn gpu_allocated_milli(&self) -> u64 {
         self.nodes
@@ -373,12 +387,14 @@ impl Cluster {
                 slice.taken = true;
                 slice.taken_by = a.tenant;
                 gpu.used_milli += slice.milli;
+                self.free_gpu_milli -= slice.milli as u64;
                 gpu.used_memory_mib += slice.memory_mib;
                 newly_held.add(gpu.class, slice.milli as u64);
                 continue;
             }
             debug_assert!(gpu.owner.is_none() || gpu.owner == a.tenant || a.tenant.is_none());
             gpu.used_milli += a.choice.milli;
+            self.free_gpu_milli -= a.choice.milli as u64;
             gpu.used_memory_mib += a.choice.memory_on(gpu);
             if a.tenant.is_some() && gpu.owner.is_none() {
                 gpu.owner = a.tenant;
@@ -412,11 +428,13 @@ impl Cluster {
                 slice.taken = false;
                 slice.taken_by = None;
                 gpu.used_milli -= slice.milli;
+                self.free_gpu_milli += slice.milli as u64;
                 gpu.used_memory_mib -= slice.memory_mib;
                 freed.add(gpu.class, slice.milli as u64);
                 continue;
             }
             gpu.used_milli -= a.choice.milli;
+            self.free_gpu_milli += a.choice.milli as u64;
             gpu.used_memory_mib -= a.choice.memory_on(gpu);
             if gpu.jobs == 0 && gpu.owner.take().is_some() {
                 freed.add(gpu.class, MILLI_PER_GPU as u64);
@@ -535,6 +553,45 @@ mod tests {
             Some(7),
             "the model stays warm"
         );
+    }
+
+    #[test]
+    fn the_pool_is_full_only_while_every_card_is_in_full_use() {
+        let mut c = Cluster::new(vec![], vec![node()]);
+        let whole = |gpus: u64| Allocation {
+            node: 0,
+            choice: Choice {
+                gpus,
+                milli: 1000,
+                memory_mib: None,
+                slice: None,
+            },
+            tenant: Some(1),
+            cpu_milli: 0,
+            memory_mib: 0,
+            model: None,
+        };
+        let three = whole(0b0111);
+        let half = Allocation {
+            choice: Choice {
+                gpus: 0b1000,
+                milli: 500,
+                memory_mib: Some(1000),
+                slice: None,
+            },
+            ..whole(0)
+        };
+        c.apply(&three);
+        c.apply(&half);
+        assert!(!c.every_card_full(), "half a card is free");
+        c.apply(&half);
+        assert!(c.every_card_full());
+        c.release(&half);
+        assert!(!c.every_card_full());
+        c.release(&half);
+        c.release(&three);
+        assert_eq!(c.nodes, vec![node()]);
+        assert_eq!(c.free_gpu_milli, 4000);
     }
 
     #[test]

@@ -176,6 +176,12 @@ impl<'a> Planner<'a> {
             }
             return false;
         }
+        if bound == QuotaBound::Limit && self.cannot_borrow(job, task) {
+            if let Some(key) = key {
+                self.failed.insert(key, false);
+            }
+            return false;
+        }
         let holding_out = self.holding_out.len();
         let caps = (bound == QuotaBound::Limit).then(|| self.caps(t));
         let admitted = self.try_admit(job, task, bound, caps.as_deref(), avoid);
@@ -192,6 +198,23 @@ impl<'a> Planner<'a> {
                 .insert(key, self.holding_out.len() > holding_out);
         }
         admitted
+    }
+
+    /// Whether a borrowing attempt surely fails as [`Self::try_admit`]
+    /// would, with nothing to record: every card is in full use (no GPU
+    /// task fits, none holds out), the tenant holds nothing of lower
+    /// priority to preempt, and no reservation is left to make for a gang.
+    /// In a busy pool most of a long queue stops here, at no cost per node.
+    fn cannot_borrow(&self, job: &QueuedJob, task: &Task) -> bool {
+        let Some(t) = task.tenant else { return false };
+        let gang = matches!(task.gpu, GpuRequest::Whole { count } if count > 1);
+        task.gpu != GpuRequest::None
+            && self.cluster().every_card_full()
+            && !(gang && self.reservation.is_none())
+            && self
+                .held_of
+                .get(t as usize)
+                .is_none_or(|held| held.iter().all(|&i| self.held[i].priority >= job.priority))
     }
 
     fn try_admit(
