@@ -413,10 +413,17 @@ impl Built {
             }
             set
         };
+        let model = job.model.as_ref().and_then(|m| self.model_index(m));
+        // `models` is usually the list this snapshot indexed.
         let min_gpu_memory_mib = job
             .model
             .as_ref()
-            .and_then(|m| models.iter().find(|bm| &bm.name == m))
+            .and_then(|m| {
+                model
+                    .and_then(|i| models.get(i as usize))
+                    .filter(|bm| &bm.name == m)
+                    .or_else(|| models.iter().find(|bm| &bm.name == m))
+            })
             .map_or(0, |bm| bm.min_gpu_memory_mib);
         Ok(Task {
             tenant,
@@ -425,7 +432,7 @@ impl Built {
             cpu_milli: job.resources.cpu_milli,
             memory_mib: job.resources.memory_mib,
             min_gpu_memory_mib,
-            model: job.model.as_ref().and_then(|m| self.model_index(m)),
+            model,
             mig: tenant.is_some_and(|t| self.tenants.is_mig(t)),
             model_fit: crate::task::ModelFit::Any,
         })
