@@ -344,3 +344,41 @@ async fn reservations_and_displaced_by_survive_a_restart() {
     assert_eq!(report.plan.reservation.as_ref(), Some(&reservation));
     assert!(report.plan.stop.is_empty(), "{:?}", report.plan.stop);
 }
+
+/// Fair share moves with every admission; it is stored at checkpoints (a
+/// pool of thousands of tenants would otherwise store every average each
+/// cycle) and whenever the pool stops cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fair_share_is_stored_at_checkpoints_and_on_a_clean_stop() {
+    use finpool_ports::JobSource;
+    let dir = tempfile::tempdir().unwrap();
+    let store = fresh_store(dir.path()).await;
+    let clock = Arc::new(Mutex::new(0i64));
+    let stopped = Arc::new(Mutex::new(Vec::new()));
+    let mut shell = store_shell(&store, &clock, &stopped).await;
+    let stored = || async {
+        let json = StoreJobs {
+            store: store.clone(),
+        }
+        .load_memory()
+        .await
+        .unwrap()
+        .expect("memory was stored");
+        serde_json::from_str::<finpool_scheduler::DurableMemory>(&json).unwrap()
+    };
+    // alpha's first job is within its guarantee: nothing borrowed.
+    store.submit(job(1, "alpha", 1, 60, 0)).await.unwrap();
+    shell.run_cycle(Timestamp(0)).await.unwrap();
+    assert!(stored().await.fair_share.current.is_empty());
+    // Its second borrows: remembered, not yet stored.
+    *clock.lock().unwrap() = 1000;
+    store.submit(job(2, "alpha", 1, 60, 1000)).await.unwrap();
+    let report = shell.run_cycle(Timestamp(1000)).await.unwrap();
+    assert_eq!(report.admitted, 1);
+    let remembered = shell.cycle_state().durable().fair_share.clone();
+    assert_eq!(remembered.current["alpha"]["A100"], 1000.0);
+    assert!(stored().await.fair_share.current.is_empty());
+    // A clean stop stores it.
+    shell.save_memory().await.unwrap();
+    assert_eq!(stored().await.fair_share, remembered);
+}
