@@ -35,3 +35,11 @@ pub use snapshot::{Held, LocalityInputs, QueuedJob, RunningJob, Snapshot, Snapsh
 pub use task::{ModelFit, Task};
 pub use tenants::TenantBook;
 pub use wait::{Infeasible, QuotaBoundKind, QuotaHit, Refusal, WaitReason};
+
+/// A map keyed by job id, hashed with FxHash: a decision looks jobs up
+/// many times per queued job, and SipHash cost more than the lookups' use.
+/// (Job ids are the pool's own UUIDs; nothing here is keyed by free text.)
+pub type JobMap<V> = std::collections::HashMap<finpool_domain::JobId, V, rustc_hash::FxBuildHasher>;
+
+/// A set of job ids, hashed as [`JobMap`] is.
+pub type JobSet = std::collections::HashSet<finpool_domain::JobId, rustc_hash::FxBuildHasher>;

@@ -92,7 +92,7 @@ pub struct LocalityInputs {
     pub load_ms: BTreeMap<String, u64>,
     /// How long each job has been held back for locality while a usable
     /// card was free, in milliseconds.
-    pub held_ms: BTreeMap<JobId, u64>,
+    pub held_ms: crate::JobMap<u64>,
     /// How many load times a job may hold out for (1: one load time).
     pub wait_factor: f64,
 }
@@ -102,7 +102,7 @@ impl Default for LocalityInputs {
         Self {
             enabled: false,
             load_ms: BTreeMap::new(),
-            held_ms: BTreeMap::new(),
+            held_ms: crate::JobMap::default(),
             wait_factor: 1.0,
         }
     }

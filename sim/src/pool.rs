@@ -50,7 +50,7 @@ pub struct SimState {
 /// guarantee: a cycle reads the few tenants it needs, not all of them.
 #[derive(Debug, Default)]
 struct TenantIndex {
-    by_id: std::collections::HashMap<String, usize>,
+    by_id: rustc_hash::FxHashMap<String, usize>,
     guaranteed: Vec<usize>,
 }
 
@@ -96,7 +96,7 @@ impl JobSource for SimJobs {
         // whose idle guarantees others may borrow. (A trace can name
         // thousands of tenants, few of them active at once.)
         let index = &s.tenant_index;
-        let needed: std::collections::BTreeSet<usize> = s
+        let mut needed: Vec<usize> = s
             .queued
             .values()
             .map(|j| j.tenant.as_str())
@@ -104,6 +104,8 @@ impl JobSource for SimJobs {
             .filter_map(|t| index.by_id.get(t).copied())
             .chain(index.guaranteed.iter().copied())
             .collect();
+        needed.sort_unstable();
+        needed.dedup();
         let tenants = needed.into_iter().map(|i| s.tenants[i].clone()).collect();
         Ok(JobView {
             tenants,

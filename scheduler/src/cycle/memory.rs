@@ -2,13 +2,14 @@
 //! restart or a leader change must not forget: drivers store it (as JSON)
 //! and hand it back. The rest is rebuilt from what runs.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use finpool_domain::{JobId, Name, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use super::fair_share::FairShare;
 use super::load_time::Measured;
+use crate::JobSet;
 use crate::decide::Reservation;
 use crate::engine::EngineCache;
 use crate::plugins::workload::OnlineWorkload;
@@ -74,7 +75,7 @@ pub struct VolatileMemory {
     /// The workload learned online from arrivals.
     pub workload: Option<OnlineWorkload>,
     /// Jobs the workload has seen.
-    pub observed: HashSet<JobId>,
+    pub observed: JobSet,
     /// The placement indexes of the last decision, for the next one.
     pub engine: EngineCache,
 }
@@ -82,7 +83,7 @@ pub struct VolatileMemory {
 impl DurableMemory {
     /// Forgets jobs that are gone: `queued` and `holding` are the active
     /// jobs' ids. Says what was forgotten.
-    pub fn prune(&mut self, queued: &HashSet<JobId>, holding: &HashSet<JobId>) -> Pruned {
+    pub fn prune(&mut self, queued: &JobSet, holding: &JobSet) -> Pruned {
         let before = (self.preempting.len(), self.displaced.len());
         let clocks = self.held_back.len();
         self.preempting.retain(|id, _| holding.contains(id));

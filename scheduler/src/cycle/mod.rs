@@ -271,8 +271,8 @@ impl Cycle {
             mut queued,
             holding,
         } = inputs;
-        let queued_ids: HashSet<JobId> = queued.iter().map(|j| j.id).collect();
-        let holding_ids: HashSet<JobId> = holding.iter().map(|j| j.id).collect();
+        let queued_ids: crate::JobSet = queued.iter().map(|j| j.id).collect();
+        let holding_ids: crate::JobSet = holding.iter().map(|j| j.id).collect();
         self.now = now;
         let pruned = self.durable.prune(&queued_ids, &holding_ids);
         self.dirty |= pruned.decisions;

@@ -23,8 +23,9 @@
 
 use std::collections::HashMap;
 
-use finpool_domain::{GpuRequest, JobId, Timestamp};
+use finpool_domain::{GpuRequest, Timestamp};
 
+use crate::JobMap;
 use crate::cluster::{Cluster, GpuState, ModelDemand, ModelIdx, NodeState};
 use crate::snapshot::{Built, QueuedJob, Snapshot};
 use crate::task::{ModelFit, Task};
@@ -74,7 +75,7 @@ pub(super) fn mark_model_waits(
     snapshot: &Snapshot,
     built: &mut Built,
     jobs: &mut [(&QueuedJob, Task)],
-) -> HashMap<JobId, Hint> {
+) -> JobMap<Hint> {
     let models = snapshot.models.len();
     let mut demand: Vec<ModelDemand> = built
         .cluster
@@ -91,7 +92,7 @@ pub(super) fn mark_model_waits(
         }
     }
     built.cluster.model_demand = demand;
-    let mut hints = HashMap::new();
+    let mut hints = JobMap::default();
     let locality = &snapshot.locality;
     if !locality.enabled {
         return hints;

@@ -10,6 +10,7 @@ use finpool_domain::{GpuRequest, JobId, MILLI_PER_GPU, Timestamp};
 use super::locality::Hint;
 use super::preempt::Victims;
 use super::{Admission, Outcome, Reservation};
+use crate::JobMap;
 use crate::cluster::{Cluster, NodeIdx};
 use crate::engine::{Engine, EngineCache, Request, ScoreInputs};
 use crate::plugins::workload::WorkloadModel;
@@ -37,7 +38,7 @@ pub(super) struct Planner<'a> {
     pub(super) fresh: Vec<bool>,
     /// Each held job's position in `held`: preemption asks of every
     /// candidate victim, and a scan made that quadratic in running jobs.
-    pub(super) held_at: HashMap<JobId, usize>,
+    pub(super) held_at: JobMap<usize>,
     /// Per tenant, its held jobs' positions in `held`, in order.
     pub(super) held_of: Vec<Vec<usize>>,
     pub(super) budgets: Vec<Budget>,
@@ -50,11 +51,11 @@ pub(super) struct Planner<'a> {
     /// Borrowing attempts that failed since the last preemption, and
     /// whether the job held out for its model while another card could
     /// take it (a job that fails alike holds out alike).
-    pub(super) failed: HashMap<AttemptKey, bool>,
+    pub(super) failed: HashMap<AttemptKey, bool, rustc_hash::FxBuildHasher>,
     /// Jobs some held job displaced (they may not preempt it back).
     pub(super) displacers: HashSet<JobId>,
     /// The reason each job that may hold out for its model would get.
-    pub(super) locality_hints: HashMap<JobId, Hint>,
+    pub(super) locality_hints: JobMap<Hint>,
     /// Jobs that held out for their model though another card could take
     /// them: (job, its task on any card, bound, node to avoid).
     pub(super) holding_out: Vec<(JobId, Task, QuotaBound, Option<NodeIdx>)>,
@@ -67,7 +68,7 @@ impl<'a> Planner<'a> {
         policy: &'a Policy,
         workload: &'a WorkloadModel,
         outcome: Outcome,
-        locality_hints: HashMap<JobId, Hint>,
+        locality_hints: JobMap<Hint>,
         cache: &mut EngineCache,
     ) -> Self {
         let tenants = std::mem::take(&mut built.tenants);
@@ -137,7 +138,7 @@ impl<'a> Planner<'a> {
             reservation: None,
             outcome,
             now: snapshot.now,
-            failed: HashMap::new(),
+            failed: HashMap::default(),
             displacers,
             locality_hints,
             holding_out: Vec::new(),
