@@ -51,8 +51,8 @@ pub struct CycleConfig {
     pub explain_limit: usize,
     /// Which borrowing job goes first among tenants of equal fair share.
     pub borrow_order: crate::decide::BorrowOrder,
-    /// How often memory that decisions need not act on at once (fair
-    /// share, hold clocks, the cards' models, measured load times) is
+    /// How often memory that decisions need not act on at once and that
+    /// nobody reads (fair share, hold clocks, measured load times) is
     /// saved when only it changed. See [`Cycle::take_dirty`].
     pub memory_checkpoint_ms: u64,
 }
@@ -151,7 +151,9 @@ pub struct Cycle {
     durable: DurableMemory,
     volatile: VolatileMemory,
     /// Memory a decision acts on (preemptions, displaced-by records, the
-    /// reservation) changed since the driver last stored it.
+    /// reservation), or that people read (the cards' models and the nodes'
+    /// cached models, in the node listing), changed since the driver last
+    /// stored it.
     dirty: bool,
     /// Other durable memory changed since then (saved at checkpoints).
     soft_dirty: bool,
@@ -170,7 +172,7 @@ impl Cycle {
     /// leader change).
     pub fn restore(config: CycleConfig, policy: Policy, mut durable: DurableMemory) -> Self {
         // Card memory is rebuilt (see `VolatileMemory`); so is its view.
-        let soft_dirty = !std::mem::take(&mut durable.resident).is_empty();
+        let dirty = !std::mem::take(&mut durable.resident).is_empty();
         let volatile = VolatileMemory {
             workload: config
                 .learn_workload
@@ -182,8 +184,8 @@ impl Cycle {
             policy,
             durable,
             volatile,
-            dirty: false,
-            soft_dirty,
+            dirty,
+            soft_dirty: false,
             saved_at: None,
             now: Timestamp(0),
         }
@@ -464,9 +466,9 @@ impl Cycle {
                         .entry(a.placement.node.clone())
                         .or_default()
                         .insert(g.index, model.to_string());
-                    self.soft_dirty |= before.as_deref() != Some(model.as_str());
+                    self.dirty |= before.as_deref() != Some(model.as_str());
                 }
-                self.soft_dirty |= self
+                self.dirty |= self
                     .durable
                     .cached
                     .entry(a.placement.node.clone())
