@@ -1,11 +1,7 @@
-use std::collections::BTreeMap;
-
-use finpool_domain::{
-    Gpu, GpuClass, GpuRequest, IsolationLevel, JobId, Name, Node, Quota, Resources, Tenant,
-    Timestamp,
-};
+use finpool_domain::{GpuClass, GpuRequest, Name, Timestamp};
 
 use super::*;
+use crate::decide::tests::{job, node, tenant};
 
 fn inputs(now: i64, queued: Vec<QueuedJob>, holding: Vec<RunningJob>) -> CycleInputs {
     CycleInputs {
@@ -14,60 +10,16 @@ fn inputs(now: i64, queued: Vec<QueuedJob>, holding: Vec<RunningJob>) -> CycleIn
             name: "A100".into(),
             memory_mib: 81_920,
         }],
-        nodes: vec![Node {
-            name: "node-0".into(),
-            labels: BTreeMap::new(),
-            cpu_milli: 64_000,
-            memory_mib: 512_000,
-            gpus: (0..4)
-                .map(|i| Gpu {
-                    index: i,
-                    uuid: format!("GPU-{i}"),
-                    class: "A100".into(),
-                    memory_mib: 81_920,
-                    mig: vec![],
-                })
-                .collect(),
-            models: vec![],
-        }],
-        tenants: vec![Tenant {
-            id: Name::parse("id", "alpha").unwrap(),
-            display_name: "alpha".into(),
-            quotas: [(
-                "A100".to_owned(),
-                Quota {
-                    guaranteed: 0,
-                    limit: 4,
-                    lending_limit: None,
-                },
-            )]
-            .into(),
-            weight: 1,
-            isolation: IsolationLevel::SharedWithinTenant,
-            created_at: Timestamp(0),
-            suspended: None,
-        }],
+        nodes: vec![node("node-0", "A100", 4)],
+        tenants: vec![tenant("alpha", "A100", 0, 4)],
         models: vec![],
         queued,
         holding,
     }
 }
 
-fn job(n: u128) -> QueuedJob {
-    QueuedJob {
-        id: JobId(uuid::Uuid::from_u128(n)),
-        tenant: Name::parse("t", "alpha").unwrap(),
-        priority: 0,
-        submitted_at: Timestamp(0),
-        resources: Resources {
-            gpu: GpuRequest::Whole { count: 1 },
-            gpu_classes: vec![],
-            cpu_milli: 1000,
-            memory_mib: 1024,
-        },
-        model: None,
-        max_runtime_ms: None,
-    }
+fn one_gpu(n: u128) -> QueuedJob {
+    job(n, "alpha", GpuRequest::Whole { count: 1 })
 }
 
 fn holding(admission: &crate::decide::Admission) -> RunningJob {
@@ -93,7 +45,7 @@ fn holding(admission: &crate::decide::Admission) -> RunningJob {
 fn fair_share_alone_is_stored_at_checkpoints() {
     let mut cycle = Cycle::new(CycleConfig::default(), Policy::finpool());
     let interval = cycle.config.memory_checkpoint_ms as i64;
-    let plan = cycle.run(inputs(0, vec![job(1)], vec![])).unwrap();
+    let plan = cycle.run(inputs(0, vec![one_gpu(1)], vec![])).unwrap();
     assert_eq!(plan.admit.len(), 1, "{plan:?}");
     // The first change is stored at once (no store yet).
     assert!(cycle.take_dirty());
@@ -111,7 +63,7 @@ fn fair_share_alone_is_stored_at_checkpoints() {
     assert!(!cycle.take_unsaved(), "nothing left unsaved");
     // A change a stopping driver would otherwise lose.
     let plan = cycle
-        .run(inputs(interval + 1, vec![job(2)], vec![]))
+        .run(inputs(interval + 1, vec![one_gpu(2)], vec![]))
         .unwrap();
     assert_eq!(plan.admit.len(), 1);
     assert!(!cycle.take_dirty());

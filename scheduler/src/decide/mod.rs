@@ -43,7 +43,7 @@ mod planner;
 mod preempt;
 mod quota;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 

@@ -8,7 +8,7 @@ use super::*;
 use crate::snapshot::RunningJob;
 use crate::wait::{QuotaBoundKind, QuotaHit, WaitReason};
 
-fn tenant(id: &str, class: &str, guaranteed: u32, limit: u32) -> Tenant {
+pub(crate) fn tenant(id: &str, class: &str, guaranteed: u32, limit: u32) -> Tenant {
     Tenant {
         id: Name::parse("id", id).unwrap(),
         display_name: id.into(),
@@ -28,7 +28,7 @@ fn tenant(id: &str, class: &str, guaranteed: u32, limit: u32) -> Tenant {
     }
 }
 
-fn node(name: &str, class: &str, gpus: u32) -> Node {
+pub(crate) fn node(name: &str, class: &str, gpus: u32) -> Node {
     Node {
         name: name.into(),
         labels: BTreeMap::new(),
@@ -70,7 +70,7 @@ fn snapshot(nodes: Vec<Node>, tenants: Vec<Tenant>) -> Snapshot {
     }
 }
 
-fn job(n: u128, tenant: &str, gpu: GpuRequest) -> QueuedJob {
+pub(crate) fn job(n: u128, tenant: &str, gpu: GpuRequest) -> QueuedJob {
     QueuedJob {
         id: JobId(uuid::Uuid::from_u128(n)),
         tenant: Name::parse("t", tenant).unwrap(),
