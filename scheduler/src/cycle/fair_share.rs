@@ -105,15 +105,7 @@ impl FairShare {
         }
         // Each changed entry folds what it held up to now.
         for (t, c, held) in changed {
-            let entry = self
-                .average
-                .entry(t.to_owned())
-                .or_default()
-                .entry(c.to_owned())
-                .or_insert(Decayed {
-                    milli: 0.0,
-                    at: now,
-                });
+            let entry = entry(&mut self.average, t, c, now);
             *entry = Decayed {
                 milli: entry.at(now, held, half_life_ms),
                 at: now,
@@ -143,6 +135,20 @@ impl FairShare {
             !classes.is_empty()
         });
     }
+}
+
+/// `tenant`'s average for `class`, nothing as of `at` if it had none.
+fn entry<'a>(
+    average: &'a mut BTreeMap<String, BTreeMap<String, Decayed>>,
+    tenant: &str,
+    class: &str,
+    at: Timestamp,
+) -> &'a mut Decayed {
+    average
+        .entry(tenant.to_owned())
+        .or_default()
+        .entry(class.to_owned())
+        .or_insert(Decayed { milli: 0.0, at })
 }
 
 /// The stored form, older versions' included: a bare number is an average
@@ -189,14 +195,7 @@ impl From<Stored> for FairShare {
         // Every borrowing entry has an average to fold.
         for (t, classes) in &s.current {
             for c in classes.keys() {
-                average
-                    .entry(t.clone())
-                    .or_default()
-                    .entry(c.clone())
-                    .or_insert(Decayed {
-                        milli: 0.0,
-                        at: shared,
-                    });
+                entry(&mut average, t, c, shared);
             }
         }
         Self {
