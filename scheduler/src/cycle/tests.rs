@@ -1,7 +1,7 @@
-use finpool_domain::{GpuClass, GpuRequest, Name, Timestamp};
+use finpool_domain::{GpuClass, GpuRequest, Timestamp};
 
 use super::*;
-use crate::decide::tests::{job, node, tenant};
+use crate::decide::tests::{holding, job, node, tenant};
 
 fn inputs(now: i64, queued: Vec<QueuedJob>, holding: Vec<RunningJob>) -> CycleInputs {
     CycleInputs {
@@ -22,22 +22,6 @@ fn one_gpu(n: u128) -> QueuedJob {
     job(n, "alpha", GpuRequest::Whole { count: 1 })
 }
 
-fn holding(admission: &crate::decide::Admission) -> RunningJob {
-    RunningJob {
-        id: admission.job,
-        tenant: Name::parse("t", "alpha").unwrap(),
-        placement: admission.placement.clone(),
-        cpu_milli: 1000,
-        memory_mib: 1024,
-        priority: 0,
-        started_at: Some(Timestamp(0)),
-        min_runtime_ms: 0,
-        max_runtime_ms: None,
-        model: None,
-        displaced: vec![],
-    }
-}
-
 /// Fair share changes with every admission and end; storing every
 /// tenant's average each time would cost a pool of thousands of tenants
 /// more than deciding. It is stored at checkpoints, and on a clean stop.
@@ -49,7 +33,7 @@ fn fair_share_alone_is_stored_at_checkpoints() {
     assert_eq!(plan.admit.len(), 1, "{plan:?}");
     // The first change is stored at once (no store yet).
     assert!(cycle.take_dirty());
-    let running = holding(&plan.admit[0]);
+    let running = holding(&plan.admit[0], "alpha");
     // The job borrows on: nothing changed.
     cycle.run(inputs(1_000, vec![], vec![running])).unwrap();
     assert!(!cycle.take_dirty());

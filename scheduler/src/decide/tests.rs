@@ -87,6 +87,23 @@ pub(crate) fn job(n: u128, tenant: &str, gpu: GpuRequest) -> QueuedJob {
     }
 }
 
+/// The job `admission` admitted for `tenant`, running since time 0.
+pub(crate) fn holding(admission: &Admission, tenant: &str) -> RunningJob {
+    RunningJob {
+        id: admission.job,
+        tenant: Name::parse("t", tenant).unwrap(),
+        placement: admission.placement.clone(),
+        cpu_milli: 1000,
+        memory_mib: 1024,
+        priority: 0,
+        started_at: Some(Timestamp(0)),
+        min_runtime_ms: 0,
+        max_runtime_ms: None,
+        model: None,
+        displaced: vec![],
+    }
+}
+
 fn ids(o: &Outcome) -> Vec<u128> {
     o.admitted.iter().map(|a| a.job.0.as_u128()).collect()
 }
@@ -254,19 +271,7 @@ fn running_jobs_are_counted() {
         &Policy::finpool(),
     )
     .unwrap();
-    snap.running = vec![RunningJob {
-        id: first.admitted[0].job,
-        tenant: Name::parse("t", "alpha").unwrap(),
-        placement: first.admitted[0].placement.clone(),
-        cpu_milli: 1000,
-        memory_mib: 1024,
-        priority: 0,
-        started_at: Some(Timestamp(0)),
-        min_runtime_ms: 0,
-        max_runtime_ms: None,
-        model: None,
-        displaced: vec![],
-    }];
+    snap.running = vec![holding(&first.admitted[0], "alpha")];
     let o = decide(
         &snap,
         &[job(2, "alpha", GpuRequest::Whole { count: 1 })],
