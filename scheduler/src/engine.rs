@@ -668,8 +668,15 @@ impl std::hash::Hasher for FastHasher {
     }
 }
 
-/// Everything a filter or scorer may read of a node, as a key: nodes with
-/// equal keys are interchangeable for placement.
+/// Everything a filter or scorer may read of a node when placing a task
+/// the indexes serve, as a key: nodes with equal keys are interchangeable
+/// for those tasks.
+///
+/// Indexes serve only tasks of no tenant or of [`ANY_TENANT`] (a tenant
+/// holding nothing), for which a card some tenant holds is simply taken,
+/// whichever tenant that is: so the key records *whether* a card (or MIG
+/// slice) is held, not by whom. In a pool shared by many tenants, keying
+/// on the holder would make almost every busy node a class of its own.
 fn state_key(node: &NodeState) -> Vec<u64> {
     let mut key = Vec::with_capacity(4 + node.gpus.len() * 3);
     key.extend([
@@ -681,14 +688,10 @@ fn state_key(node: &NodeState) -> Vec<u64> {
     for g in &node.gpus {
         key.push((g.class as u64) << 32 | g.used_milli as u64);
         key.push(g.memory_mib << 32 | g.used_memory_mib);
-        key.push((g.owner.map_or(0, |o| o as u64 + 1)) << 32 | g.jobs as u64);
+        key.push(u64::from(g.owner.is_some()) << 32 | g.jobs as u64);
         key.push(g.resident_model.map_or(0, |m| m as u64 + 1) << 32 | g.slices.len() as u64);
         for s in &g.slices {
-            key.push(
-                (s.milli as u64) << 48
-                    | (s.taken as u64) << 40
-                    | s.taken_by.map_or(0, |t| t as u64 + 1),
-            );
+            key.push((s.milli as u64) << 48 | (s.taken as u64) << 40);
             key.push(s.memory_mib);
         }
     }

@@ -203,3 +203,87 @@ proptest! {
         }
     }
 }
+
+/// Nodes alike but for which tenant holds their cards are one class: the
+/// indexes serve only tasks of no tenant or of a tenant holding nothing
+/// there, for which a held card is taken whoever holds it. Placements stay
+/// those of scanning every node, for the holders' own shares too.
+#[test]
+fn who_holds_a_card_does_not_split_alike_nodes() {
+    let node = |i: usize| {
+        NodeState::new(
+            format!("n{i}"),
+            32_000,
+            131_072,
+            (0..4).map(|g| GpuState::new(g, 0, 40_000)).collect(),
+        )
+    };
+    let cluster = Cluster::new(
+        vec![ClassInfo {
+            name: "A".into(),
+            memory_mib: 40_000,
+        }],
+        (0..3).map(node).collect(),
+    );
+    let book = tenants();
+    let policy = Policy::finpool();
+    let model = WorkloadModel::default();
+    let mut engine = Engine::new(&policy, cluster);
+    // Tenants 0 and 1 each hold half a card, on nodes 0 and 1.
+    for (tenant, node) in [(0, 0), (1, 1)] {
+        engine.apply(&finpool_scheduler::cluster::Allocation {
+            node,
+            choice: finpool_scheduler::cluster::Choice {
+                gpus: 1,
+                milli: 500,
+                memory_mib: Some(10_000),
+                slice: None,
+            },
+            tenant: Some(tenant),
+            cpu_milli: 4_000,
+            memory_mib: 8_192,
+            model: None,
+        });
+    }
+    assert_eq!(
+        engine.class_count(),
+        2,
+        "nodes 0 and 1 are alike, node 2 idle"
+    );
+    let share = |tenant| Task {
+        tenant,
+        gpu: GpuRequest::Share {
+            milli: 400,
+            memory_mib: 5_000,
+        },
+        classes: ClassSet::ALL,
+        cpu_milli: 2_000,
+        memory_mib: 4_096,
+        min_gpu_memory_mib: 0,
+        model: None,
+        mig: false,
+        model_fit: ModelFit::Any,
+    };
+    for tenant in [Some(0), Some(1), Some(2), None] {
+        let request = Request::new(&book, QuotaBound::Unbounded, &model, 0);
+        let cached = engine.place(&request, &share(tenant));
+        let ctx = Ctx::new(engine.cluster(), &book, QuotaBound::Unbounded, &model);
+        let exhaustive = policy.place(&ctx, &share(tenant));
+        assert_eq!(
+            cached.map(|p| (p.node, p.choice, p.score.to_bits())),
+            exhaustive.map(|p| (p.node, p.choice, p.score.to_bits())),
+            "tenant {tenant:?}"
+        );
+    }
+    // Each holder's share joins its own card: the class they share does
+    // not hide whose card is whose.
+    let request = Request::new(&book, QuotaBound::Unbounded, &model, 0);
+    assert_eq!(
+        engine.place(&request, &share(Some(0))).map(|p| p.node),
+        Some(0)
+    );
+    assert_eq!(
+        engine.place(&request, &share(Some(1))).map(|p| p.node),
+        Some(1)
+    );
+}
