@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use finpool_domain::{GpuRequest, JobId, MILLI_PER_GPU, Timestamp};
 
+use super::explain::infeasible;
 use super::locality::Hint;
 use super::preempt::Victims;
 use super::{Admission, Outcome, Reservation};
@@ -59,6 +60,12 @@ pub(super) struct Planner<'a> {
     /// Jobs that held out for their model though another card could take
     /// them: (job, its task on any card, bound, node to avoid).
     pub(super) holding_out: Vec<(JobId, Task, QuotaBound, Option<NodeIdx>)>,
+    /// Per task shape (of no tenant, on any card): whether it fits no node
+    /// of the pool even empty. Capacity does not change within a decision.
+    never_fits: HashMap<Task, bool, rustc_hash::FxBuildHasher>,
+    /// One node of each distinct capacity, made when first asked: what
+    /// [`infeasible`] reads, in a pool of thousands of alike nodes.
+    node_kinds: Option<Cluster>,
 }
 
 impl<'a> Planner<'a> {
@@ -142,7 +149,29 @@ impl<'a> Planner<'a> {
             displacers,
             locality_hints,
             holding_out: Vec::new(),
+            never_fits: HashMap::default(),
+            node_kinds: None,
         }
+    }
+
+    /// Whether `task` fits no node of the pool even were it empty: no
+    /// placement, preemption or reservation can start it, so none is
+    /// tried (a reclaim would look at every running job in vain).
+    fn never_fits(&mut self, task: &Task) -> bool {
+        let shape = Task {
+            tenant: None,
+            model_fit: ModelFit::Any,
+            ..*task
+        };
+        if let Some(&never) = self.never_fits.get(&shape) {
+            return never;
+        }
+        let kinds = self
+            .node_kinds
+            .get_or_insert_with(|| node_kinds(self.engine.cluster()));
+        let never = infeasible(kinds, &shape).is_err();
+        self.never_fits.insert(shape, never);
+        never
     }
 
     pub(super) fn cluster(&self) -> &Cluster {
@@ -177,7 +206,7 @@ impl<'a> Planner<'a> {
             }
             return false;
         }
-        if bound == QuotaBound::Limit && self.cannot_borrow(job, task) {
+        if self.never_fits(task) || (bound == QuotaBound::Limit && self.cannot_borrow(job, task)) {
             if let Some(key) = key {
                 self.failed.insert(key, false);
             }
@@ -277,7 +306,10 @@ impl<'a> Planner<'a> {
             only: (bound != QuotaBound::Guaranteed).then_some(t),
             eligible: &victims_ok,
         };
-        if let Some(done) = self.preempt_for(job, task, bound, caps, avoid, victims) {
+        // (A CPU-only job within its guarantee has no victim to look for.)
+        if (gpu_job || bound != QuotaBound::Guaranteed)
+            && let Some(done) = self.preempt_for(job, task, bound, caps, avoid, victims)
+        {
             return done;
         }
         // Same-tenant priority preemption also applies inside guarantees.
@@ -362,6 +394,9 @@ impl<'a> Planner<'a> {
     /// Placement alone, for tenant-less pools (simulated traces): no
     /// quotas, no preemption, no reservations.
     pub(super) fn place_only(&mut self, job: &QueuedJob, task: &Task) -> bool {
+        if self.never_fits(task) {
+            return false;
+        }
         let request = Request::new(&self.tenants, QuotaBound::Unbounded, self.workload, 0);
         if let Some(p) = self.engine.place(&request, task) {
             self.commit(job, task, &p, true, Vec::new());
@@ -379,4 +414,28 @@ impl<'a> Planner<'a> {
         }
         false
     }
+}
+
+/// A pool with one node of each distinct capacity in `cluster` (CPU,
+/// memory, and each card's class, memory and MIG slices): whether a task
+/// fits some node when empty reads nothing else.
+fn node_kinds(cluster: &Cluster) -> Cluster {
+    let mut seen = HashSet::new();
+    let nodes = cluster
+        .nodes
+        .iter()
+        .filter(|n| {
+            let cards: Vec<_> = n
+                .gpus
+                .iter()
+                .map(|g| {
+                    let slices: Vec<_> = g.slices.iter().map(|s| (s.milli, s.memory_mib)).collect();
+                    (g.class, g.memory_mib, slices)
+                })
+                .collect();
+            seen.insert((n.cpu_milli, n.memory_mib, cards))
+        })
+        .cloned()
+        .collect();
+    Cluster::new(cluster.classes.clone(), nodes)
 }
