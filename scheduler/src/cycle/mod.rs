@@ -271,7 +271,7 @@ impl Cycle {
             tenants,
             models,
             mut queued,
-            holding,
+            mut holding,
         } = inputs;
         let queued_ids: crate::JobSet = queued.iter().map(|j| j.id).collect();
         let holding_ids: crate::JobSet = holding.iter().map(|j| j.id).collect();
@@ -313,9 +313,10 @@ impl Cycle {
         // The jobs being stopped hold their cards until they are gone, but
         // are not the decision's to place: they stay out of the snapshot.
         // (Moved, not cloned: a full pool holds many jobs.)
-        let (mut running, stopping): (Vec<RunningJob>, Vec<RunningJob>) = holding
-            .into_iter()
-            .partition(|j| !self.durable.preempting.contains_key(&j.id));
+        let stopping: Vec<RunningJob> = holding
+            .extract_if(.., |j| self.durable.preempting.contains_key(&j.id))
+            .collect();
+        let mut running = holding;
         for j in &mut running {
             j.displaced = self
                 .durable
