@@ -149,13 +149,18 @@ pub struct Engine<'p> {
 /// The part of an engine that outlives a decision.
 struct Indexes {
     classes: NodeClasses,
-    /// Classes changed, in order; `log[i]` is entry `log_base + i`.
-    log: Vec<u32>,
-    log_base: usize,
-    /// Per class slot, the position of its latest entry in `log`.
+    /// Class changes so far: each change is stamped with the count before
+    /// it, and an index knows every change stamped below its position.
+    clock: usize,
+    /// The classes changed, each once, in the order of their latest
+    /// change: an index catching up walks back from the latest until it
+    /// meets a change it knows, so a class changed many times since costs
+    /// one step, not one per change.
+    changed: ChangeList,
+    /// Per class slot, the stamp of its latest change.
     last_change: Vec<usize>,
-    /// Per class slot, the position in `log` where it last took on a new
-    /// state. Classes that only gained or lost members keep their scores.
+    /// Per class slot, the stamp of the change that gave it a new state.
+    /// Classes that only gained or lost members keep their scores.
     created_at: Vec<usize>,
     /// Per class slot, the scorers' memo for its state ([`Ctx::remembered`]):
     /// `scorers` cells per slot. Emptied when the slot takes on a new
@@ -184,9 +189,9 @@ impl Indexes {
             scorers,
             owners: vec![Vec::new(); nodes.len()],
             classes,
-            log: Vec::new(),
-            log_base: 0,
-            last_change: vec![usize::MAX; slots],
+            clock: 0,
+            changed: ChangeList::default(),
+            last_change: vec![0; slots],
             created_at: vec![0; slots],
             shapes: HashMap::default(),
             workload_epoch: 0,
@@ -200,16 +205,12 @@ impl Indexes {
         indexes
     }
 
-    fn log_end(&self) -> usize {
-        self.log_base + self.log.len()
-    }
-
     /// Moves `node` to the class of its state `key`, and logs the change.
     fn touched(&mut self, node: NodeIdx, state: &NodeState, key: Vec<u64>) {
         let (old, new, created) = self.classes.moved(node, key);
         let slots = self.classes.slots.len();
         if self.last_change.len() < slots {
-            self.last_change.resize(slots, usize::MAX);
+            self.last_change.resize(slots, 0);
             self.created_at.resize(slots, 0);
             self.memos.resize(slots * self.scorers, OnceCell::new());
         }
@@ -219,12 +220,13 @@ impl Indexes {
             }
         }
         for slot in [old, new] {
-            let at = self.log_end();
+            let at = self.clock;
+            self.clock += 1;
             if slot == new && created {
                 self.created_at[slot as usize] = at;
             }
             self.last_change[slot as usize] = at;
-            self.log.push(slot);
+            self.changed.mark_latest(slot);
         }
         self.track_owners(node, state);
     }
@@ -274,8 +276,7 @@ impl Indexes {
         }
     }
 
-    /// Before a decision: drops the indexes no recent decision asked for,
-    /// and the part of the log every index has seen.
+    /// Before a decision: drops the indexes no recent decision asked for.
     fn compact(&mut self) {
         let now = self.decisions;
         let spare = &mut self.spare;
@@ -286,16 +287,6 @@ impl Indexes {
             }
             keep
         });
-        let seen = self
-            .shapes
-            .values()
-            .map(|i| i.log_position)
-            .min()
-            .unwrap_or(self.log_end());
-        if seen > self.log_base {
-            self.log.drain(..seen - self.log_base);
-            self.log_base = seen;
-        }
     }
 }
 
@@ -494,19 +485,19 @@ impl<'p> Engine<'p> {
             }
         };
         let slots = classes.slots.len();
-        let log_end = indexes.log_base + indexes.log.len();
+        let clock = indexes.clock;
         let index = match indexes.shapes.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 let tree = indexes.spare.pop().unwrap_or_default();
-                e.insert(ShapeIndex::new(tree, slots, log_end, &score))
+                e.insert(ShapeIndex::new(tree, slots, clock, &score))
             }
         };
         index.used = indexes.decisions;
         index.catch_up(
             slots,
-            &indexes.log,
-            indexes.log_base,
+            clock,
+            &indexes.changed,
             &indexes.last_change,
             &indexes.created_at,
             &score,
@@ -788,14 +779,65 @@ impl NodeClasses {
     }
 }
 
+/// Class slots in the order of their latest change, each once: a doubly
+/// linked list over slot numbers, so that moving a slot to the latest end
+/// costs the same however long the list.
+#[derive(Default)]
+struct ChangeList {
+    /// Per slot: the slot changed just before it, and just after it
+    /// (`NONE` at the ends); slots never changed are in neither.
+    before: Vec<u32>,
+    after: Vec<u32>,
+    latest: Option<u32>,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl ChangeList {
+    /// Makes `slot` the latest change.
+    fn mark_latest(&mut self, slot: u32) {
+        let s = slot as usize;
+        if self.before.len() <= s {
+            self.before.resize(s + 1, NONE);
+            self.after.resize(s + 1, NONE);
+        }
+        if self.latest == Some(slot) {
+            return;
+        }
+        // Unlink it, if it is in the list.
+        let (b, a) = (self.before[s], self.after[s]);
+        if a != NONE {
+            self.before[a as usize] = b;
+            if b != NONE {
+                self.after[b as usize] = a;
+            }
+        }
+        // Link it after the latest.
+        self.before[s] = self.latest.unwrap_or(NONE);
+        self.after[s] = NONE;
+        if let Some(l) = self.latest {
+            self.after[l as usize] = slot;
+        }
+        self.latest = Some(slot);
+    }
+
+    /// The slots, latest change first.
+    fn latest_first(&self) -> impl Iterator<Item = u32> + '_ {
+        std::iter::successors(self.latest, |&s| {
+            let b = self.before[s as usize];
+            (b != NONE).then_some(b)
+        })
+    }
+}
+
 /// Every class's best score for one task shape, in a max-tree of values:
 /// `tree[size + slot]` is the slot's (score, lowest node index), and every
 /// inner entry is the better of its two children, so siblings sit side by
 /// side in memory.
 struct ShapeIndex {
     tree: Vec<(f64, u32)>,
-    /// How much of the change log is reflected here (a log position).
-    log_position: usize,
+    /// The changes reflected here: those stamped below this.
+    position: usize,
     /// The last decision that asked (see [`Indexes::compact`]).
     used: u64,
 }
@@ -813,11 +855,11 @@ fn better(a: (f64, u32), b: (f64, u32)) -> (f64, u32) {
 
 impl ShapeIndex {
     /// Scores every class now, in `tree`'s memory (a spare one, or empty):
-    /// the index reflects the log up to `log_end`.
+    /// the index reflects every change stamped below `clock`.
     fn new(
         mut tree: Vec<(f64, u32)>,
         slots: usize,
-        log_end: usize,
+        clock: usize,
         score: &impl Fn(u32) -> (f64, u32),
     ) -> Self {
         let size = slots.next_power_of_two().max(2);
@@ -828,7 +870,7 @@ impl ShapeIndex {
         }
         let mut index = Self {
             tree,
-            log_position: log_end,
+            position: clock,
             used: 0,
         };
         index.rebuild_inner();
@@ -877,15 +919,16 @@ impl ShapeIndex {
         }
     }
 
-    /// Brings the classes changed since this index last looked at the log
-    /// up to date: a class in a new state is rescored; one that only gained
-    /// or lost members keeps its score and updates its lowest node.
+    /// Brings the classes changed since this index last looked (changes
+    /// stamped from its position to `clock`) up to date: a class in a new
+    /// state is rescored; one that only gained or lost members keeps its
+    /// score and updates its lowest node.
     #[allow(clippy::too_many_arguments)]
     fn catch_up(
         &mut self,
         slots: usize,
-        log: &[u32],
-        log_base: usize,
+        clock: usize,
+        changes: &ChangeList,
         last_change: &[usize],
         created_at: &[usize],
         score: &impl Fn(u32) -> (f64, u32),
@@ -894,16 +937,14 @@ impl ShapeIndex {
         if slots > self.size() {
             self.grow(slots);
         }
-        let pending = &log[self.log_position - log_base..];
         let mut changed = Vec::new();
-        for (offset, &slot) in pending.iter().enumerate() {
-            // A class changed several times is handled once, at its last change.
-            if last_change[slot as usize] != self.log_position + offset {
-                continue;
+        for slot in changes.latest_first() {
+            if last_change[slot as usize] < self.position {
+                break;
             }
             let value = match representative(slot) {
                 None => EMPTY,
-                Some(_) if created_at[slot as usize] >= self.log_position => score(slot),
+                Some(_) if created_at[slot as usize] >= self.position => score(slot),
                 Some(node) => (self.leaf(slot as usize).0, node),
             };
             if self.leaf(slot as usize) != value {
@@ -923,7 +964,7 @@ impl ShapeIndex {
                 self.update(slot, value);
             }
         }
-        self.log_position = log_base + log.len();
+        self.position = clock;
     }
 
     fn best(&self) -> Option<NodeIdx> {
@@ -950,5 +991,24 @@ impl ShapeIndex {
         let best = self.best();
         self.update(slot as usize, leaf);
         best
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChangeList;
+
+    #[test]
+    fn the_change_list_holds_each_class_once_latest_first() {
+        let mut list = ChangeList::default();
+        assert_eq!(list.latest_first().count(), 0);
+        for slot in [3, 0, 5, 0, 3, 3, 7] {
+            list.mark_latest(slot);
+        }
+        assert_eq!(list.latest_first().collect::<Vec<_>>(), [7, 3, 0, 5]);
+        // The earliest moves to the latest end, and the middle one too.
+        list.mark_latest(5);
+        list.mark_latest(3);
+        assert_eq!(list.latest_first().collect::<Vec<_>>(), [3, 5, 7, 0]);
     }
 }
