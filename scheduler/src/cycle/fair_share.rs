@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use finpool_domain::{MILLI_PER_GPU, Placement, Tenant, Timestamp};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 /// Tenant → class → milli-GPU.
@@ -214,8 +215,10 @@ pub fn borrowing<'a>(
     holding: impl IntoIterator<Item = (&'a str, &'a Placement)>,
 ) -> Borrowing {
     // (tenant, class) → each card or MIG slice held → its milli-GPU.
+    // (Hashed: a full pool holds tens of thousands of jobs, and the sums
+    // are of whole numbers, the same in any order.)
     type Card<'a> = (&'a str, u32, Option<u32>);
-    let mut cards: BTreeMap<(&str, &str), BTreeMap<Card<'_>, u32>> = BTreeMap::new();
+    let mut cards: FxHashMap<(&str, &str), FxHashMap<Card<'_>, u32>> = FxHashMap::default();
     for (tenant, placement) in holding {
         for g in &placement.gpus {
             let milli = match g.mig_slice {
