@@ -485,12 +485,13 @@ impl<'p> Engine<'p> {
             }
         };
         let slots = classes.slots.len();
+        let nodes = classes.slot_of.len();
         let clock = indexes.clock;
         let index = match indexes.shapes.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 let tree = indexes.spare.pop().unwrap_or_default();
-                e.insert(ShapeIndex::new(tree, slots, clock, &score))
+                e.insert(ShapeIndex::new(tree, slots, clock, nodes, &score))
             }
         };
         index.used = indexes.decisions;
@@ -860,10 +861,16 @@ impl ShapeIndex {
         mut tree: Vec<(f64, u32)>,
         slots: usize,
         clock: usize,
+        nodes: usize,
         score: &impl Fn(u32) -> (f64, u32),
     ) -> Self {
         let size = slots.next_power_of_two().max(2);
         tree.clear();
+        // Room for as many classes as there are nodes, so that the tree
+        // grows in place: moving it to fresh memory each time the classes
+        // double cost more than the rest of its upkeep (room that is never
+        // written is never backed by memory).
+        tree.reserve(2 * nodes.next_power_of_two().max(size));
         tree.resize(2 * size, EMPTY);
         for s in 0..slots {
             tree[size + s] = score(s as u32);
@@ -892,9 +899,11 @@ impl ShapeIndex {
     fn grow(&mut self, slots: usize) {
         let old = self.size();
         let size = slots.next_power_of_two();
-        let mut tree = vec![EMPTY; 2 * size];
-        tree[size..size + old].copy_from_slice(&self.tree[old..2 * old]);
-        self.tree = tree;
+        // In place, within the room reserved when the tree was made: the
+        // old leaves move up to their new places (which lie past the old
+        // tree), and the inner entries are rebuilt.
+        self.tree.resize(2 * size, EMPTY);
+        self.tree.copy_within(old..2 * old, size);
         self.rebuild_inner();
     }
 
