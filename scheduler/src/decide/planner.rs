@@ -393,14 +393,23 @@ impl<'a> Planner<'a> {
 
     /// Placement alone, for tenant-less pools (simulated traces): no
     /// quotas, no preemption, no reservations.
+    ///
+    /// Here the pool only fills up within a decision, so a task that
+    /// reads no base model and found no place finds none again: the
+    /// jobs of its shape that follow are not tried.
     pub(super) fn place_only(&mut self, job: &QueuedJob, task: &Task) -> bool {
-        if self.never_fits(task) {
+        let key = (task.model.is_none()).then_some((*task, 0, None));
+        if self.never_fits(task) || key.is_some_and(|k| self.failed.contains_key(&k)) {
             return false;
         }
         let request = Request::new(&self.tenants, QuotaBound::Unbounded, self.workload, 0);
         if let Some(p) = self.engine.place(&request, task) {
             self.commit(job, task, &p, true, Vec::new());
             return true;
+        }
+        if let Some(key) = key {
+            self.failed.insert(key, false);
+            return false;
         }
         if task.model_fit != ModelFit::Any {
             let any_card = Task {
