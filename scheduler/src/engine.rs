@@ -236,6 +236,10 @@ impl Indexes {
         let key = state_key(state);
         if self.classes.key_of(node) != key.as_slice() {
             self.touched(node, state, key);
+        } else {
+            // Who holds its cards is not in the key ([`state_key`]): a card
+            // may have changed holders since the indexes last saw it.
+            self.track_owners(node, state);
         }
     }
 

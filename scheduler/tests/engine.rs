@@ -287,3 +287,102 @@ fn who_holds_a_card_does_not_split_alike_nodes() {
         Some(1)
     );
 }
+
+/// A card that changes holders between decisions, its use the same, keeps
+/// its node's class; the engine must still learn the new holder, whose
+/// shares go on its own card.
+#[test]
+fn a_card_that_changes_holders_between_decisions_is_the_new_holders() {
+    let cluster = Cluster::new(
+        vec![ClassInfo {
+            name: "A".into(),
+            memory_mib: 40_000,
+        }],
+        (0..3)
+            .map(|i| {
+                NodeState::new(
+                    format!("n{i}"),
+                    32_000,
+                    131_072,
+                    (0..4).map(|g| GpuState::new(g, 0, 40_000)).collect(),
+                )
+            })
+            .collect(),
+    );
+    let book = tenants();
+    let policy = Policy::finpool();
+    let model = WorkloadModel::default();
+    let inputs = |c: &Cluster| ScoreInputs {
+        workload: model.clone(),
+        tenants: book.clone(),
+        classes: c.classes.clone(),
+        model_demand: c.model_demand.clone(),
+        models: Vec::new(),
+        nodes: c.nodes.len(),
+    };
+    let half_card = |tenant| finpool_scheduler::cluster::Allocation {
+        node: 1,
+        choice: finpool_scheduler::cluster::Choice {
+            gpus: 1,
+            milli: 500,
+            memory_mib: Some(10_000),
+            slice: None,
+        },
+        tenant: Some(tenant),
+        cpu_milli: 4_000,
+        memory_mib: 8_192,
+        model: None,
+    };
+    let share = |tenant| Task {
+        tenant: Some(tenant),
+        gpu: GpuRequest::Share {
+            milli: 400,
+            memory_mib: 5_000,
+        },
+        classes: ClassSet::ALL,
+        cpu_milli: 2_000,
+        memory_mib: 4_096,
+        min_gpu_memory_mib: 0,
+        model: None,
+        mig: false,
+        model_fit: ModelFit::Any,
+    };
+    let request = Request::new(&book, QuotaBound::Unbounded, &model, 0);
+    let mut cache = EngineCache::default();
+    // Decision 1: tenant 0 holds half of node 1's first card, and tenant 2
+    // its other three, so no tenant but the first card's holder can use
+    // node 1.
+    let mut cluster = cluster;
+    cluster.apply(&half_card(0));
+    cluster.apply(&finpool_scheduler::cluster::Allocation {
+        node: 1,
+        choice: finpool_scheduler::cluster::Choice {
+            gpus: 0b1110,
+            milli: 1000,
+            memory_mib: None,
+            slice: None,
+        },
+        tenant: Some(2),
+        cpu_milli: 4_000,
+        memory_mib: 8_192,
+        model: None,
+    });
+    let mut engine = Engine::resume(&policy, cluster.clone(), &mut cache, inputs(&cluster));
+    assert_eq!(engine.place(&request, &share(0)).map(|p| p.node), Some(1));
+    engine.keep(&mut cache);
+    // Between decisions its job ends and tenant 1's alike job takes the card.
+    cluster.release(&half_card(0));
+    cluster.apply(&half_card(1));
+    let mut engine = Engine::resume(&policy, cluster.clone(), &mut cache, inputs(&cluster));
+    for tenant in [0, 1, 2] {
+        let cached = engine.place(&request, &share(tenant));
+        let ctx = Ctx::new(engine.cluster(), &book, QuotaBound::Unbounded, &model);
+        let exhaustive = policy.place(&ctx, &share(tenant));
+        assert_eq!(
+            cached.map(|p| (p.node, p.choice, p.score.to_bits())),
+            exhaustive.map(|p| (p.node, p.choice, p.score.to_bits())),
+            "tenant {tenant}"
+        );
+    }
+    assert_eq!(engine.place(&request, &share(1)).map(|p| p.node), Some(1));
+}
