@@ -3,7 +3,7 @@
 //! slices, base models and quotas in play.
 
 use finpool_domain::{GpuRequest, Quota};
-use finpool_scheduler::cluster::ClassInfo;
+use finpool_scheduler::cluster::{Allocation, Choice, ClassInfo};
 use finpool_scheduler::plugins::workload::{OnlineWorkload, Weighting, WorkloadModel};
 use finpool_scheduler::{
     ClassSet, Cluster, Ctx, Engine, EngineCache, GpuState, ModelFit, NodeState, Policy, QuotaBound,
@@ -204,53 +204,51 @@ proptest! {
     }
 }
 
-/// Nodes alike but for which tenant holds their cards are one class: the
-/// indexes serve only tasks of no tenant or of a tenant holding nothing
-/// there, for which a held card is taken whoever holds it. Placements stay
-/// those of scanning every node, for the holders' own shares too.
-#[test]
-fn who_holds_a_card_does_not_split_alike_nodes() {
-    let node = |i: usize| {
-        NodeState::new(
-            format!("n{i}"),
-            32_000,
-            131_072,
-            (0..4).map(|g| GpuState::new(g, 0, 40_000)).collect(),
-        )
-    };
-    let cluster = Cluster::new(
+/// Three nodes of four 40 GB cards of one class, all idle.
+fn three_idle_nodes() -> Cluster {
+    Cluster::new(
         vec![ClassInfo {
             name: "A".into(),
             memory_mib: 40_000,
         }],
-        (0..3).map(node).collect(),
-    );
-    let book = tenants();
-    let policy = Policy::finpool();
-    let model = WorkloadModel::default();
-    let mut engine = Engine::new(&policy, cluster);
-    // Tenants 0 and 1 each hold half a card, on nodes 0 and 1.
-    for (tenant, node) in [(0, 0), (1, 1)] {
-        engine.apply(&finpool_scheduler::cluster::Allocation {
-            node,
-            choice: finpool_scheduler::cluster::Choice {
-                gpus: 1,
-                milli: 500,
-                memory_mib: Some(10_000),
-                slice: None,
-            },
-            tenant: Some(tenant),
-            cpu_milli: 4_000,
-            memory_mib: 8_192,
-            model: None,
-        });
+        (0..3)
+            .map(|i| {
+                NodeState::new(
+                    format!("n{i}"),
+                    32_000,
+                    131_072,
+                    (0..4).map(|g| GpuState::new(g, 0, 40_000)).collect(),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Half of `node`'s first card (and some of its CPU and memory) for
+/// `tenant`, or whole cards by `gpus` mask.
+fn held(node: u32, tenant: u32, gpus: u64, milli: u32) -> Allocation {
+    Allocation {
+        node,
+        choice: Choice {
+            gpus,
+            milli,
+            memory_mib: (milli < 1000).then_some(10_000),
+            slice: None,
+        },
+        tenant: Some(tenant),
+        cpu_milli: 4_000,
+        memory_mib: 8_192,
+        model: None,
     }
-    assert_eq!(
-        engine.class_count(),
-        2,
-        "nodes 0 and 1 are alike, node 2 idle"
-    );
-    let share = |tenant| Task {
+}
+
+fn half_card(node: u32, tenant: u32) -> Allocation {
+    held(node, tenant, 1, 500)
+}
+
+/// A share of a card (400 milli), of `tenant` or of none.
+fn share(tenant: Option<u32>) -> Task {
+    Task {
         tenant,
         gpu: GpuRequest::Share {
             milli: 400,
@@ -263,17 +261,48 @@ fn who_holds_a_card_does_not_split_alike_nodes() {
         model: None,
         mig: false,
         model_fit: ModelFit::Any,
-    };
+    }
+}
+
+/// The engine places `task` where scanning every node would.
+fn assert_matches_exhaustive(
+    engine: &mut Engine<'_>,
+    book: &TenantBook,
+    model: &WorkloadModel,
+    task: &Task,
+) {
+    let request = Request::new(book, QuotaBound::Unbounded, model, 0);
+    let cached = engine.place(&request, task);
+    let ctx = Ctx::new(engine.cluster(), book, QuotaBound::Unbounded, model);
+    let exhaustive = engine.policy().place(&ctx, task);
+    assert_eq!(
+        cached.map(|p| (p.node, p.choice, p.score.to_bits())),
+        exhaustive.map(|p| (p.node, p.choice, p.score.to_bits())),
+        "tenant {:?}",
+        task.tenant
+    );
+}
+
+/// Nodes alike but for which tenant holds their cards are one class: the
+/// indexes serve only tasks of no tenant or of a tenant holding nothing
+/// there, for which a held card is taken whoever holds it. Placements stay
+/// those of scanning every node, for the holders' own shares too.
+#[test]
+fn who_holds_a_card_does_not_split_alike_nodes() {
+    let book = tenants();
+    let policy = Policy::finpool();
+    let model = WorkloadModel::default();
+    let mut engine = Engine::new(&policy, three_idle_nodes());
+    // Tenants 0 and 1 each hold half a card, on nodes 0 and 1.
+    engine.apply(&half_card(0, 0));
+    engine.apply(&half_card(1, 1));
+    assert_eq!(
+        engine.class_count(),
+        2,
+        "nodes 0 and 1 are alike, node 2 idle"
+    );
     for tenant in [Some(0), Some(1), Some(2), None] {
-        let request = Request::new(&book, QuotaBound::Unbounded, &model, 0);
-        let cached = engine.place(&request, &share(tenant));
-        let ctx = Ctx::new(engine.cluster(), &book, QuotaBound::Unbounded, &model);
-        let exhaustive = policy.place(&ctx, &share(tenant));
-        assert_eq!(
-            cached.map(|p| (p.node, p.choice, p.score.to_bits())),
-            exhaustive.map(|p| (p.node, p.choice, p.score.to_bits())),
-            "tenant {tenant:?}"
-        );
+        assert_matches_exhaustive(&mut engine, &book, &model, &share(tenant));
     }
     // Each holder's share joins its own card: the class they share does
     // not hide whose card is whose.
@@ -293,22 +322,6 @@ fn who_holds_a_card_does_not_split_alike_nodes() {
 /// shares go on its own card.
 #[test]
 fn a_card_that_changes_holders_between_decisions_is_the_new_holders() {
-    let cluster = Cluster::new(
-        vec![ClassInfo {
-            name: "A".into(),
-            memory_mib: 40_000,
-        }],
-        (0..3)
-            .map(|i| {
-                NodeState::new(
-                    format!("n{i}"),
-                    32_000,
-                    131_072,
-                    (0..4).map(|g| GpuState::new(g, 0, 40_000)).collect(),
-                )
-            })
-            .collect(),
-    );
     let book = tenants();
     let policy = Policy::finpool();
     let model = WorkloadModel::default();
@@ -320,69 +333,29 @@ fn a_card_that_changes_holders_between_decisions_is_the_new_holders() {
         models: Vec::new(),
         nodes: c.nodes.len(),
     };
-    let half_card = |tenant| finpool_scheduler::cluster::Allocation {
-        node: 1,
-        choice: finpool_scheduler::cluster::Choice {
-            gpus: 1,
-            milli: 500,
-            memory_mib: Some(10_000),
-            slice: None,
-        },
-        tenant: Some(tenant),
-        cpu_milli: 4_000,
-        memory_mib: 8_192,
-        model: None,
-    };
-    let share = |tenant| Task {
-        tenant: Some(tenant),
-        gpu: GpuRequest::Share {
-            milli: 400,
-            memory_mib: 5_000,
-        },
-        classes: ClassSet::ALL,
-        cpu_milli: 2_000,
-        memory_mib: 4_096,
-        min_gpu_memory_mib: 0,
-        model: None,
-        mig: false,
-        model_fit: ModelFit::Any,
-    };
     let request = Request::new(&book, QuotaBound::Unbounded, &model, 0);
     let mut cache = EngineCache::default();
     // Decision 1: tenant 0 holds half of node 1's first card, and tenant 2
     // its other three, so no tenant but the first card's holder can use
     // node 1.
-    let mut cluster = cluster;
-    cluster.apply(&half_card(0));
-    cluster.apply(&finpool_scheduler::cluster::Allocation {
-        node: 1,
-        choice: finpool_scheduler::cluster::Choice {
-            gpus: 0b1110,
-            milli: 1000,
-            memory_mib: None,
-            slice: None,
-        },
-        tenant: Some(2),
-        cpu_milli: 4_000,
-        memory_mib: 8_192,
-        model: None,
-    });
+    let mut cluster = three_idle_nodes();
+    cluster.apply(&half_card(1, 0));
+    cluster.apply(&held(1, 2, 0b1110, 1000));
     let mut engine = Engine::resume(&policy, cluster.clone(), &mut cache, inputs(&cluster));
-    assert_eq!(engine.place(&request, &share(0)).map(|p| p.node), Some(1));
+    assert_eq!(
+        engine.place(&request, &share(Some(0))).map(|p| p.node),
+        Some(1)
+    );
     engine.keep(&mut cache);
     // Between decisions its job ends and tenant 1's alike job takes the card.
-    cluster.release(&half_card(0));
-    cluster.apply(&half_card(1));
+    cluster.release(&half_card(1, 0));
+    cluster.apply(&half_card(1, 1));
     let mut engine = Engine::resume(&policy, cluster.clone(), &mut cache, inputs(&cluster));
     for tenant in [0, 1, 2] {
-        let cached = engine.place(&request, &share(tenant));
-        let ctx = Ctx::new(engine.cluster(), &book, QuotaBound::Unbounded, &model);
-        let exhaustive = policy.place(&ctx, &share(tenant));
-        assert_eq!(
-            cached.map(|p| (p.node, p.choice, p.score.to_bits())),
-            exhaustive.map(|p| (p.node, p.choice, p.score.to_bits())),
-            "tenant {tenant}"
-        );
+        assert_matches_exhaustive(&mut engine, &book, &model, &share(Some(tenant)));
     }
-    assert_eq!(engine.place(&request, &share(1)).map(|p| p.node), Some(1));
+    assert_eq!(
+        engine.place(&request, &share(Some(1))).map(|p| p.node),
+        Some(1)
+    );
 }
