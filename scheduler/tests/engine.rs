@@ -101,6 +101,18 @@ fn tenants() -> TenantBook {
     book
 }
 
+/// What the indexes' scores read besides the nodes, for `cluster`.
+fn score_inputs(cluster: &Cluster, model: &WorkloadModel, book: &TenantBook) -> ScoreInputs {
+    ScoreInputs {
+        workload: model.clone(),
+        tenants: book.clone(),
+        classes: cluster.classes.clone(),
+        model_demand: cluster.model_demand.clone(),
+        models: Vec::new(),
+        nodes: cluster.nodes.len(),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -156,14 +168,7 @@ proptest! {
         let all: Vec<Task> = rounds.iter().flatten().map(|(t, _)| *t).collect();
         let model = WorkloadModel::from_tasks(&all, 0.95, Weighting::Demand);
         let policy = Policy::finpool();
-        let inputs = |c: &Cluster| ScoreInputs {
-            workload: model.clone(),
-            tenants: book.clone(),
-            classes: c.classes.clone(),
-            model_demand: c.model_demand.clone(),
-            models: Vec::new(),
-            nodes: c.nodes.len(),
-        };
+        let inputs = |c: &Cluster| score_inputs(c, &model, &book);
         let mut cache = EngineCache::default();
         let mut cluster = cluster;
         let mut placed = Vec::new();
@@ -325,14 +330,7 @@ fn a_card_that_changes_holders_between_decisions_is_the_new_holders() {
     let book = tenants();
     let policy = Policy::finpool();
     let model = WorkloadModel::default();
-    let inputs = |c: &Cluster| ScoreInputs {
-        workload: model.clone(),
-        tenants: book.clone(),
-        classes: c.classes.clone(),
-        model_demand: c.model_demand.clone(),
-        models: Vec::new(),
-        nodes: c.nodes.len(),
-    };
+    let inputs = |c: &Cluster| score_inputs(c, &model, &book);
     let request = Request::new(&book, QuotaBound::Unbounded, &model, 0);
     let mut cache = EngineCache::default();
     // Decision 1: tenant 0 holds half of node 1's first card, and tenant 2
