@@ -179,12 +179,6 @@ fn tenant_idx(i: usize) -> TenantIdx {
 
 impl Planner<'_> {
     pub(super) fn run(&mut self, jobs: Vec<(&QueuedJob, Task)>) {
-        // Room for every job to be admitted: in a large pool, growing these
-        // while placing costs the kernel fresh pages time and again.
-        self.held.reserve(jobs.len());
-        self.released.reserve(jobs.len());
-        self.fresh.reserve(jobs.len());
-        self.outcome.admitted.reserve(jobs.len());
         if self.snapshot.tenantless {
             let mut waiting = Vec::new();
             for (job, task) in jobs {
