@@ -19,7 +19,7 @@ pub mod memory;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use finpool_domain::{BaseModel, GpuClass, JobId, Name, Node, Tenant, Timestamp};
 
@@ -384,13 +384,18 @@ impl Cycle {
             let held = snapshot.running.iter().chain(&stopping);
             self.remember_borrowing(now, &snapshot.tenants, &queued, held, &outcome);
         }
-        // The admitted jobs' models (few of a long queue are admitted).
-        let admitted: HashSet<JobId> = outcome.admitted.iter().map(|a| a.job).collect();
-        let models_of: BTreeMap<JobId, Name> = queued
-            .into_iter()
-            .filter(|j| admitted.contains(&j.id))
-            .filter_map(|j| Some((j.id, j.model?)))
-            .collect();
+        // The admitted jobs' models (few of a long queue are admitted, and
+        // most cycles of a busy pool admit none).
+        let models_of: BTreeMap<JobId, Name> = if outcome.admitted.is_empty() {
+            BTreeMap::new()
+        } else {
+            let admitted: crate::JobSet = outcome.admitted.iter().map(|a| a.job).collect();
+            queued
+                .into_iter()
+                .filter(|j| admitted.contains(&j.id))
+                .filter_map(|j| Some((j.id, j.model?)))
+                .collect()
+        };
         let holding = snapshot.running.iter().chain(&stopping);
         Ok(self.plan(now, &models_of, holding, outcome))
     }
@@ -405,14 +410,16 @@ impl Cycle {
         held: impl Iterator<Item = &'h RunningJob>,
         outcome: &decide::Outcome,
     ) {
-        // The admitted jobs' tenants (few of a long queue are admitted).
-        let placed: std::collections::HashMap<JobId, &finpool_domain::Placement> = outcome
+        // The admitted jobs' tenants (few of a long queue are admitted, and
+        // most cycles of a busy pool admit none).
+        let placed: rustc_hash::FxHashMap<JobId, &finpool_domain::Placement> = outcome
             .admitted
             .iter()
             .map(|a| (a.job, &a.placement))
             .collect();
         let admitted = queued
             .iter()
+            .take(if placed.is_empty() { 0 } else { queued.len() })
             .filter_map(|j| Some((j.tenant.as_str(), *placed.get(&j.id)?)));
         let held_after = held
             .map(|j| (j.tenant.as_str(), &j.placement))
