@@ -367,6 +367,15 @@ pub struct BenchSchedulerArgs {
     /// Seeds the queue's draw (and random-fit).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Timed runs per policy, the policies taking turns; each policy's
+    /// median run is reported (this machine's speed drifts between runs).
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub runs: usize,
+    /// Untimed runs per policy before the timed ones, so that no policy
+    /// pays for the process's first touch of its memory (a long-running
+    /// scheduler pays it once, at start).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
     #[command(flatten)]
     pub out: OutputArgs,
 }

@@ -207,11 +207,16 @@ fn bench_scheduler_prints_both_policies() {
         "8",
         "--pending",
         "2000",
+        "--runs",
+        "3",
+        "--warmup",
+        "0",
         "-o",
         "json",
     ]);
     assert!(ok, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["warmup_runs"], 0);
     let results = report["results"].as_array().unwrap();
     assert_eq!(results.len(), 2);
     for r in results {
@@ -219,8 +224,25 @@ fn bench_scheduler_prints_both_policies() {
         for key in ["decisions_per_second", "p50_us", "p99_us"] {
             assert!(r[key].as_f64().unwrap() > 0.0, "{key}");
         }
+        // Three timed runs; the one reported is their median.
+        let mut rates: Vec<f64> = r["runs_decisions_per_second"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(rates.len(), 3);
+        rates.sort_by(f64::total_cmp);
+        assert_eq!(r["decisions_per_second"].as_f64().unwrap(), rates[1]);
     }
     assert!(report["finpool_to_bestfit_speed"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_scheduler_refuses_zero_runs() {
+    let (ok, _, stderr) = finpool(&["bench", "scheduler", "--runs", "0"]);
+    assert!(!ok);
+    assert!(stderr.contains("--runs"), "{stderr}");
 }
 
 /// On a terminal, long work draws a progress bar on stderr (and clears it);

@@ -20,9 +20,48 @@ struct Report {
     /// Tenants the queue is spread over (0: tenant-less).
     tenants: usize,
     seed: u64,
-    results: Vec<bench::BenchResult>,
-    /// finpool's decisions per second ÷ best-fit's, measured in this run.
+    /// Untimed runs per policy before the timed ones.
+    warmup_runs: usize,
+    /// Per policy, its median timed run (by decisions per second).
+    results: Vec<PolicyResult>,
+    /// finpool's median decisions per second ÷ best-fit's, measured in
+    /// this run.
     finpool_to_bestfit_speed: f64,
+}
+
+#[derive(Serialize)]
+struct PolicyResult {
+    #[serde(flatten)]
+    median: bench::BenchResult,
+    /// Every timed run's decisions per second, in the order they ran.
+    runs_decisions_per_second: Vec<f64>,
+}
+
+/// Each policy's median run; runs of one policy must agree on what they
+/// placed (the cycle is deterministic).
+fn medians(
+    kinds: &[PolicyKind],
+    mut runs: Vec<Vec<bench::BenchResult>>,
+) -> anyhow::Result<Vec<PolicyResult>> {
+    kinds
+        .iter()
+        .zip(runs.iter_mut())
+        .map(|(kind, runs)| {
+            if runs.iter().any(|r| r.placed != runs[0].placed) {
+                anyhow::bail!(
+                    "{}'s runs placed different numbers of jobs: {:?} (the cycle should be deterministic)",
+                    kind.name(),
+                    runs.iter().map(|r| r.placed).collect::<Vec<_>>()
+                );
+            }
+            let rates = runs.iter().map(|r| r.decisions_per_second).collect();
+            runs.sort_by(|a, b| a.decisions_per_second.total_cmp(&b.decisions_per_second));
+            Ok(PolicyResult {
+                median: runs.swap_remove(runs.len() / 2),
+                runs_decisions_per_second: rates,
+            })
+        })
+        .collect()
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -267,19 +306,30 @@ fn scheduler(args: BenchSchedulerArgs) -> anyhow::Result<()> {
     let tasks = bench::queue(&config);
     let kinds = [PolicyKind::Finpool, PolicyKind::BestFit];
     let per_run = tasks.len() as u64;
-    let bar = progress::bar(per_run * kinds.len() as u64, "scheduling");
-    let results: Vec<_> = kinds
-        .into_iter()
-        .enumerate()
-        .map(|(i, kind)| {
-            let offset = per_run * i as u64;
-            bar.set_message(kind.name());
-            bench::run_observed(&config, kind, &tasks, &mut |done, _| {
+    let rounds = args.warmup + args.runs;
+    let bar = progress::bar(per_run * (rounds * kinds.len()) as u64, "scheduling");
+    // The policies take turns, round by round, so that a drift in the
+    // machine's speed falls on both.
+    let mut runs: Vec<Vec<bench::BenchResult>> = vec![Vec::new(); kinds.len()];
+    for round in 0..rounds {
+        for (i, kind) in kinds.iter().enumerate() {
+            let offset = bar.position();
+            bar.set_message(if round < args.warmup {
+                format!("{} (warm-up)", kind.name())
+            } else {
+                kind.name().to_owned()
+            });
+            let result = bench::run_observed(&config, *kind, &tasks, &mut |done, _| {
                 bar.set_position(offset + done)
-            })
-        })
-        .collect();
+            });
+            bar.set_position(offset + per_run);
+            if round >= args.warmup {
+                runs[i].push(result);
+            }
+        }
+    }
     bar.finish_and_clear();
+    let results = medians(&kinds, runs)?;
     let report = Report {
         nodes: args.nodes,
         gpus: args.nodes as u64 * args.gpus_per_node as u64,
@@ -287,7 +337,9 @@ fn scheduler(args: BenchSchedulerArgs) -> anyhow::Result<()> {
         queue,
         tenants: args.tenants,
         seed: args.seed,
-        finpool_to_bestfit_speed: results[0].decisions_per_second / results[1].decisions_per_second,
+        warmup_runs: args.warmup,
+        finpool_to_bestfit_speed: results[0].median.decisions_per_second
+            / results[1].median.decisions_per_second,
         results,
     };
     match args.out.output {
@@ -308,7 +360,7 @@ fn scheduler(args: BenchSchedulerArgs) -> anyhow::Result<()> {
             let rows = report
                 .results
                 .iter()
-                .map(|r| {
+                .map(|PolicyResult { median: r, .. }| {
                     vec![
                         r.policy.clone(),
                         format!("{:.0}", r.decisions_per_second),
@@ -336,8 +388,8 @@ fn scheduler(args: BenchSchedulerArgs) -> anyhow::Result<()> {
                 )
             );
             println!(
-                "finpool runs at {:.2}x best-fit's speed in this run",
-                report.finpool_to_bestfit_speed
+                "finpool runs at {:.2}x best-fit's speed in this run (each policy's median of {} timed run(s), after {} untimed)",
+                report.finpool_to_bestfit_speed, args.runs, args.warmup
             );
         }
     }
