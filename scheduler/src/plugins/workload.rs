@@ -610,24 +610,6 @@ impl NodeView {
         self.prefix[self.len]
     }
 
-    /// Free GPU the node's free CPU and memory cannot feed, if GPU work
-    /// brings `companion` CPU and memory along: a node out of CPU strands
-    /// its GPUs.
-    pub fn stranded(&self, companion: Companion) -> f64 {
-        let gpu = self.total_free() as f64;
-        let by_cpu = if companion.cpu_per_milli > 0.0 {
-            self.cpu_free as f64 / companion.cpu_per_milli
-        } else {
-            f64::INFINITY
-        };
-        let by_memory = if companion.memory_per_milli > 0.0 {
-            self.memory_free as f64 / companion.memory_per_milli
-        } else {
-            f64::INFINITY
-        };
-        (gpu - by_cpu.min(by_memory)).max(0.0)
-    }
-
     /// Free GPU the shape cannot use here, in milli-GPU.
     pub fn fragment_for(&self, shape: &Shape) -> u64 {
         if self.cpu_free < shape.cpu_milli || self.memory_free < shape.memory_mib {
@@ -693,6 +675,52 @@ impl NodeView {
             .filter(|(c, f)| !usable(*c, *f))
             .map(|(_, f)| *f as u64)
             .sum()
+    }
+}
+
+/// What a node has free in all after a choice: all that stranding reads
+/// (no per-card view to build, as fragmentation needs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreeTotals {
+    pub gpu_milli: u64,
+    pub cpu_milli: u64,
+    pub memory_mib: u64,
+}
+
+impl FreeTotals {
+    /// `node`'s free totals once `choice` and the task's CPU and memory
+    /// are taken (the totals of [`NodeView::after`]).
+    pub fn after(node: &NodeState, choice: Choice, cpu_milli: u64, memory_mib: u64) -> Self {
+        let cards = node.gpus.len() as u32;
+        let mask = if cards >= u64::BITS {
+            u64::MAX
+        } else {
+            (1u64 << cards) - 1
+        };
+        let chosen = u64::from((choice.gpus & mask).count_ones());
+        Self {
+            gpu_milli: node.free_gpu_milli() - chosen * u64::from(choice.milli),
+            cpu_milli: node.free_cpu_milli().saturating_sub(cpu_milli),
+            memory_mib: node.free_memory_mib().saturating_sub(memory_mib),
+        }
+    }
+
+    /// Free GPU the node's free CPU and memory cannot feed, if GPU work
+    /// brings `companion` CPU and memory along: a node out of CPU strands
+    /// its GPUs.
+    pub fn stranded(&self, companion: Companion) -> f64 {
+        let gpu = self.gpu_milli as f64;
+        let by_cpu = if companion.cpu_per_milli > 0.0 {
+            self.cpu_milli as f64 / companion.cpu_per_milli
+        } else {
+            f64::INFINITY
+        };
+        let by_memory = if companion.memory_per_milli > 0.0 {
+            self.memory_mib as f64 / companion.memory_per_milli
+        } else {
+            f64::INFINITY
+        };
+        (gpu - by_cpu.min(by_memory)).max(0.0)
     }
 }
 
@@ -842,6 +870,55 @@ mod tests {
         assert_eq!(v.fragment_for(&shape(100, 1, 9000)), 2700);
         // A CPU-only shape can use no GPU: all of it is a fragment.
         assert_eq!(v.fragment_for(&shape(0, 0, 1000)), 2700);
+    }
+
+    /// Stranding reads only the totals, and takes them without building
+    /// the per-card view: the two must agree on every choice.
+    #[test]
+    fn free_totals_are_the_views_totals() {
+        let n = node(&[0, 300, 1000, 650, 0, 0, 900, 0]);
+        let choices = [
+            Choice::NO_GPU,
+            Choice {
+                gpus: 0b0000_0001,
+                milli: 1000,
+                memory_mib: None,
+                slice: None,
+            },
+            Choice {
+                gpus: 0b1011_0001,
+                milli: 1000,
+                memory_mib: None,
+                slice: None,
+            },
+            Choice {
+                gpus: 0b0000_1000,
+                milli: 350,
+                memory_mib: Some(0),
+                slice: None,
+            },
+            Choice {
+                gpus: 0b0000_0010,
+                milli: 700,
+                memory_mib: Some(0),
+                slice: None,
+            },
+        ];
+        for (cpu, memory) in [(0, 0), (2500, 10_000), (9000, 70_000)] {
+            for choice in choices {
+                let view = NodeView::after(&n, choice, cpu, memory);
+                let totals = FreeTotals::after(&n, choice, cpu, memory);
+                assert_eq!(
+                    totals,
+                    FreeTotals {
+                        gpu_milli: view.total_free(),
+                        cpu_milli: view.cpu_free,
+                        memory_mib: view.memory_free,
+                    },
+                    "{choice:?}, {cpu} CPU, {memory} MiB"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! CPU and memory stranding: GPU left unusable for want of CPU or memory.
 
 use crate::cluster::Choice;
-use crate::plugins::workload::{Companion, NodeView};
+use crate::plugins::workload::{Companion, FreeTotals};
 use crate::plugins::{Ctx, Scorer};
 use crate::task::Task;
 
 /// Keep nodes' CPU and memory in step with their free GPU: score the
 /// decrease in GPU stranded for want of CPU or memory (see
-/// [`NodeView::stranded`]), with the companion ratios of the workload the
+/// [`FreeTotals::stranded`]), with the companion ratios of the workload the
 /// driver learned. CPU-only work thus goes where CPU is plentiful or where
 /// the GPUs are already taken.
 pub struct CpuStranding {
@@ -47,7 +47,7 @@ impl Scorer for CpuStranding {
         companion.memory_per_milli *= self.ratio_scale;
         let node = &ctx.cluster.nodes[node as usize];
         if self.per_shape {
-            let stranded = |view: &NodeView| -> f64 {
+            let stranded = |totals: &FreeTotals| -> f64 {
                 let mut total = 0.0;
                 let mut weights = 0.0;
                 for (shape, w) in &ctx.workload.shapes {
@@ -59,15 +59,16 @@ impl Scorer for CpuStranding {
                         cpu_per_milli: shape.cpu_milli as f64 / d * self.ratio_scale,
                         memory_per_milli: shape.memory_mib as f64 / d * self.ratio_scale,
                     };
-                    total += w * view.stranded(c);
+                    total += w * totals.stranded(c);
                     weights += w;
                 }
                 if weights > 0.0 { total / weights } else { 0.0 }
             };
-            let before = ctx.remembered(|| stranded(&NodeView::after(node, Choice::NO_GPU, 0, 0)));
+            let before =
+                ctx.remembered(|| stranded(&FreeTotals::after(node, Choice::NO_GPU, 0, 0)));
             for (choice, score) in choices.iter().zip(out.iter_mut()) {
                 *score = before
-                    - stranded(&NodeView::after(
+                    - stranded(&FreeTotals::after(
                         node,
                         *choice,
                         task.cpu_milli,
@@ -77,10 +78,10 @@ impl Scorer for CpuStranding {
             return;
         }
         let before =
-            ctx.remembered(|| NodeView::after(node, Choice::NO_GPU, 0, 0).stranded(companion));
+            ctx.remembered(|| FreeTotals::after(node, Choice::NO_GPU, 0, 0).stranded(companion));
         for (choice, score) in choices.iter().zip(out) {
-            let after =
-                NodeView::after(node, *choice, task.cpu_milli, task.memory_mib).stranded(companion);
+            let after = FreeTotals::after(node, *choice, task.cpu_milli, task.memory_mib)
+                .stranded(companion);
             *score = before - after;
         }
     }
