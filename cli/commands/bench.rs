@@ -561,3 +561,40 @@ fn bench_inventory(cards: u32) -> finpool_domain::Inventory {
         nodes,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(rate: f64, placed: usize) -> bench::BenchResult {
+        bench::BenchResult {
+            policy: "finpool".into(),
+            decisions: 10,
+            placed,
+            failed: 10 - placed,
+            cycles: 1,
+            seconds: 10.0 / rate,
+            decisions_per_second: rate,
+            p50_us: 1.0,
+            p99_us: 2.0,
+            max_us: 3.0,
+            cycle_p50_ms: 1.0,
+            cycle_p99_ms: 2.0,
+        }
+    }
+
+    #[test]
+    fn each_policy_reports_its_median_run_and_every_rate() {
+        let runs = vec![vec![run(300.0, 7), run(100.0, 7), run(200.0, 7)]];
+        let out = medians(&[PolicyKind::Finpool], runs).unwrap();
+        assert_eq!(out[0].median.decisions_per_second, 200.0);
+        assert_eq!(out[0].runs_decisions_per_second, vec![300.0, 100.0, 200.0]);
+    }
+
+    #[test]
+    fn runs_that_place_differently_are_an_error() {
+        let runs = vec![vec![run(300.0, 7), run(100.0, 6)]];
+        let err = medians(&[PolicyKind::Finpool], runs).err().unwrap();
+        assert!(err.to_string().contains("[7, 6]"), "{err}");
+    }
+}
