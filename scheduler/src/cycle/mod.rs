@@ -417,9 +417,9 @@ impl Cycle {
             .iter()
             .map(|a| (a.job, &a.placement))
             .collect();
-        let admitted = queued
+        let looked_up = if placed.is_empty() { &[][..] } else { queued };
+        let admitted = looked_up
             .iter()
-            .take(if placed.is_empty() { 0 } else { queued.len() })
             .filter_map(|j| Some((j.tenant.as_str(), *placed.get(&j.id)?)));
         let held_after = held
             .map(|j| (j.tenant.as_str(), &j.placement))
