@@ -508,6 +508,11 @@ impl Store {
     pub async fn insert_usage_events(&self, events: &[UsageEvent]) -> Result<u64, StoreError> {
         let mut inserted = 0;
         let placeholders = self.backend().placeholders();
+        // In id order: writers inserting overlapping events in different
+        // orders wait on each other's uncommitted ids, and PostgreSQL
+        // aborts one as a deadlock; taking ids in one order cannot cycle.
+        let mut events: Vec<&UsageEvent> = events.iter().collect();
+        events.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         for batch in events.chunks(EVENTS_PER_TRANSACTION) {
             with_write_pool!(self.backend(), pool => {
                 let mut tx = pool.begin().await?;
