@@ -108,7 +108,9 @@ where
     }
 
     async fn store_memory(&mut self) -> Result<(), PortError> {
-        let memory = serde_json::to_string(self.cycle.durable())
+        let memory = self
+            .cycle
+            .stored_memory()
             .map_err(|e| PortError::new("scheduler memory", e))?;
         // Saved again next time if this fails.
         self.unsaved = true;

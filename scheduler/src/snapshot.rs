@@ -3,12 +3,13 @@
 //! [`Snapshot::build`] turns it into the indexed [`Cluster`] the plugins
 //! work on.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use finpool_domain::{
     BaseModel, GpuClass, IsolationLevel, JobId, Name, Node, Placement, Resources, Tenant, TenantId,
     Timestamp,
 };
+use rustc_hash::FxHashMap;
 
 use crate::cluster::{
     Allocation, Choice, ClassInfo, ClassSet, Cluster, GpuState, MAX_CLASSES, MAX_GPUS_PER_NODE,
@@ -204,13 +205,15 @@ pub struct Built {
     pub held: Vec<Held>,
     /// Running jobs whose placement no longer matches the inventory.
     pub warnings: Vec<String>,
-    node_index: HashMap<String, u32>,
-    model_index: HashMap<String, ModelIdx>,
+    // Looked up for every job each cycle: a fast hash (the names are the
+    // operators' own, not a tenant's).
+    node_index: FxHashMap<String, u32>,
+    model_index: FxHashMap<String, ModelIdx>,
 }
 
 impl Snapshot {
     pub fn build(&self) -> Result<Built, SnapshotError> {
-        let model_index: HashMap<String, ModelIdx> = self
+        let model_index: FxHashMap<String, ModelIdx> = self
             .models
             .iter()
             .enumerate()

@@ -1,6 +1,6 @@
 //! Quotas per tenant and GPU class, as the scheduler reads them.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use finpool_domain::{MILLI_PER_GPU, Quota};
 
@@ -17,7 +17,9 @@ pub const DEFAULT_FAIR_SHARE_HALF_LIFE_S: u64 = 3 * 3600;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TenantBook {
     pub names: Vec<String>,
-    index: HashMap<String, TenantIdx>,
+    /// Name → index: looked up for every queued and running job each
+    /// cycle, so with a fast hash (names are the operators' own).
+    index: FxHashMap<String, TenantIdx>,
     quotas: Vec<Vec<Quota>>,
     weights: Vec<u32>,
     mig: Vec<bool>,

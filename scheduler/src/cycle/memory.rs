@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use finpool_domain::{JobId, Name, Timestamp};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use super::fair_share::FairShare;
 use super::load_time::Measured;
@@ -41,6 +42,58 @@ pub struct DurableMemory {
     pub fair_share: FairShare,
     /// Model loads measured per model and node.
     pub load_times: Measured,
+}
+
+/// The memory saved at checkpoints (hold clocks, fair share, measured load
+/// times), as JSON, kept between checkpoints: a store of the memory that
+/// decisions act on writes it as last checkpointed rather than serializing
+/// every tenant's fair share again (a trace names thousands of tenants,
+/// and every model load is such a store).
+#[derive(Debug, Clone)]
+pub struct SoftJson {
+    held_back: Box<RawValue>,
+    fair_share: Box<RawValue>,
+    load_times: Box<RawValue>,
+}
+
+/// [`DurableMemory`]'s stored form with the soft parts already serialized:
+/// the same fields in the same order, so the same JSON.
+#[derive(Serialize)]
+struct Stored<'a> {
+    reservation: &'a Option<Reservation>,
+    displaced: &'a BTreeMap<JobId, Vec<JobId>>,
+    preempting: &'a BTreeMap<JobId, Timestamp>,
+    held_back: &'a RawValue,
+    cached: &'a BTreeMap<String, BTreeSet<String>>,
+    resident: &'a BTreeMap<String, BTreeMap<u32, String>>,
+    fair_share: &'a RawValue,
+    load_times: &'a RawValue,
+}
+
+impl DurableMemory {
+    /// The soft parts as they are now.
+    pub fn soft_json(&self) -> serde_json::Result<SoftJson> {
+        Ok(SoftJson {
+            held_back: serde_json::value::to_raw_value(&self.held_back)?,
+            fair_share: serde_json::value::to_raw_value(&self.fair_share)?,
+            load_times: serde_json::value::to_raw_value(&self.load_times)?,
+        })
+    }
+
+    /// The stored form: this memory, with its soft parts as `soft` gives
+    /// them.
+    pub fn to_json_with(&self, soft: &SoftJson) -> serde_json::Result<String> {
+        serde_json::to_string(&Stored {
+            reservation: &self.reservation,
+            displaced: &self.displaced,
+            preempting: &self.preempting,
+            held_back: &soft.held_back,
+            cached: &self.cached,
+            resident: &self.resident,
+            fair_share: &soft.fair_share,
+            load_times: &soft.load_times,
+        })
+    }
 }
 
 /// How long a job has been held back with a usable card free: the time
@@ -112,4 +165,60 @@ pub struct Pruned {
     /// Preemptions, displaced-by records or the reservation.
     pub decisions: bool,
     pub hold_clocks: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cycle::fair_share::Decayed;
+
+    /// The stored form with cached soft parts is the derived serialization,
+    /// byte for byte: stores written before and after read back alike.
+    #[test]
+    fn stored_form_is_the_derived_serialization() {
+        let id = |n: u128| JobId(uuid::Uuid::from_u128(n));
+        let mut memory = DurableMemory {
+            reservation: Some(Reservation {
+                job: id(1),
+                node: "node-0".into(),
+                at: Timestamp(5),
+            }),
+            displaced: [(id(2), vec![id(3), id(4)])].into(),
+            preempting: [(id(3), Timestamp(7))].into(),
+            held_back: [(
+                id(5),
+                HoldClock {
+                    held_ms: 1500,
+                    since: Some(Timestamp(9)),
+                },
+            )]
+            .into(),
+            cached: [("node-0".to_owned(), ["m-1".to_owned()].into())].into(),
+            resident: [("node-0".to_owned(), [(0, "m-1".to_owned())].into())].into(),
+            ..DurableMemory::default()
+        };
+        memory.fair_share.average.insert(
+            "alpha".into(),
+            [(
+                "A100".to_owned(),
+                Decayed {
+                    milli: 1234.5,
+                    at: Timestamp(11),
+                },
+            )]
+            .into(),
+        );
+        memory
+            .load_times
+            .entry("m-1".into())
+            .or_default()
+            .entry("node-0".into())
+            .or_default()
+            .add(22_700);
+        let derived = serde_json::to_string(&memory).unwrap();
+        let soft = memory.soft_json().unwrap();
+        assert_eq!(memory.to_json_with(&soft).unwrap(), derived);
+        let back: DurableMemory = serde_json::from_str(&derived).unwrap();
+        assert_eq!(back, memory);
+    }
 }

@@ -30,7 +30,7 @@ use crate::snapshot::{
     EXPLAINED_PER_CYCLE, LocalityInputs, QueuedJob, RunningJob, Snapshot, SnapshotError,
 };
 use crate::wait::WaitReason;
-pub use memory::{DurableMemory, VolatileMemory};
+pub use memory::{DurableMemory, SoftJson, VolatileMemory};
 
 /// How a driver's cycle behaves; the same for every driver of one pool.
 #[derive(Debug, Clone)]
@@ -155,10 +155,16 @@ pub struct Cycle {
     /// cached models, in the node listing), changed since the driver last
     /// stored it.
     dirty: bool,
-    /// Other durable memory changed since then (saved at checkpoints).
+    /// Other durable memory (saved at checkpoints) changed since the last
+    /// checkpoint.
     soft_dirty: bool,
-    /// When the driver last stored the memory.
+    /// When the last checkpoint was stored.
     saved_at: Option<Timestamp>,
+    /// The soft memory as of the last checkpoint, written again by the
+    /// stores between checkpoints (see [`SoftJson`]).
+    soft_json: Option<SoftJson>,
+    /// The next store is a checkpoint: it writes the soft memory as it is.
+    checkpoint: bool,
     /// The last cycle's clock.
     now: Timestamp,
 }
@@ -187,6 +193,8 @@ impl Cycle {
             dirty,
             soft_dirty: false,
             saved_at: None,
+            soft_json: None,
+            checkpoint: false,
             now: Timestamp(0),
         }
     }
@@ -212,8 +220,9 @@ impl Cycle {
 
     /// Whether the driver should store the durable memory now: memory a
     /// decision acts on changed (stored before the plan is carried out),
-    /// or other memory changed and the last store is a checkpoint
-    /// interval old. The whole memory is stored either way.
+    /// or other memory changed and the last checkpoint is a checkpoint
+    /// interval old. Between checkpoints a store writes the soft memory as
+    /// last checkpointed (see [`Cycle::stored_memory`]).
     pub fn take_dirty(&mut self) -> bool {
         let checkpoint_due = self.soft_dirty
             && self
@@ -223,18 +232,37 @@ impl Cycle {
             return false;
         }
         self.dirty = false;
-        self.soft_dirty = false;
-        self.saved_at = Some(self.now);
+        if checkpoint_due {
+            self.soft_dirty = false;
+            self.saved_at = Some(self.now);
+            self.checkpoint = true;
+        }
         true
     }
 
     /// Whether any memory changed since the last store, checkpoint or not
-    /// (a driver that stops stores it then).
+    /// (a driver that stops stores it then, soft memory as it is).
     pub fn take_unsaved(&mut self) -> bool {
         let unsaved = self.dirty || self.soft_dirty;
+        self.checkpoint |= self.soft_dirty;
         self.dirty = false;
         self.soft_dirty = false;
         unsaved
+    }
+
+    /// The durable memory as the driver stores it, after
+    /// [`Cycle::take_dirty`] or [`Cycle::take_unsaved`] said to: what
+    /// decisions act on as it is now, the soft memory as of the last
+    /// checkpoint (this one, if it is due).
+    pub fn stored_memory(&mut self) -> serde_json::Result<String> {
+        let soft = match self.soft_json.take() {
+            Some(soft) if !self.checkpoint => soft,
+            _ => self.durable.soft_json()?,
+        };
+        self.checkpoint = false;
+        let json = self.durable.to_json_with(&soft);
+        self.soft_json = Some(soft);
+        json
     }
 
     /// Replaces the learner (simulations of policies with their own).
@@ -303,11 +331,15 @@ impl Cycle {
 
         for node in &mut nodes {
             if let Some(extra) = self.durable.cached.get(&node.name) {
-                for m in extra {
-                    if !node.models.contains(m) {
-                        node.models.push(m.clone());
-                    }
-                }
+                // A node may have fetched every model the pool has: a set,
+                // not a scan of its list per model.
+                let listed: std::collections::BTreeSet<&String> = node.models.iter().collect();
+                let fetched: Vec<String> = extra
+                    .iter()
+                    .filter(|m| !listed.contains(m))
+                    .cloned()
+                    .collect();
+                node.models.extend(fetched);
             }
         }
         // The jobs being stopped hold their cards until they are gone, but

@@ -53,3 +53,44 @@ fn fair_share_alone_is_stored_at_checkpoints() {
     assert!(!cycle.take_dirty());
     assert!(cycle.take_unsaved());
 }
+
+/// A store between checkpoints writes what decisions act on as it is, and
+/// the soft memory as of the last checkpoint; the next checkpoint, or a
+/// clean stop, writes it as it is.
+#[test]
+fn stores_between_checkpoints_write_the_last_checkpoints_soft_memory() {
+    let mut cycle = Cycle::new(CycleConfig::default(), Policy::finpool());
+    let interval = cycle.config.memory_checkpoint_ms as i64;
+    let stored = |cycle: &mut Cycle| -> DurableMemory {
+        serde_json::from_str(&cycle.stored_memory().unwrap()).unwrap()
+    };
+    let plan = cycle.run(inputs(0, vec![one_gpu(1)], vec![])).unwrap();
+    assert!(cycle.take_dirty());
+    assert_eq!(&stored(&mut cycle), cycle.durable());
+    let checkpointed = cycle.durable().clone();
+    // Soft memory changes: the job ends, a load is measured.
+    let running = holding(&plan.admit[0], "alpha");
+    cycle.run(inputs(1_000, vec![], vec![running])).unwrap();
+    cycle.record_load("node-0", "model-0", 20_000);
+    cycle.run(inputs(2_000, vec![], vec![])).unwrap();
+    assert!(!cycle.take_dirty(), "no checkpoint is due");
+    // Memory a decision acts on changes (stops the driver could not send
+    // are forgotten): stored at once, with the checkpoint's soft memory.
+    cycle.forget_stops(&[]);
+    assert!(cycle.take_dirty());
+    let urgent = stored(&mut cycle);
+    assert_eq!(urgent.fair_share, checkpointed.fair_share);
+    assert_eq!(urgent.load_times, checkpointed.load_times);
+    assert_ne!(cycle.durable().load_times, checkpointed.load_times);
+    // The checkpoint writes the soft memory as it is.
+    cycle.run(inputs(interval, vec![], vec![])).unwrap();
+    assert!(cycle.take_dirty());
+    assert_eq!(&stored(&mut cycle), cycle.durable());
+    // So does a clean stop, between checkpoints.
+    cycle.record_load("node-0", "model-0", 30_000);
+    cycle.forget_stops(&[]);
+    assert!(cycle.take_dirty());
+    assert_ne!(&stored(&mut cycle), cycle.durable());
+    assert!(cycle.take_unsaved());
+    assert_eq!(&stored(&mut cycle), cycle.durable());
+}
