@@ -170,8 +170,13 @@ struct Indexes {
     shapes: HashMap<Task, ShapeIndex, FastHash>,
     /// Identifies the workload model the indexes were scored with.
     workload_epoch: u64,
-    /// Per tenant, the nodes where it holds a (time-shared) card.
+    /// Per tenant, the nodes where it holds a (time-shared) card that a
+    /// share could still join (see [`Indexes::room_only`]).
     owned: HashMap<TenantIdx, BTreeSet<NodeIdx>>,
+    /// Whether `owned` leaves out cards with neither milli nor memory
+    /// free: exact when the policy checks card capacity (no share fits
+    /// such a card), and most held cards are full (whole-GPU work).
+    room_only: bool,
     /// Per node, the tenants holding its cards.
     owners: Vec<Vec<TenantIdx>>,
     /// Trees of dropped indexes, for new ones.
@@ -181,7 +186,7 @@ struct Indexes {
 }
 
 impl Indexes {
-    fn new(nodes: &[NodeState], scorers: usize) -> Self {
+    fn new(nodes: &[NodeState], scorers: usize, room_only: bool) -> Self {
         let classes = NodeClasses::new(nodes);
         let slots = classes.slots.len();
         let mut indexes = Self {
@@ -196,6 +201,7 @@ impl Indexes {
             shapes: HashMap::default(),
             workload_epoch: 0,
             owned: HashMap::new(),
+            room_only,
             spare: Vec::new(),
             decisions: 0,
         };
@@ -250,7 +256,15 @@ impl Indexes {
     }
 
     fn track_owners(&mut self, node: NodeIdx, state: &NodeState) {
-        let mut now: Vec<TenantIdx> = state.gpus.iter().filter_map(|g| g.owner).collect();
+        let room_only = self.room_only;
+        let mut now: Vec<TenantIdx> = state
+            .gpus
+            .iter()
+            .filter(|g| {
+                !room_only || (!g.is_mig() && (g.free_milli() > 0 || g.free_memory_mib() > 0))
+            })
+            .filter_map(|g| g.owner)
+            .collect();
         now.sort_unstable();
         now.dedup();
         if now == self.owners[node as usize] {
@@ -298,7 +312,11 @@ impl<'p> Engine<'p> {
     pub fn new(policy: &'p Policy, cluster: Cluster) -> Self {
         Self {
             policy,
-            indexes: Indexes::new(&cluster.nodes, policy.scorers.len()),
+            indexes: Indexes::new(
+                &cluster.nodes,
+                policy.scorers.len(),
+                checks_capacity(policy),
+            ),
             cluster,
             inputs: None,
             isolates: isolates(policy),
@@ -333,11 +351,19 @@ impl<'p> Engine<'p> {
             }
             Some(mut kept) => {
                 kept.indexes.drop_shapes();
-                let mut indexes = Indexes::new(&cluster.nodes, policy.scorers.len());
+                let mut indexes = Indexes::new(
+                    &cluster.nodes,
+                    policy.scorers.len(),
+                    checks_capacity(policy),
+                );
                 indexes.spare = kept.indexes.spare;
                 indexes
             }
-            None => Indexes::new(&cluster.nodes, policy.scorers.len()),
+            None => Indexes::new(
+                &cluster.nodes,
+                policy.scorers.len(),
+                checks_capacity(policy),
+            ),
         };
         Self {
             policy,
@@ -565,6 +591,12 @@ fn best_of(
 fn memo_cells(slot: u32, scorers: usize) -> std::ops::Range<usize> {
     let at = slot as usize * scorers;
     at..at + scorers
+}
+
+/// Whether the policy refuses a card without room for the task (see
+/// [`Indexes::room_only`]).
+fn checks_capacity(policy: &Policy) -> bool {
+    policy.filters.iter().any(|f| f.name() == "GpuCapacity")
 }
 
 /// Whether the policy never time-slices a card between tenants and

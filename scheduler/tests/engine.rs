@@ -357,3 +357,52 @@ fn a_card_that_changes_holders_between_decisions_is_the_new_holders() {
         Some(1)
     );
 }
+
+/// A tenant's full card takes none of its shares, so the engine does not
+/// offer it (most held cards run whole-GPU work); the card comes back to
+/// its holder's shares as soon as a job on it ends, within a decision and
+/// across decisions.
+#[test]
+fn a_full_card_returns_to_its_holders_shares_when_it_has_room() {
+    let book = tenants();
+    let policy = Policy::finpool();
+    let model = WorkloadModel::default();
+    let inputs = |c: &Cluster| score_inputs(c, &model, &book);
+    let request = Request::new(&book, QuotaBound::Unbounded, &model, 0);
+    let mut cache = EngineCache::default();
+    // Tenant 0 holds node 1's first card whole, and tenant 2 the other
+    // three: no share fits on node 1.
+    let mut cluster = three_idle_nodes();
+    let whole = held(1, 0, 1, 1000);
+    cluster.apply(&whole);
+    cluster.apply(&held(1, 2, 0b1110, 1000));
+    let mut engine = Engine::resume(&policy, cluster.clone(), &mut cache, inputs(&cluster));
+    assert_matches_exhaustive(&mut engine, &book, &model, &share(Some(0)));
+    assert_ne!(
+        engine.place(&request, &share(Some(0))).map(|p| p.node),
+        Some(1)
+    );
+    // Within the decision: the whole-card job ends, a half-card job of the
+    // same tenant starts there; its next share joins it.
+    engine.release(&whole);
+    engine.apply(&half_card(1, 0));
+    assert_matches_exhaustive(&mut engine, &book, &model, &share(Some(0)));
+    assert_eq!(
+        engine.place(&request, &share(Some(0))).map(|p| p.node),
+        Some(1)
+    );
+    // Its next share fills the card's compute: no share fits there until
+    // the next decision finds room again.
+    let filler = held(1, 0, 1, 500);
+    engine.apply(&filler);
+    assert_matches_exhaustive(&mut engine, &book, &model, &share(Some(0)));
+    engine.keep(&mut cache);
+    cluster.release(&whole);
+    cluster.apply(&half_card(1, 0));
+    let mut engine = Engine::resume(&policy, cluster.clone(), &mut cache, inputs(&cluster));
+    assert_matches_exhaustive(&mut engine, &book, &model, &share(Some(0)));
+    assert_eq!(
+        engine.place(&request, &share(Some(0))).map(|p| p.node),
+        Some(1)
+    );
+}
