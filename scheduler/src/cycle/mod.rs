@@ -53,7 +53,8 @@ pub struct CycleConfig {
     pub borrow_order: crate::decide::BorrowOrder,
     /// How often memory that decisions need not act on at once and that
     /// nobody reads (fair share, hold clocks, measured load times) is
-    /// saved when only it changed. See [`Cycle::take_dirty`].
+    /// saved; stores in between write it as last saved. See
+    /// [`Cycle::take_dirty`].
     pub memory_checkpoint_ms: u64,
 }
 
