@@ -222,6 +222,15 @@ impl Store {
                     }
                     bulk.push(i);
                 }
+                // Each new job bumps its tenant's pending count (a row the
+                // trigger locks until commit), and the ids' index locks too:
+                // rows go in (tenant, id) order, so two writers over the same
+                // tenants never wait on each other in a cycle. The sort is
+                // stable: of one id's copies the first still makes the job.
+                bulk.sort_by(|&a, &b| {
+                    let key = |i: usize| (jobs[i].0.tenant_id.as_str(), jobs[i].0.id);
+                    key(a).cmp(&key(b))
+                });
                 if !bulk.is_empty() {
                     let sql = format!(
                         "INSERT INTO jobs (id, tenant_id, name, idempotency_key, spec, state, reason, priority, \
@@ -305,5 +314,110 @@ fn clone_error(e: &StoreError) -> StoreError {
         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
         StoreError::LimitExceeded(m) => StoreError::LimitExceeded(m.clone()),
         other => StoreError::Database(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use finpool_domain::{
+        GpuRequest, IsolationLevel, JobId, JobSpec, Name, Resources, RestartPolicy, Tenant,
+        Timestamp,
+    };
+
+    use super::*;
+    use crate::{StoreConfig, testing};
+
+    fn name(s: &str) -> Name {
+        Name::parse("name", s).unwrap()
+    }
+
+    fn tenant(id: &str) -> Tenant {
+        Tenant {
+            id: name(id),
+            display_name: String::new(),
+            quotas: BTreeMap::new(),
+            weight: 1,
+            isolation: IsolationLevel::SharedWithinTenant,
+            created_at: Timestamp(0),
+            suspended: None,
+        }
+    }
+
+    fn job(tenant: &str) -> Job {
+        let spec = JobSpec {
+            name: name("batch"),
+            model: None,
+            command: vec!["true".into()],
+            args: vec![],
+            env: BTreeMap::new(),
+            resources: Resources {
+                gpu: GpuRequest::None,
+                gpu_classes: vec![],
+                cpu_milli: 100,
+                memory_mib: 64,
+            },
+            priority: 0,
+            max_runtime_ms: None,
+            min_runtime_ms: None,
+            idempotency_key: None,
+            labels: BTreeMap::new(),
+            restart_policy: RestartPolicy::Fail,
+        };
+        Job::new(JobId::new_random(), name(tenant), spec, Timestamp(1))
+    }
+
+    /// Two writers (two API replicas on one database) committing batches
+    /// over the same tenants in opposite orders. Each new job bumps its
+    /// tenant's pending count (a row a trigger upserts and locks until
+    /// commit): unless a batch takes its tenants in one order, PostgreSQL
+    /// aborts one of them as a deadlock, and its jobs fall back to one
+    /// transaction each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_over_the_same_tenants_in_opposite_orders_both_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut configs = vec![StoreConfig::Sqlite(dir.path().join("finpool.db"))];
+        if let Ok(base) = std::env::var(testing::TEST_DATABASE_URL_VAR) {
+            let url = testing::fresh_postgres_database(&base).await.unwrap();
+            configs.push(StoreConfig::Postgres(url));
+        }
+        let tenants: Vec<String> = (0..64).map(|t| format!("t{t:02}")).collect();
+        for config in configs {
+            let (one, two) = (
+                Store::open(&config).await.unwrap(),
+                Store::open(&config).await.unwrap(),
+            );
+            for t in &tenants {
+                one.create_tenant(&tenant(t)).await.unwrap();
+            }
+            for round in 0..5 {
+                let forward: Vec<Job> = (0..MAX_BATCH)
+                    .map(|i| job(&tenants[i % tenants.len()]))
+                    .collect();
+                let backward: Vec<Job> = (0..MAX_BATCH)
+                    .map(|i| job(&tenants[tenants.len() - 1 - i % tenants.len()]))
+                    .collect();
+                let (a, b) = (one.clone(), two.clone());
+                let first = tokio::spawn(async move {
+                    let jobs: Vec<(&Job, Option<u32>)> =
+                        forward.iter().map(|j| (j, None)).collect();
+                    a.insert_all(&jobs).await.map(|r| r.len())
+                });
+                let second = tokio::spawn(async move {
+                    let jobs: Vec<(&Job, Option<u32>)> =
+                        backward.iter().map(|j| (j, None)).collect();
+                    b.insert_all(&jobs).await.map(|r| r.len())
+                });
+                for (side, result) in [
+                    ("first", first.await.unwrap()),
+                    ("second", second.await.unwrap()),
+                ] {
+                    let stored =
+                        result.unwrap_or_else(|e| panic!("{config:?}, round {round}, {side}: {e}"));
+                    assert_eq!(stored, MAX_BATCH);
+                }
+            }
+        }
     }
 }
