@@ -83,13 +83,25 @@ impl DurableMemory {
     /// The stored form: this memory, with its soft parts as `soft` gives
     /// them.
     pub fn to_json_with(&self, soft: &SoftJson) -> serde_json::Result<String> {
+        // Every field named: one added to the memory does not compile
+        // until it is stored here too.
+        let Self {
+            reservation,
+            displaced,
+            preempting,
+            held_back: _,
+            cached,
+            resident,
+            fair_share: _,
+            load_times: _,
+        } = self;
         serde_json::to_string(&Stored {
-            reservation: &self.reservation,
-            displaced: &self.displaced,
-            preempting: &self.preempting,
+            reservation,
+            displaced,
+            preempting,
             held_back: &soft.held_back,
-            cached: &self.cached,
-            resident: &self.resident,
+            cached,
+            resident,
             fair_share: &soft.fair_share,
             load_times: &soft.load_times,
         })
