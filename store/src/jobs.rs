@@ -351,22 +351,25 @@ impl Store {
     ) -> Result<Vec<Result<Job, StoreError>>, StoreError> {
         macro_rules! run {
             ($pool:expr, $f:ident) => {{
+                let order = self.lock_order(&changes).await?;
                 let mut tx = $pool.begin().await?;
-                let mut results = Vec::with_capacity(changes.len());
+                let mut results: Vec<Option<Result<Job, StoreError>>> =
+                    (0..changes.len()).map(|_| None).collect();
                 let mut events = Vec::new();
-                for (id, expected, change) in &changes {
+                for i in order {
+                    let (id, expected, change) = &changes[i];
                     // A savepoint per change, so one refusal does not abort the rest.
                     let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
                     match $f(&mut sp, *id, *expected, change).await {
                         Ok((job, event)) => {
                             sp.commit().await?;
                             events.push(event);
-                            results.push(Ok(job));
+                            results[i] = Some(Ok(job));
                         }
                         Err(e @ StoreError::Unavailable(_)) => return Err(e),
                         Err(e) => {
                             sp.rollback().await?;
-                            results.push(Err(e));
+                            results[i] = Some(Err(e));
                         }
                     }
                 }
@@ -374,13 +377,54 @@ impl Store {
                 for event in events {
                     self.publish(event);
                 }
-                Ok(results)
+                Ok(results
+                    .into_iter()
+                    .map(|r| r.expect("every change answered"))
+                    .collect())
             }};
         }
         match self.backend() {
             Backend::Sqlite { write, .. } => run!(write, transition_sqlite),
             Backend::Postgres(pool) => run!(pool, transition_postgres),
         }
+    }
+
+    /// The order to apply `changes` in: by their jobs' tenants, then ids.
+    /// A change of state may move its tenant's pending count (a row the
+    /// trigger locks until commit), and submit batches take tenants in
+    /// this order too, so no two writers wait on each other in a cycle.
+    /// The sort is stable (one job's changes keep their order); jobs not
+    /// found go first, and fail on their own.
+    async fn lock_order(
+        &self,
+        changes: &[(JobId, Option<JobState>, Change)],
+    ) -> Result<Vec<usize>, StoreError> {
+        let mut order: Vec<usize> = (0..changes.len()).collect();
+        if changes.len() < 2 {
+            return Ok(order);
+        }
+        let placeholders = self.backend().placeholders();
+        let mut tenant_of = std::collections::HashMap::new();
+        for chunk in changes.chunks(500) {
+            let sql = format!(
+                "SELECT id, tenant_id FROM jobs WHERE id IN {}",
+                placeholders.rows(1, chunk.len(), "")
+            );
+            let rows: Vec<(String, String)> = with_read_pool!(self.backend(), pool => {
+                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+                for (id, _, _) in chunk {
+                    q = q.bind(id.to_string());
+                }
+                q.fetch_all(pool).await?
+            });
+            tenant_of.extend(rows);
+        }
+        let keys: Vec<(Option<String>, JobId)> = changes
+            .iter()
+            .map(|(id, _, _)| (tenant_of.remove(&id.to_string()), *id))
+            .collect();
+        order.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
+        Ok(order)
     }
 
     /// Records why queued jobs are waiting (a stable code and its text),

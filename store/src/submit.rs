@@ -368,6 +368,18 @@ mod tests {
         Job::new(JobId::new_random(), name(tenant), spec, Timestamp(1))
     }
 
+    /// Two writers on one database: two processes' stores on PostgreSQL
+    /// (API replicas, the scheduler); on SQLite, where one process owns the
+    /// data dir, one store's two handles.
+    async fn two_writers(config: &StoreConfig) -> (Store, Store) {
+        let one = Store::open(config).await.unwrap();
+        let two = match config {
+            StoreConfig::Sqlite(_) => one.clone(),
+            StoreConfig::Postgres(_) => Store::open(config).await.unwrap(),
+        };
+        (one, two)
+    }
+
     /// Two writers (two API replicas on one database) committing batches
     /// over the same tenants in opposite orders. Each new job bumps its
     /// tenant's pending count (a row a trigger upserts and locks until
@@ -384,10 +396,7 @@ mod tests {
         }
         let tenants: Vec<String> = (0..64).map(|t| format!("t{t:02}")).collect();
         for config in configs {
-            let (one, two) = (
-                Store::open(&config).await.unwrap(),
-                Store::open(&config).await.unwrap(),
-            );
+            let (one, two) = two_writers(&config).await;
             for t in &tenants {
                 one.create_tenant(&tenant(t)).await.unwrap();
             }
@@ -417,6 +426,67 @@ mod tests {
                         result.unwrap_or_else(|e| panic!("{config:?}, round {round}, {side}: {e}"));
                     assert_eq!(stored, MAX_BATCH);
                 }
+            }
+        }
+    }
+
+    /// The scheduler's admissions change many pending jobs in one
+    /// transaction, each change moving its tenant's pending count too: a
+    /// submit batch over the same tenants (taken in tenant order) must not
+    /// wait on it in a cycle, whatever order the plan lists the jobs in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn state_changes_and_a_submit_batch_over_the_same_tenants_both_commit() {
+        use crate::jobs::Change;
+        let dir = tempfile::tempdir().unwrap();
+        let mut configs = vec![StoreConfig::Sqlite(dir.path().join("finpool.db"))];
+        if let Ok(base) = std::env::var(testing::TEST_DATABASE_URL_VAR) {
+            let url = testing::fresh_postgres_database(&base).await.unwrap();
+            configs.push(StoreConfig::Postgres(url));
+        }
+        let tenants: Vec<String> = (0..64).map(|t| format!("t{t:02}")).collect();
+        let batch = |tenants: &[String]| -> Vec<Job> {
+            (0..MAX_BATCH)
+                .map(|i| job(&tenants[i % tenants.len()]))
+                .collect()
+        };
+        for config in configs {
+            let (api, scheduler) = two_writers(&config).await;
+            for t in &tenants {
+                api.create_tenant(&tenant(t)).await.unwrap();
+            }
+            let mut pending = batch(&tenants);
+            let jobs: Vec<(&Job, Option<u32>)> = pending.iter().map(|j| (j, None)).collect();
+            api.insert_all(&jobs).await.unwrap();
+            for round in 0..5 {
+                // The plan lists the pending jobs in reverse tenant order.
+                pending.sort_by(|a, b| b.tenant_id.cmp(&a.tenant_id));
+                let changes: Vec<(JobId, Option<JobState>, Change)> = pending
+                    .iter()
+                    .map(|j| {
+                        let change = Change::new(JobState::Cancelled, "test", Timestamp(2));
+                        (j.id, Some(JobState::Pending), change)
+                    })
+                    .collect();
+                let arriving = batch(&tenants);
+                let (submitted, store) = (arriving.clone(), api.clone());
+                let submit = tokio::spawn(async move {
+                    let jobs: Vec<(&Job, Option<u32>)> =
+                        submitted.iter().map(|j| (j, None)).collect();
+                    store.insert_all(&jobs).await.map(|r| r.len())
+                });
+                let changed = scheduler.transition_many(changes).await;
+                let stored = submit
+                    .await
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("{config:?}, round {round}, submit: {e}"));
+                let changed =
+                    changed.unwrap_or_else(|e| panic!("{config:?}, round {round}, changes: {e}"));
+                assert_eq!(stored, MAX_BATCH);
+                assert!(
+                    changed.iter().all(Result::is_ok),
+                    "{config:?}, round {round}"
+                );
+                pending = arriving;
             }
         }
     }
