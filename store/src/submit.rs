@@ -368,6 +368,18 @@ mod tests {
         Job::new(JobId::new_random(), name(tenant), spec, Timestamp(1))
     }
 
+    /// A SQLite file, and a fresh PostgreSQL database when one is set for
+    /// tests.
+    async fn databases() -> (tempfile::TempDir, Vec<StoreConfig>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut configs = vec![StoreConfig::Sqlite(dir.path().join("finpool.db"))];
+        if let Ok(base) = std::env::var(testing::TEST_DATABASE_URL_VAR) {
+            let url = testing::fresh_postgres_database(&base).await.unwrap();
+            configs.push(StoreConfig::Postgres(url));
+        }
+        (dir, configs)
+    }
+
     /// Two writers on one database: two processes' stores on PostgreSQL
     /// (API replicas, the scheduler); on SQLite, where one process owns the
     /// data dir, one store's two handles.
@@ -388,12 +400,7 @@ mod tests {
     /// transaction each.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batches_over_the_same_tenants_in_opposite_orders_both_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut configs = vec![StoreConfig::Sqlite(dir.path().join("finpool.db"))];
-        if let Ok(base) = std::env::var(testing::TEST_DATABASE_URL_VAR) {
-            let url = testing::fresh_postgres_database(&base).await.unwrap();
-            configs.push(StoreConfig::Postgres(url));
-        }
+        let (_dir, configs) = databases().await;
         let tenants: Vec<String> = (0..64).map(|t| format!("t{t:02}")).collect();
         for config in configs {
             let (one, two) = two_writers(&config).await;
@@ -437,12 +444,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn state_changes_and_a_submit_batch_over_the_same_tenants_both_commit() {
         use crate::jobs::Change;
-        let dir = tempfile::tempdir().unwrap();
-        let mut configs = vec![StoreConfig::Sqlite(dir.path().join("finpool.db"))];
-        if let Ok(base) = std::env::var(testing::TEST_DATABASE_URL_VAR) {
-            let url = testing::fresh_postgres_database(&base).await.unwrap();
-            configs.push(StoreConfig::Postgres(url));
-        }
+        let (_dir, configs) = databases().await;
         let tenants: Vec<String> = (0..64).map(|t| format!("t{t:02}")).collect();
         let batch = |tenants: &[String]| -> Vec<Job> {
             (0..MAX_BATCH)
