@@ -706,7 +706,8 @@ impl std::hash::Hasher for FastHasher {
 /// slice) is held, not by whom. In a pool shared by many tenants, keying
 /// on the holder would make almost every busy node a class of its own.
 fn state_key(node: &NodeState) -> Vec<u64> {
-    let mut key = Vec::with_capacity(4 + node.gpus.len() * 3);
+    let slices: usize = node.gpus.iter().map(|g| g.slices.len()).sum();
+    let mut key = Vec::with_capacity(5 + node.gpus.len() * 4 + slices * 2 + node.models.len());
     key.extend([
         node.cpu_milli,
         node.memory_mib,
@@ -752,7 +753,7 @@ impl NodeClasses {
             free: Vec::new(),
         };
         for (i, node) in nodes.iter().enumerate() {
-            let slot = classes.slot_for(state_key(node));
+            let (slot, _) = classes.slot_for(state_key(node));
             classes.join(slot, i as u32);
             classes.slot_of[i] = slot;
         }
@@ -769,26 +770,30 @@ impl NodeClasses {
         slot.first = slot.members.first().copied();
     }
 
-    fn slot_for(&mut self, key: Vec<u64>) -> u32 {
-        if let Some(&slot) = self.by_key.get(&key) {
-            return slot;
-        }
+    /// The slot of the class with state `key`, made if no node has that
+    /// state; and whether it was made (one hash of the key either way).
+    fn slot_for(&mut self, key: Vec<u64>) -> (u32, bool) {
+        let entry = match self.by_key.entry(key) {
+            Entry::Occupied(e) => return (*e.get(), false),
+            Entry::Vacant(e) => e,
+        };
+        let key = entry.key().clone();
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.slots[slot as usize].key = key.clone();
+                self.slots[slot as usize].key = key;
                 slot
             }
             None => {
                 self.slots.push(Slot {
-                    key: key.clone(),
+                    key,
                     members: BTreeSet::new(),
                     first: None,
                 });
                 (self.slots.len() - 1) as u32
             }
         };
-        self.by_key.insert(key, slot);
-        slot
+        entry.insert(slot);
+        (slot, true)
     }
 
     /// Moves `node` to the class of state `key`; returns the old and new
@@ -803,8 +808,7 @@ impl NodeClasses {
             self.by_key.remove(&key);
             self.free.push(old);
         }
-        let created = !self.by_key.contains_key(&key);
-        let new = self.slot_for(key);
+        let (new, created) = self.slot_for(key);
         self.join(new, node);
         self.slot_of[node as usize] = new;
         (old, new, created)

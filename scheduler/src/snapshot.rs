@@ -236,6 +236,17 @@ impl Snapshot {
                 });
             }
             let mut gpus = Vec::with_capacity(n.gpus.len());
+            // The node's resident models, looked up once per node rather
+            // than once per card (a pool of 80,000 cards most of which
+            // hold none).
+            let resident: Vec<(u32, &Name)> = if self.resident.is_empty() {
+                Vec::new()
+            } else {
+                self.resident
+                    .range((n.name.clone(), 0)..=(n.name.clone(), u32::MAX))
+                    .map(|((_, index), model)| (*index, model))
+                    .collect()
+            };
             for g in &n.gpus {
                 let class = match classes.iter().position(|c| c.name == g.class) {
                     Some(i) => i,
@@ -252,10 +263,10 @@ impl Snapshot {
                 }
                 let mut gpu = GpuState::new(g.index, class as u8, g.memory_mib)
                     .with_slices(g.mig.iter().map(|s| (s.milli, s.memory_mib)));
-                gpu.resident_model = self
-                    .resident
-                    .get(&(n.name.clone(), g.index))
-                    .and_then(|m| model_index.get(m.as_str()).copied());
+                gpu.resident_model = resident
+                    .iter()
+                    .find(|(index, _)| *index == g.index)
+                    .and_then(|(_, m)| model_index.get(m.as_str()).copied());
                 gpus.push(gpu);
             }
             let mut node = NodeState::new(n.name.clone(), n.cpu_milli, n.memory_mib, gpus);

@@ -12,7 +12,7 @@ use super::locality::Hint;
 use super::preempt::Victims;
 use super::{Admission, Outcome, Reservation};
 use crate::JobMap;
-use crate::cluster::{Cluster, NodeIdx};
+use crate::cluster::{Cluster, NodeIdx, NodeState};
 use crate::engine::{Engine, EngineCache, Request, ScoreInputs};
 use crate::plugins::workload::WorkloadModel;
 use crate::plugins::{Policy, QuotaBound};
@@ -429,22 +429,30 @@ impl<'a> Planner<'a> {
 /// memory, and each card's class, memory and MIG slices): whether a task
 /// fits some node when empty reads nothing else.
 fn node_kinds(cluster: &Cluster) -> Cluster {
-    let mut seen = HashSet::new();
-    let nodes = cluster
-        .nodes
-        .iter()
-        .filter(|n| {
-            let cards: Vec<_> = n
-                .gpus
-                .iter()
-                .map(|g| {
-                    let slices: Vec<_> = g.slices.iter().map(|s| (s.milli, s.memory_mib)).collect();
-                    (g.class, g.memory_mib, slices)
-                })
-                .collect();
-            seen.insert((n.cpu_milli, n.memory_mib, cards))
+    // Nodes of equal CPU, memory and card count, by index; a node joins
+    // the kinds only if its cards differ from those of every earlier one.
+    // (Compared in place: this runs every decision over every node.)
+    let mut seen: rustc_hash::FxHashMap<(u64, u64, usize), Vec<usize>> = Default::default();
+    let same_cards = |a: &NodeState, b: &NodeState| {
+        a.gpus.iter().zip(&b.gpus).all(|(x, y)| {
+            x.class == y.class
+                && x.memory_mib == y.memory_mib
+                && x.slices.len() == y.slices.len()
+                && x.slices
+                    .iter()
+                    .zip(&y.slices)
+                    .all(|(s, t)| (s.milli, s.memory_mib) == (t.milli, t.memory_mib))
         })
-        .cloned()
-        .collect();
-    Cluster::new(cluster.classes.clone(), nodes)
+    };
+    let mut kinds = Vec::new();
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        let alike = seen
+            .entry((n.cpu_milli, n.memory_mib, n.gpus.len()))
+            .or_default();
+        if !alike.iter().any(|&j| same_cards(&cluster.nodes[j], n)) {
+            alike.push(i);
+            kinds.push(n.clone());
+        }
+    }
+    Cluster::new(cluster.classes.clone(), kinds)
 }
