@@ -3,9 +3,10 @@
 //! [`Cycle`], and carries out the [`Plan`] in a fixed order.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
-use finpool_domain::{JobId, Timestamp};
+use finpool_domain::{Inventory, JobId, Node, Timestamp};
 use finpool_scheduler::{Cycle, CycleConfig, CycleInputs, DurableMemory, Plan, Policy};
 use finpool_telemetry::{Metrics, TenantSnapshot};
 
@@ -32,6 +33,9 @@ pub struct Shell<S, R, I> {
     /// Where cycle durations, decisions and the tenants' state go, if
     /// anywhere (simulators run without).
     metrics: Option<Metrics>,
+    /// The inventory the last cycle read, and its nodes as the cycle takes
+    /// them: copied once per inventory, not once per cycle.
+    nodes: Option<(Arc<Inventory>, Arc<Vec<Node>>)>,
 }
 
 impl<S, R, I> Shell<S, R, I>
@@ -63,6 +67,7 @@ where
             inventory,
             unsaved: false,
             metrics: None,
+            nodes: None,
         })
     }
 
@@ -119,6 +124,19 @@ where
         Ok(())
     }
 
+    /// The inventory's nodes, shared with the last cycle's while the
+    /// inventory is the same one.
+    fn nodes_of(&mut self, inventory: &Arc<Inventory>) -> Arc<Vec<Node>> {
+        match &self.nodes {
+            Some((seen, nodes)) if Arc::ptr_eq(seen, inventory) => nodes.clone(),
+            _ => {
+                let nodes = Arc::new(inventory.nodes.clone());
+                self.nodes = Some((inventory.clone(), nodes.clone()));
+                nodes
+            }
+        }
+    }
+
     async fn cycle_once(&mut self, now: Timestamp) -> Result<CycleReport, PortError> {
         for sample in self.runtime.take_load_samples() {
             self.cycle
@@ -135,7 +153,7 @@ where
         let inputs = CycleInputs {
             now,
             classes: inventory.classes.clone(),
-            nodes: inventory.nodes.clone(),
+            nodes: self.nodes_of(&inventory),
             tenants: view.tenants,
             models: view.models,
             queued: view.queued,

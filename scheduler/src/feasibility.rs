@@ -4,6 +4,8 @@
 //! a queued job [`crate::WaitReason::Infeasible`] when the pool changes
 //! under it.
 
+use std::sync::Arc;
+
 use finpool_domain::{
     BaseModel, GpuClass, IsolationLevel, JobId, Name, Node, Resources, Tenant, Timestamp,
 };
@@ -23,7 +25,7 @@ impl PoolFit {
     pub fn new(classes: &[GpuClass], nodes: &[Node]) -> Result<Self, SnapshotError> {
         let snapshot = Snapshot {
             classes: classes.to_vec(),
-            nodes: nodes.to_vec(),
+            nodes: Arc::new(nodes.to_vec()),
             // The tenant is given per check; only its isolation matters.
             tenantless: true,
             ..Snapshot::default()

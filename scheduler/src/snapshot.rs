@@ -4,6 +4,7 @@
 //! work on.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use finpool_domain::{
     BaseModel, GpuClass, IsolationLevel, JobId, Name, Node, Placement, Resources, Tenant, TenantId,
@@ -25,7 +26,9 @@ use crate::wait::WaitReason;
 pub struct Snapshot {
     pub now: Timestamp,
     pub classes: Vec<GpuClass>,
-    pub nodes: Vec<Node>,
+    /// Shared with the inventory it was read from: a pool of thousands of
+    /// nodes is not copied every cycle.
+    pub nodes: Arc<Vec<Node>>,
     pub tenants: Vec<Tenant>,
     pub models: Vec<BaseModel>,
     /// Jobs that hold resources (admitted or running), less those being
@@ -67,7 +70,7 @@ impl Default for Snapshot {
         Self {
             now: Timestamp::default(),
             classes: Vec::new(),
-            nodes: Vec::new(),
+            nodes: Arc::default(),
             tenants: Vec::new(),
             models: Vec::new(),
             running: Vec::new(),
@@ -228,7 +231,7 @@ impl Snapshot {
             })
             .collect();
         let mut nodes = Vec::with_capacity(self.nodes.len());
-        for n in &self.nodes {
+        for n in self.nodes.iter() {
             if n.gpus.len() > MAX_GPUS_PER_NODE {
                 return Err(SnapshotError::TooManyGpus {
                     node: n.name.clone(),

@@ -262,7 +262,7 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
                         memory_mib: *m,
                     })
                     .collect(),
-                nodes: nodes.clone(),
+                nodes: nodes.clone().into(),
                 tenants: tenants.clone(),
                 models: models.clone(),
                 queued: queued.clone(),
@@ -409,7 +409,7 @@ fn the_cases_exercise_warm_waits() {
             .run(CycleInputs {
                 now: Timestamp(0),
                 classes: vec![],
-                nodes: nodes.clone(),
+                nodes: nodes.clone().into(),
                 tenants: tenants.clone(),
                 models: models.clone(),
                 queued: queued[..1].to_vec(),
@@ -436,7 +436,7 @@ fn the_cases_exercise_warm_waits() {
             .run(CycleInputs {
                 now: Timestamp(1),
                 classes: vec![],
-                nodes,
+                nodes: nodes.into(),
                 tenants,
                 models,
                 queued: queued[1..].to_vec(),
@@ -488,7 +488,7 @@ fn the_memory_shows_resident_and_cached_models_and_forgets_cards_on_restart() {
                     memory_mib: *m,
                 })
                 .collect(),
-            nodes: nodes(&case),
+            nodes: nodes(&case).into(),
             tenants: tenants(&case, 2),
             models: models(&case),
             queued: vec![job],

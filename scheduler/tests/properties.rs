@@ -167,7 +167,7 @@ fn snapshot(case: &Case, now: i64, running: &[RunningJob]) -> Snapshot {
                 memory_mib: *m,
             })
             .collect(),
-        nodes: case.nodes.clone(),
+        nodes: case.nodes.clone().into(),
         tenants: case.tenants.clone(),
         running: running.to_vec(),
         default_max_runtime_ms: 60 * MINUTE as u64,

@@ -87,7 +87,7 @@ fn run(guaranteed: u32, gang_priority: i32) -> (Option<Timestamp>, Timestamp) {
                 name: "A100".into(),
                 memory_mib: 81_920,
             }],
-            nodes: vec![node.clone()],
+            nodes: vec![node.clone()].into(),
             tenants: vec![tenant.clone()],
             running: running.iter().map(|(r, _)| r.clone()).collect(),
             default_max_runtime_ms: 60 * MINUTE as u64,

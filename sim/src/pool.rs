@@ -284,3 +284,104 @@ impl SimPool {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use finpool_domain::{Gpu, GpuClass, GpuRequest, Name, Node, Resources};
+    use finpool_ports::InventorySource;
+
+    use super::*;
+
+    /// An inventory that changes between cycles, as a node joining does.
+    #[derive(Clone)]
+    struct Changing(Arc<Mutex<Arc<Inventory>>>);
+
+    impl InventorySource for Changing {
+        fn inventory(&self) -> Arc<Inventory> {
+            lock_inventory(&self.0).clone()
+        }
+    }
+
+    fn lock_inventory(m: &Mutex<Arc<Inventory>>) -> MutexGuard<'_, Arc<Inventory>> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pool_of(names: &[&str]) -> Arc<Inventory> {
+        Arc::new(Inventory {
+            classes: vec![GpuClass {
+                name: "GPU".into(),
+                memory_mib: 81_920,
+            }],
+            nodes: names
+                .iter()
+                .map(|n| Node {
+                    name: (*n).into(),
+                    labels: Default::default(),
+                    cpu_milli: 8_000,
+                    memory_mib: 65_536,
+                    gpus: vec![Gpu {
+                        index: 0,
+                        uuid: String::new(),
+                        class: "GPU".into(),
+                        memory_mib: 81_920,
+                        mig: vec![],
+                    }],
+                    models: vec![],
+                })
+                .collect(),
+        })
+    }
+
+    fn one_gpu_job(n: u128) -> QueuedJob {
+        QueuedJob {
+            id: JobId(uuid::Uuid::from_u128(n)),
+            tenant: Name::parse("tenant", "trace").expect("a valid name"),
+            priority: 0,
+            submitted_at: Timestamp(n as i64),
+            resources: Resources {
+                gpu: GpuRequest::Whole { count: 1 },
+                gpu_classes: vec![],
+                cpu_milli: 1_000,
+                memory_mib: 1_024,
+            },
+            model: None,
+            max_runtime_ms: None,
+        }
+    }
+
+    /// The shell keeps the nodes it last read while the inventory is the
+    /// same one; a new inventory is read afresh.
+    #[test]
+    fn a_node_that_joins_between_cycles_takes_work_at_the_next() {
+        let inventory = Changing(Arc::new(Mutex::new(pool_of(&["node-a"]))));
+        let state = Arc::new(Mutex::new(SimState::default()));
+        let config = CycleConfig {
+            tenantless: true,
+            ..CycleConfig::default()
+        };
+        let mut shell = futures::executor::block_on(Shell::new(
+            config,
+            Policy::best_fit(),
+            SimJobs(state.clone()),
+            SimRuntime(state.clone()),
+            inventory.clone(),
+        ))
+        .expect("in-memory ports do not fail");
+        let mut cycle = |now: i64, job: QueuedJob| {
+            lock(&state).queued.insert(job.id, job);
+            futures::executor::block_on(shell.run_cycle(Timestamp(now)))
+                .expect("in-memory ports do not fail")
+                .plan
+                .admit
+                .iter()
+                .map(|a| a.placement.node.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(cycle(1, one_gpu_job(1)), ["node-a"]);
+        // The pool is full: the second job waits, cycle after cycle.
+        assert!(cycle(2, one_gpu_job(2)).is_empty());
+        assert!(cycle(3, one_gpu_job(3)).is_empty());
+        *lock_inventory(&inventory.0) = pool_of(&["node-a", "node-b"]);
+        assert_eq!(cycle(4, one_gpu_job(4)), ["node-b"]);
+    }
+}

@@ -203,7 +203,7 @@ pub async fn start(mut config: StandaloneConfig) -> Result<RunningPool, StartErr
     // Fail early on an inventory the scheduler cannot take.
     finpool_scheduler::Snapshot {
         classes: inventory.classes.clone(),
-        nodes: inventory.nodes.clone(),
+        nodes: inventory.nodes.clone().into(),
         ..Default::default()
     }
     .build()?;

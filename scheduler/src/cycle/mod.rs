@@ -20,6 +20,7 @@ pub mod memory;
 mod tests;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use finpool_domain::{BaseModel, GpuClass, JobId, Name, Node, Tenant, Timestamp};
 
@@ -110,7 +111,8 @@ impl Default for LocalityConfig {
 pub struct CycleInputs {
     pub now: Timestamp,
     pub classes: Vec<GpuClass>,
-    pub nodes: Vec<Node>,
+    /// The inventory's nodes, shared (see [`Snapshot::nodes`]).
+    pub nodes: Arc<Vec<Node>>,
     pub tenants: Vec<Tenant>,
     pub models: Vec<BaseModel>,
     /// Jobs waiting to be admitted.
@@ -330,7 +332,16 @@ impl Cycle {
                 .collect()
         };
 
-        for node in &mut nodes {
+        // Copied only if some node fetched models the inventory does not list.
+        let fetched_any = nodes
+            .iter()
+            .any(|n| self.durable.cached.contains_key(&n.name));
+        let nodes_to_extend = if fetched_any {
+            Arc::make_mut(&mut nodes).as_mut_slice()
+        } else {
+            &mut []
+        };
+        for node in nodes_to_extend {
             if let Some(extra) = self.durable.cached.get(&node.name) {
                 // A node may have fetched every model the pool has: a set,
                 // not a scan of its list per model.

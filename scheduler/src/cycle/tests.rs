@@ -10,7 +10,7 @@ fn inputs(now: i64, queued: Vec<QueuedJob>, holding: Vec<RunningJob>) -> CycleIn
             name: "A100".into(),
             memory_mib: 81_920,
         }],
-        nodes: vec![node("node-0", "A100", 4)],
+        nodes: vec![node("node-0", "A100", 4)].into(),
         tenants: vec![tenant("alpha", "A100", 0, 4)],
         models: vec![],
         queued,

@@ -60,7 +60,7 @@ fn snapshot(nodes: Vec<Node>, tenants: Vec<Tenant>) -> Snapshot {
                 memory_mib: 24_576,
             },
         ],
-        nodes,
+        nodes: nodes.into(),
         tenants,
         models: vec![],
         running: vec![],
